@@ -1,0 +1,19 @@
+"""Algorithm registry: ``--algorithm NAME`` -> the class implementing it.
+
+One module per algorithm; each documents its worker step, server step and
+wire format at the top.
+"""
+
+from .allreduce import AllreduceSGD
+from .base import Algorithm
+from .dense_ps import FP16PS, FP32PS
+from .signum_mv import SignumMV
+
+REGISTRY = {cls.name: cls for cls in (SignumMV, FP32PS, FP16PS, AllreduceSGD)}
+
+
+def create(config, num_params: int, num_workers: int) -> Algorithm:
+    return REGISTRY[config.algorithm](config, num_params, num_workers)
+
+
+__all__ = ["Algorithm", "REGISTRY", "create"]

@@ -1,0 +1,32 @@
+"""``allreduce``: the data-parallel baseline, MPI_Allreduce over all ranks.
+
+No server role and no header: every rank contributes a raw fp32 buffer
+(rank 0 contributes zeros, so it can keep a replica, evaluate and log), the
+sum is divided by M, and every rank takes the same momentum-SGD step as
+``fp32-ps``.  Logged bytes are the Allreduce buffer length (4·d) each way; the
+traffic on the links depends on MPI's algorithm (see docs/log-format.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..codecs import FP32
+from .base import Algorithm, MomentumSGD, f32
+
+
+class AllreduceSGD(Algorithm):
+    name = "allreduce"
+    topology = "allreduce"
+    uplink = downlink = FP32
+
+    def __init__(self, config, num_params, num_workers):
+        super().__init__(config, num_params, num_workers)
+        self.sgd = MomentumSGD(num_params, config.lr, config.momentum, config.weight_decay)
+
+    def worker_step(self, grad, sendbuf, step):
+        np.copyto(sendbuf, grad)
+
+    def apply(self, params, total, step):
+        total /= f32(self.num_workers)
+        self.sgd.step(params, total)

@@ -1,0 +1,72 @@
+"""The contract every algorithm implements.
+
+An algorithm is three small functions around explicit state, in the spirit of
+PyTorch's DDP communication hooks:
+
+``worker_step(grad, message, step)``
+    on ranks 1..M: turn the local gradient into the uplink message body
+    (worker-side state such as momentum or residuals lives on the object);
+``server_step(uplinks, message, step)``
+    on rank 0: aggregate the M uplink bodies into the downlink body;
+``apply(params, body, step)``
+    on every rank, server included: update the flat parameter vector from the
+    downlink body, so every replica stays bit-identical.
+
+Which codec carries each direction is declared by ``uplink`` / ``downlink``;
+the runtime owns buffers, MPI, validation, timing and logging.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..codecs import Codec
+
+
+def f32(value) -> np.float32:
+    return np.float32(value)
+
+
+class Algorithm:
+    name: str = ""
+    #: "parameter-server" (Gatherv to rank 0, Bcast back) or "allreduce".
+    topology: str = "parameter-server"
+    uplink: Codec
+    downlink: Codec
+    #: Defaults of settings whose right value depends on the algorithm.
+    defaults = {"lr": 0.1, "momentum": 0.9}
+
+    def __init__(self, config, num_params: int, num_workers: int):
+        self.config = config
+        self.num_params = num_params
+        self.num_workers = num_workers
+
+    def worker_step(self, grad, message, step: int) -> None:
+        raise NotImplementedError
+
+    def server_step(self, uplinks, message, step: int) -> None:
+        raise NotImplementedError
+
+    def apply(self, params, body, step: int) -> None:
+        raise NotImplementedError
+
+
+class MomentumSGD:
+    """``buf <- mu*buf + (g + wd*x);  x <- x - lr*buf`` (PyTorch's SGD), allocation-free.
+
+    ``g`` is the aggregated gradient; every rank holds an identical copy of
+    this state, so the update needs no communication.
+    """
+
+    def __init__(self, num_params: int, lr: float, momentum: float, weight_decay: float):
+        self.lr, self.mu, self.wd = f32(lr), f32(momentum), f32(weight_decay)
+        self.buffer = np.zeros(num_params, dtype=np.float32)
+        self.scratch = np.empty(num_params, dtype=np.float32)
+
+    def step(self, params: np.ndarray, grad: np.ndarray) -> None:
+        np.multiply(params, self.wd, out=self.scratch)
+        self.scratch += grad
+        self.buffer *= self.mu
+        self.buffer += self.scratch
+        np.multiply(self.buffer, self.lr, out=self.scratch)
+        params -= self.scratch

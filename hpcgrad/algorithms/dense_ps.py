@@ -1,0 +1,52 @@
+"""Uncompressed parameter-server SGD baselines: ``fp32-ps`` and ``fp16-ps``.
+
+Worker: uplink the raw gradient (fp32, or rounded to fp16).  Server: the mean
+of the M gradients, accumulated in fp32 in rank order, sent back in the same
+precision.  Every rank then takes the same momentum-SGD step.  A fair
+compression study compares against 16-bit as well as 32-bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..codecs import FP16, FP32
+from .base import Algorithm, MomentumSGD, f32
+
+
+class DensePS(Algorithm):
+    codec = FP32
+
+    def __init__(self, config, num_params, num_workers):
+        super().__init__(config, num_params, num_workers)
+        self.uplink = self.downlink = self.codec
+        self.mean = np.zeros(num_params, dtype=np.float32)
+        self.sgd = MomentumSGD(num_params, config.lr, config.momentum, config.weight_decay)
+
+    def _values(self, body):
+        return body[: self.codec.body_length(self.num_params)].view(self.codec.dtype)
+
+    def worker_step(self, grad, message, step):
+        self.codec.encode(grad, message.padded_body)
+
+    def server_step(self, uplinks, message, step):
+        values = uplinks.values(self.codec.dtype, self.num_params)
+        np.copyto(self.mean, values[0])
+        for row in values[1:]:
+            np.add(self.mean, row, out=self.mean)
+        self.mean /= f32(self.num_workers)
+        self.codec.encode(self.mean, message.padded_body)
+
+    def apply(self, params, body, step):
+        np.copyto(self.mean, self._values(body))
+        self.sgd.step(params, self.mean)
+
+
+class FP32PS(DensePS):
+    name = "fp32-ps"
+    codec = FP32
+
+
+class FP16PS(DensePS):
+    name = "fp16-ps"
+    codec = FP16

@@ -1,0 +1,74 @@
+"""signSGD / Signum with majority vote (Bernstein et al., ICLR 2019).
+
+Worker: ``m <- beta*m + (1-beta)*g``; uplink ``sign(m)``, 1 bit per coordinate
+(codec ``sign1``; zero counts as +1).  beta = 0 is plain signSGD.
+
+Server: ``v = sum_m sign(m_m)``; downlink ``sign(v)``.  The tie rule decides a
+coordinate with as many + as - votes (only possible for an even number of
+workers):
+
+* ``positive`` -- +1, as in the authors' packing; 1-bit downlink (``sign1``);
+* ``random``   -- a coin flip, seeded by (seed, step); 1-bit downlink;
+* ``zero``     -- 0, the coordinate does not move; a 1-bit body cannot carry 0,
+  so the downlink is ``ternary2`` (2 bits per coordinate).
+
+Every rank: ``x <- x - lr*(sign(v) + wd*x)`` (weight decay after the vote),
+fused with decoding the packed downlink.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from ..codecs import SIGN1, TERNARY2
+from ..kernels.generic import TIE_POSITIVE, TIE_RANDOM, TIE_ZERO
+from ..wire import round_up
+from .base import Algorithm, f32
+
+TIE_CODES = {"positive": TIE_POSITIVE, "zero": TIE_ZERO, "random": TIE_RANDOM}
+
+
+class SignumMV(Algorithm):
+    name = "signum-mv"
+    uplink = SIGN1
+    # A sign step moves every coordinate by lr: far smaller than SGD's lr.
+    defaults = {"lr": 0.001, "momentum": 0.9}
+
+    def __init__(self, config, num_params, num_workers):
+        super().__init__(config, num_params, num_workers)
+        self.beta = f32(config.momentum)
+        self.one_minus_beta = f32(1.0 - config.momentum)
+        self.lr, self.wd = f32(config.lr), f32(config.weight_decay)
+        self.tie = TIE_CODES[config.tie]
+        self.downlink = TERNARY2 if self.tie == TIE_ZERO else SIGN1
+        self.momentum = None  # worker state, allocated on first use
+        self.tie_bits = np.zeros(round_up(SIGN1.body_length(num_params)), dtype=np.uint8)
+        kernels.warm_up(self.tie_bits)
+
+    def worker_step(self, grad, message, step):
+        if self.momentum is None:
+            self.momentum = np.zeros_like(grad)
+        kernels.for_array(grad).momentum_sign_pack(
+            grad, self.momentum, self.beta, self.one_minus_beta, message.padded_body)
+
+    def server_step(self, uplinks, message, step):
+        d = self.num_params
+        if self.tie == TIE_RANDOM:
+            rng = np.random.default_rng([self.config.seed, step, 0x7E])
+            nbytes = SIGN1.body_length(d)
+            self.tie_bits[:nbytes] = np.frombuffer(rng.bytes(nbytes), dtype=np.uint8)
+        if self.downlink is TERNARY2:
+            nonzero, negative = TERNARY2.planes(message.padded_body, d)
+        else:
+            nonzero = negative = message.padded_body
+        kernels.for_array(uplinks.rows).majority_vote(
+            uplinks.rows, d, self.tie, self.tie_bits, negative, nonzero)
+
+    def apply(self, params, body, step):
+        k = kernels.for_array(params)
+        if self.downlink is TERNARY2:
+            nonzero, negative = TERNARY2.planes(body, self.num_params)
+            k.apply_ternary_update(params, nonzero, negative, self.lr, self.wd)
+        else:
+            k.apply_sign_update(params, body, self.lr, self.wd)

@@ -1,0 +1,132 @@
+"""Command line: ``hpcgrad train ...`` (run it under mpiexec or srun).
+
+Failure policy, so that no rank is ever left waiting in a collective:
+
+* setup errors (bad options, config file, world size, log path) are agreed on
+  by all ranks; rank 0 prints one message and every rank exits with status 2;
+* any error after setup (a corrupt message, a NaN gradient, a bug) is printed
+  by the rank that hit it, naming the rank, and the whole job is aborted with
+  ``MPI_Abort`` (exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from . import __version__
+from .config import ALGORITHMS, TIE_RULES, TrainConfig
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML file of settings (keys as the long options, e.g. lr = 0.01); "
+                        "command-line options override it")
+    p.add_argument("--algorithm", choices=ALGORITHMS,
+                   help=f"training algorithm (default: {d.algorithm}): signum-mv = Signum / "
+                        "signSGD with majority vote, 1 bit per coordinate each way; fp32-ps / "
+                        "fp16-ps = uncompressed parameter server; allreduce = MPI_Allreduce "
+                        "data parallel, no server role")
+    p.add_argument("--iterations", type=int, metavar="N",
+                   help=f"training iterations (default: {d.iterations})")
+    p.add_argument("--seed", type=int, metavar="S",
+                   help=f"seed of data, model init, sampling and tie coins (default: {d.seed})")
+    p.add_argument("--lr", type=float,
+                   help="learning rate (default: 0.001 for signum-mv, 0.1 otherwise)")
+    p.add_argument("--momentum", type=float, metavar="BETA",
+                   help="momentum in [0, 1) (default: 0.9); for signum-mv the worker momentum "
+                        "beta of m <- beta*m + (1-beta)*g, 0 giving signSGD")
+    p.add_argument("--weight-decay", type=float, metavar="WD",
+                   help=f"weight decay; for signum-mv applied after the vote, x <- x - "
+                        f"lr*(sign(v) + wd*x) (default: {d.weight_decay})")
+    p.add_argument("--tie", choices=TIE_RULES,
+                   help=f"signum-mv: the vote for a tied coordinate (even worker count): "
+                        f"positive = +1, random = seeded coin, zero = no move (needs a 2-bit "
+                        f"downlink) (default: {d.tie})")
+    p.add_argument("--batch-size", type=int, metavar="B",
+                   help=f"examples per worker per step (default: {d.batch_size})")
+    p.add_argument("--hidden", type=int, metavar="H",
+                   help=f"hidden width of the embedded task's MLP (default: {d.hidden})")
+    p.add_argument("--eval-every", type=int, metavar="N",
+                   help=f"evaluate on held-out data every N steps, 0 = only at the end "
+                        f"(default: {d.eval_every})")
+    p.add_argument("--flush-every", type=int, metavar="N",
+                   help=f"gather per-step records to rank 0 and flush the log every N steps "
+                        f"(default: {d.flush_every})")
+    p.add_argument("--log", metavar="PATH",
+                   help="HDF5 traffic log to write (default: runs/ALGORITHM-nWORLD-sSEED-TIME.h5)")
+    p.add_argument("--record-messages", type=int, metavar="N",
+                   help="store the raw bytes of every uplink and downlink message of the first "
+                        "N iterations in the log's /messages group (default: 0)")
+    p.add_argument("--quiet", action="store_true", default=None,
+                   help="print only the final summary")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpcgrad",
+        description="Communication-efficient distributed training over MPI. "
+                    "Rank 0 is the parameter server, ranks 1..N-1 are workers.",
+        epilog="Example: mpiexec -n 5 hpcgrad train --algorithm signum-mv --iterations 300")
+    parser.add_argument("--version", action="version", version=f"hpcgrad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = sub.add_parser(
+        "train", help="train the embedded task with a chosen algorithm (under mpiexec/srun)",
+        description="Train a small MLP on generated data (no download) across MPI ranks and "
+                    "write a per-iteration HDF5 traffic log. Run under mpiexec -n N (N >= 2).")
+    _add_train_options(train)
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def _cli_settings(args) -> dict:
+    skip = {"command", "func", "config"}
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+def _abort(comm, rank: int, exc: BaseException) -> None:
+    from .errors import HpcgradError
+    if isinstance(exc, HpcgradError):
+        detail = f"{type(exc).__name__}: {exc}"
+    else:
+        detail = "".join(traceback.format_exception(exc)).rstrip()
+    print(f"hpcgrad: error on rank {rank}: {detail}\nhpcgrad: aborting all "
+          f"{comm.Get_size()} ranks", file=sys.stderr, flush=True)
+    comm.Abort(1)
+
+
+def cmd_train(args) -> int:
+    from mpi4py import MPI
+
+    from . import config as configuration
+    from .runtime import SetupError, agree, train
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    try:
+        file_settings = agree(comm, lambda: configuration.load_file(args.config)
+                              if args.config else {}, "reading the config file")
+        config = agree(comm, lambda: configuration.build(file_settings, _cli_settings(args)),
+                       "checking the settings")
+        summary = train(config, comm)
+    except SetupError as exc:
+        if rank == 0:
+            print(f"hpcgrad: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except BaseException as exc:  # noqa: BLE001 -- any failure must take the whole job down
+        _abort(comm, rank, exc)
+        return 1
+    if summary is not None:
+        print(summary.text(), flush=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

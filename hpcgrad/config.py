@@ -1,0 +1,126 @@
+"""Training settings: defaults, a TOML config file, and the command line.
+
+Precedence: built-in defaults < ``--config FILE`` < command-line options.
+Every setting is validated here, on every rank, before any communication.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .algorithms import REGISTRY
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ALGORITHMS = tuple(REGISTRY)
+TIE_RULES = ("positive", "zero", "random")
+
+
+@dataclass
+class TrainConfig:
+    algorithm: str = "signum-mv"
+    iterations: int = 300
+    seed: int = 0
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float = 0.0
+    tie: str = "positive"
+    batch_size: int = 32
+    hidden: int = 128
+    eval_every: int = 50
+    flush_every: int = 10
+    log: str | None = None
+    record_messages: int = 0
+    quiet: bool = False
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with per-algorithm defaults filled in, validated."""
+        cfg = dataclasses.replace(self)
+        algorithm = REGISTRY.get(cfg.algorithm)
+        for name, value in (algorithm.defaults if algorithm else {}).items():
+            if getattr(cfg, name) is None:
+                setattr(cfg, name, value)
+        validate(cfg)
+        return cfg
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        data.pop("extra")
+        return json.dumps(data, sort_keys=True)
+
+
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _finite(name: str, value) -> float:
+    _check(isinstance(value, (int, float)) and not isinstance(value, bool)
+           and math.isfinite(value), f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _integer(name: str, value, minimum: int) -> None:
+    _check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+           f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    _check(cfg.algorithm in ALGORITHMS,
+           f"unknown algorithm {cfg.algorithm!r}; choose one of: {', '.join(ALGORITHMS)}")
+    _check(_finite("lr", cfg.lr) > 0, f"lr must be > 0, got {cfg.lr}")
+    momentum = _finite("momentum", cfg.momentum)
+    _check(0 <= momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}")
+    _check(_finite("weight-decay", cfg.weight_decay) >= 0,
+           f"weight-decay must be >= 0, got {cfg.weight_decay}")
+    _check(cfg.tie in TIE_RULES,
+           f"unknown tie rule {cfg.tie!r}; choose one of: {', '.join(TIE_RULES)}")
+    _integer("iterations", cfg.iterations, 1)
+    _integer("seed", cfg.seed, 0)
+    _integer("batch-size", cfg.batch_size, 1)
+    _integer("hidden", cfg.hidden, 1)
+    _integer("eval-every", cfg.eval_every, 0)
+    _integer("flush-every", cfg.flush_every, 1)
+    _integer("record-messages", cfg.record_messages, 0)
+    _check(cfg.seed < 2**63, "seed must be < 2**63")
+
+
+def load_file(path: str | Path) -> dict:
+    """Settings from a TOML file (keys as on the command line, '-' or '_')."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    settings = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            raise ConfigError(f"config file {str(path)!r}: unknown setting {key!r}; known: "
+                              + ", ".join(sorted(k.replace("_", "-") for k in FIELDS)))
+        settings[name] = value
+    return settings
+
+
+def build(file_settings: dict, cli_settings: dict) -> TrainConfig:
+    """Defaults, overlaid by the file's settings, overlaid by the command line's."""
+    merged = {**file_settings, **{k: v for k, v in cli_settings.items() if v is not None}}
+    return TrainConfig(**merged).resolved()

@@ -1,0 +1,317 @@
+"""The training loop every rank runs: one iteration's data path.
+
+    worker (rank m >= 1)                         server (rank 0)
+    forward/backward -> flat gradient   compute
+    alg.worker_step -> uplink message   encode
+    ParameterServer.gather  ------------------>  gather
+                                                 check headers, alg.server_step   aggregate
+    ParameterServer.broadcast <----------------  bcast
+    check downlink header                decode
+    alg.apply(params, downlink)          update  alg.apply(params, downlink)
+
+(``allreduce`` replaces gather/aggregate/bcast with one ``Allreduce``.)
+
+Every rank holds a replica of the model; all replicas see the same downlink
+and apply the same float32 arithmetic, so they stay bit-identical, which the
+run checks at the end.  Per-step losses and phase times are kept locally and
+gathered to rank 0 every ``flush_every`` steps for the HDF5 log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mpi4py import MPI
+
+from . import __version__, algorithms, workloads
+from .config import TrainConfig
+from .errors import ConfigError, HpcgradError, NonFiniteError
+from .flat import FlatModel
+from .tracelog import PHASES, TrafficLog
+from .transport import Allreduce, ParameterServer
+from .wire import HEADER_SIZE, Header
+
+COMPUTE, ENCODE, GATHER, AGGREGATE, BCAST, DECODE, UPDATE = range(len(PHASES))
+
+
+class SetupError(HpcgradError):
+    """Setup failed on at least one rank; raised on every rank alike."""
+
+
+def agree(comm, action, what: str):
+    """Run ``action()`` on every rank; if it raised on any rank, raise on all.
+
+    Used for setup steps that may fail on some ranks only (a log path that rank
+    0 cannot write, a file missing on one node), so that no rank goes on into a
+    collective that the failed rank will never join.
+    """
+    result, error = None, None
+    try:
+        result = action()
+    except (HpcgradError, OSError, ValueError) as exc:
+        error = str(exc)
+    errors = comm.allgather(error)
+    failed = [(rank, msg) for rank, msg in enumerate(errors) if msg is not None]
+    if failed:
+        rank, msg = failed[0]
+        raise SetupError(f"{what} failed on rank {rank}: {msg}")
+    return result
+
+
+class PhaseClock:
+    """Seconds spent in each phase of each step, kept until the next flush."""
+
+    def __init__(self, rows: int):
+        self.times = np.zeros((rows, len(PHASES)))
+        self.row = 0
+        self._last = 0.0
+
+    def start(self, row: int) -> None:
+        self.row = row
+        self.times[row] = 0.0
+        self._last = time.perf_counter()
+
+    def lap(self, phase: int) -> None:
+        now = time.perf_counter()
+        self.times[self.row, phase] += now - self._last
+        self._last = now
+
+
+@dataclass
+class RunSummary:
+    log_path: str
+    algorithm: str
+    workers: int
+    num_params: int
+    iterations: int
+    final_loss: float
+    final_accuracy: float
+    bytes_up_per_worker: int
+    bytes_down: int
+    compression_up: float
+    compression_down: float
+    seconds: float
+
+    def text(self) -> str:
+        mb = 1e6
+        return "\n".join([
+            f"hpcgrad: {self.algorithm}, {self.workers} workers, {self.num_params:,} parameters, "
+            f"{self.iterations} iterations in {self.seconds:.1f} s",
+            f"  final eval: loss {self.final_loss:.4f}, accuracy {self.final_accuracy:.2%}",
+            f"  sent per worker: {self.bytes_up_per_worker / mb:.3f} MB up, "
+            f"{self.bytes_down / mb:.3f} MB down",
+            f"  compression vs fp32: {self.compression_up:.1f}x up, "
+            f"{self.compression_down:.1f}x down",
+            f"  log: {self.log_path}",
+        ])
+
+
+def default_log_path(config: TrainConfig, world_size: int) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return str(Path("runs") / f"{config.algorithm}-n{world_size}-s{config.seed}-{stamp}.h5")
+
+
+def _run_metadata(comm, config, num_params, uplink, downlink, log_path) -> dict:
+    hosts = comm.gather(socket.gethostname(), root=0)
+    return {
+        "algorithm": config.algorithm,
+        "world_size": comm.Get_size(),
+        "num_workers": comm.Get_size() - 1,
+        "num_params": num_params,
+        "iterations": config.iterations,
+        "seed": config.seed,
+        "config": config.to_json(),
+        "uplink_codec": uplink.name,
+        "downlink_codec": downlink.name,
+        "header_bytes": HEADER_SIZE,
+        "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
+        "mpi_version": "%d.%d" % MPI.Get_version(),
+        "cuda_aware": False,
+        "hostnames": json.dumps(hosts),
+        "hpcgrad_version": __version__,
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "log_path": str(log_path),
+    }
+
+
+def evaluate(model, data) -> tuple[float, float]:
+    with torch.no_grad():
+        out = model(data.test_x)
+        loss = F.cross_entropy(out, data.test_y).item()
+        accuracy = (out.argmax(1) == data.test_y).double().mean().item()
+    return loss, accuracy
+
+
+def _check_world(comm, config) -> None:
+    size = comm.Get_size()
+    if size < 2:
+        ntasks = os.environ.get("SLURM_NTASKS") or os.environ.get("OMPI_COMM_WORLD_SIZE")
+        hint = ""
+        if ntasks and int(ntasks) > 1:
+            hint = (f" (the launcher started {ntasks} tasks, but each sees an MPI world of 1: "
+                    "under Slurm use srun --mpi=pmi2, or the mpiexec of the MPI mpi4py uses)")
+        raise ConfigError("hpcgrad needs at least 2 MPI ranks (rank 0 is the server, ranks "
+                          f"1..N-1 are workers); got a world of size {size}{hint}. "
+                          "Run e.g. mpiexec -n 5 hpcgrad train")
+    digests = comm.allgather(hashlib.sha256(config.to_json().encode()).hexdigest())
+    for rank, digest in enumerate(digests):
+        if digest != digests[0]:
+            raise ConfigError(f"rank {rank} runs a different configuration from rank 0; every "
+                              "rank must get the same options and config file")
+
+
+def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary | None:
+    """Train on every rank of ``comm``; rank 0 returns the summary, others ``None``."""
+    comm = comm or MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    agree(comm, lambda: _check_world(comm, config), "checking the job")
+    workers = size - 1
+    is_server = rank == 0
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+    data = data or workloads.synthetic(config.seed)
+    torch.manual_seed(config.seed)
+    model = model or workloads.mlp(data.num_features, config.hidden, data.num_classes)
+    flat = FlatModel(model)
+    d = flat.count
+    params, grads = flat.params.numpy(), flat.grads.numpy()
+    alg = algorithms.create(config, d, workers)
+    sampler = None if is_server else workloads.ShardSampler(
+        data, rank - 1, workers, config.batch_size, config.seed)
+
+    if alg.topology == "allreduce":
+        exchange = Allreduce(comm, d)
+        bytes_up = bytes_down = exchange.send.nbytes
+    else:
+        up = Header(alg.uplink.id, d, alg.uplink.body_length(d), 0, 0)
+        down = Header(alg.downlink.id, d, alg.downlink.body_length(d), 0, 0)
+        exchange = ParameterServer(comm, up, down)
+        bytes_up = HEADER_SIZE + up.body_length
+        bytes_down = HEADER_SIZE + down.body_length
+
+    log_path = config.log or default_log_path(config, size)
+    log_path = comm.bcast(log_path, root=0)
+    meta = _run_metadata(comm, config, d, alg.uplink, alg.downlink, log_path)
+    log = agree(comm, lambda: TrafficLog(log_path, attrs=meta, num_workers=workers,
+                                         world_size=size,
+                                         record_messages=config.record_messages)
+                if is_server else None, "creating the log")
+    try:
+        return _loop(config, comm, alg, exchange, flat, params, grads, sampler, data, log,
+                     bytes_up, bytes_down)
+    finally:
+        if log is not None:
+            log.close()
+
+
+def _loop(config, comm, alg, exchange, flat, params, grads, sampler, data, log,
+          bytes_up, bytes_down):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    workers, is_server = size - 1, rank == 0
+    flush_rows = config.flush_every
+    clock = PhaseClock(flush_rows)
+    losses = np.zeros(flush_rows)
+    gathered = np.zeros((size, flush_rows, 1 + len(PHASES))) if is_server else None
+    model = flat.model
+    ps = exchange if isinstance(exchange, ParameterServer) else None
+    eval_loss = eval_acc = float("nan")
+    first_row = 0
+    started = time.perf_counter()
+    quiet = config.quiet or not is_server
+
+    for step in range(config.iterations):
+        row = step - first_row
+        clock.start(row)
+        if not is_server:
+            x, y = sampler.next()
+            flat.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            losses[row] = loss.item()
+            if not np.isfinite(losses[row]):
+                raise NonFiniteError(f"worker rank {rank}: training loss is {losses[row]} "
+                                     f"at step {step}")
+            flat.check_grads_finite()
+            clock.lap(COMPUTE)
+        if ps is None:
+            if not is_server:
+                alg.worker_step(grads, exchange.send, step)
+            clock.lap(ENCODE)
+            exchange.allreduce()
+            clock.lap(GATHER)
+            alg.apply(params, exchange.recv, step)
+            clock.lap(UPDATE)
+        else:
+            if not is_server:
+                ps.uplink.stamp(step)
+                alg.worker_step(grads, ps.uplink, step)
+                clock.lap(ENCODE)
+            ps.gather()
+            clock.lap(GATHER)
+            if is_server:
+                ps.check_uplinks(step)
+                ps.downlink.stamp(step)
+                alg.server_step(ps.uplinks, ps.downlink, step)
+                clock.lap(AGGREGATE)
+            ps.broadcast()
+            clock.lap(BCAST)
+            if not is_server:
+                ps.check_downlink(step)
+                clock.lap(DECODE)
+            alg.apply(params, ps.downlink.padded_body, step)
+            clock.lap(UPDATE)
+            if is_server and step < config.record_messages:
+                log.append_messages(step, [ps.uplinks.message(r) for r in range(1, size)],
+                                    ps.downlink.wire)
+
+        last = step == config.iterations - 1
+        if row == flush_rows - 1 or last:
+            rows = row + 1
+            record = np.concatenate([losses[:rows, None], clock.times[:rows]], axis=1)
+            comm.Gather(np.ascontiguousarray(record),
+                        gathered[:, :rows] if is_server else None, root=0)
+            if is_server:
+                g = gathered[:, :rows]
+                iters = np.arange(first_row, first_row + rows)
+                log.append_steps(iters, np.full((rows, workers), bytes_up),
+                                 np.full(rows, bytes_down), g[1:, :, 0].T,
+                                 {p: g[:, :, 1 + i].T for i, p in enumerate(PHASES)})
+            first_row = step + 1
+        if is_server and ((config.eval_every and (step + 1) % config.eval_every == 0) or last):
+            eval_loss, eval_acc = evaluate(model, data)
+            log.append_eval(step + 1, eval_loss, eval_acc)
+            if not quiet:
+                elapsed = time.perf_counter() - started
+                print(f"step {step + 1:6d}/{config.iterations}  eval loss {eval_loss:.4f}  "
+                      f"accuracy {eval_acc:6.2%}  up {bytes_up * (step + 1) / 1e6:9.3f} MB/worker"
+                      f"  {1e3 * elapsed / (step + 1):7.2f} ms/step", flush=True)
+
+    _check_replicas(comm, params)
+    if not is_server:
+        return None
+    n = config.iterations
+    fp32 = 4 * flat.count
+    return RunSummary(
+        log_path=str(log.path), algorithm=config.algorithm, workers=workers,
+        num_params=flat.count, iterations=n, final_loss=eval_loss, final_accuracy=eval_acc,
+        bytes_up_per_worker=bytes_up * n, bytes_down=bytes_down * n,
+        compression_up=fp32 / bytes_up, compression_down=fp32 / bytes_down,
+        seconds=time.perf_counter() - started)
+
+
+def _check_replicas(comm, params) -> None:
+    digests = comm.allgather(hashlib.sha256(params.tobytes()).hexdigest())
+    bad = [r for r, dg in enumerate(digests) if dg != digests[0]]
+    if bad:
+        raise HpcgradError(f"model replicas diverged: ranks {bad} differ from rank 0")

@@ -1,0 +1,124 @@
+"""The per-iteration traffic log: one HDF5 file per run, written by rank 0.
+
+Layout (``docs/log-format.md`` is the full description)::
+
+    /                 attrs: format="hpcgrad-traffic", format_version=1, algorithm, ...
+    /steps/iteration  (n,)            int64
+    /steps/bytes_up   (n, workers)    int64   each worker's uplink MPI buffer length
+    /steps/bytes_down (n,)            int64   the downlink MPI buffer length
+    /steps/loss       (n, workers)    float64 each worker's training loss
+    /steps/time_<phase> (n, ranks)    float64 seconds, phases in attrs["phases"]
+    /eval/iteration, /eval/loss, /eval/accuracy   (e,)
+    /messages/...     raw uplink/downlink bytes of the first N iterations (--record-messages)
+
+Rows are appended in batches and flushed, in SWMR mode, so a killed run leaves
+a file readable up to its last flush, and a reader may follow a live run
+(``h5py.File(path, "r", swmr=True)``).  The file uses HDF5's v110 format,
+which HDF5 1.10+ tools can read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .errors import ConfigError
+
+FORMAT = "hpcgrad-traffic"
+FORMAT_VERSION = 1
+PHASES = ("compute", "encode", "gather", "aggregate", "bcast", "decode", "update")
+
+
+def _resizable(group, name, shape_tail, dtype, chunk_rows=256):
+    return group.create_dataset(name, shape=(0, *shape_tail), maxshape=(None, *shape_tail),
+                                dtype=dtype, chunks=(chunk_rows, *shape_tail))
+
+
+def _append(dataset, rows) -> None:
+    rows = np.asarray(rows, dtype=dataset.dtype)
+    start = dataset.shape[0]
+    dataset.resize(start + rows.shape[0], axis=0)
+    dataset[start:] = rows
+
+
+class TrafficLog:
+    """Writer of one run's log.  Create it on rank 0 only."""
+
+    def __init__(self, path, *, attrs: dict, num_workers: int, world_size: int,
+                 record_messages: int = 0):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = h5py.File(self.path, "w", libver=("v110", "v110"))
+        except OSError as exc:
+            raise ConfigError(f"cannot create the log file {str(self.path)!r}: {exc}") from None
+        f = self.file
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["phases"] = json.dumps(PHASES)
+        for key, value in attrs.items():
+            if isinstance(value, str):
+                value = str(value)  # numpy str_ has no HDF5 conversion
+            elif not isinstance(value, (int, float, bool, np.number)):
+                value = json.dumps(value)
+            f.attrs[key] = value
+        steps = f.create_group("steps")
+        self.iteration = _resizable(steps, "iteration", (), np.int64)
+        self.bytes_up = _resizable(steps, "bytes_up", (num_workers,), np.int64)
+        self.bytes_down = _resizable(steps, "bytes_down", (), np.int64)
+        self.loss = _resizable(steps, "loss", (num_workers,), np.float64)
+        self.times = {p: _resizable(steps, f"time_{p}", (world_size,), np.float64)
+                      for p in PHASES}
+        ev = f.create_group("eval")
+        self.eval = {k: _resizable(ev, k, (), np.int64 if k == "iteration" else np.float64, 16)
+                     for k in ("iteration", "loss", "accuracy")}
+        self.record_messages = record_messages
+        if record_messages:
+            msg = f.create_group("messages")
+            msg.attrs["description"] = ("uplink_index[i, w] = (offset, length) of worker w+1's "
+                                        "message of recorded iteration i in uplink_bytes")
+            self.msg_iteration = _resizable(msg, "iteration", (), np.int64, 16)
+            self.up_index = _resizable(msg, "uplink_index", (num_workers, 2), np.int64, 16)
+            self.up_bytes = _resizable(msg, "uplink_bytes", (), np.uint8, 1 << 16)
+            self.down_index = _resizable(msg, "downlink_index", (2,), np.int64, 16)
+            self.down_bytes = _resizable(msg, "downlink_bytes", (), np.uint8, 1 << 16)
+        f.swmr_mode = True
+        f.flush()
+
+    def append_steps(self, iterations, bytes_up, bytes_down, loss, times: dict) -> None:
+        _append(self.iteration, iterations)
+        _append(self.bytes_up, bytes_up)
+        _append(self.bytes_down, bytes_down)
+        _append(self.loss, loss)
+        for phase, dataset in self.times.items():
+            _append(dataset, times[phase])
+        self.flush()
+
+    def append_eval(self, iteration: int, loss: float, accuracy: float) -> None:
+        for key, value in (("iteration", iteration), ("loss", loss), ("accuracy", accuracy)):
+            _append(self.eval[key], [value])
+        self.flush()
+
+    def append_messages(self, iteration: int, uplinks, downlink) -> None:
+        """Record one iteration's uplink messages (list, worker order) and downlink."""
+        offset = self.up_bytes.shape[0]
+        index = []
+        for message in uplinks:
+            index.append((offset, len(message)))
+            offset += len(message)
+        _append(self.up_bytes, np.concatenate([np.asarray(m, np.uint8) for m in uplinks]))
+        _append(self.up_index, [index])
+        _append(self.down_index, [(self.down_bytes.shape[0], len(downlink))])
+        _append(self.down_bytes, downlink)
+        _append(self.msg_iteration, [iteration])
+        self.flush()
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()

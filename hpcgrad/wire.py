@@ -1,0 +1,120 @@
+"""Wire format v1: the fixed message header, and preallocated message buffers.
+
+Every message hpcgrad puts on the wire -- a worker's uplink, the server's
+downlink -- is one contiguous byte buffer: a 32-byte header followed by a
+codec-specific body (``docs/wire-format.md`` is the normative description).
+
+Header, little-endian, 32 bytes::
+
+    offset size field        meaning
+         0    4 magic        b"HPCG"
+         4    1 version      1
+         5    1 codec        body layout id (hpcgrad.codecs)
+         6    2 flags        codec-specific, 0 for every v1 codec
+         8    8 count        number of coordinates the message describes (d)
+        16    8 body_length  bytes after the header
+        24    4 step         training iteration the message belongs to
+        28    2 sender       MPI rank of the sender in the job's world communicator
+        30    2 reserved     0
+
+Buffers are allocated once and padded to a multiple of 8 bytes so that
+bodies can be read as 64-bit words; the padding is never sent.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import WireFormatError
+
+if sys.byteorder != "little":  # the body kernels view bytes as little-endian words
+    raise ImportError("hpcgrad's wire kernels need a little-endian host")
+
+MAGIC = b"HPCG"
+VERSION = 1
+HEADER = struct.Struct("<4sBBHQQIHH")
+HEADER_SIZE = HEADER.size
+WORD = 8
+
+assert HEADER_SIZE == 32
+_STEP = struct.Struct("<I")
+_STEP_OFFSET = 24
+
+
+def round_up(n: int, multiple: int = WORD) -> int:
+    return -(-n // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class Header:
+    codec: int
+    count: int
+    body_length: int
+    step: int
+    sender: int
+    flags: int = 0
+
+    def pack_into(self, buffer, offset: int = 0) -> None:
+        HEADER.pack_into(buffer, offset, MAGIC, VERSION, self.codec, self.flags,
+                         self.count, self.body_length, self.step, self.sender, 0)
+
+
+def read_header(buffer, offset: int = 0, *, what: str = "message") -> Header:
+    """Parse and sanity-check the header at ``buffer[offset:]``.
+
+    Raises :class:`WireFormatError` naming ``what`` when the buffer is too short,
+    the magic or version is wrong, or the reserved field is not zero.
+    """
+    view = memoryview(buffer).cast("B")
+    if len(view) - offset < HEADER_SIZE:
+        raise WireFormatError(f"{what}: {len(view) - offset} bytes, shorter than the "
+                              f"{HEADER_SIZE}-byte header")
+    magic, version, codec, flags, count, body_length, step, sender, reserved = \
+        HEADER.unpack_from(view, offset)
+    if magic != MAGIC:
+        raise WireFormatError(f"{what}: bad magic {magic!r} (expected {MAGIC!r}): "
+                              "not an hpcgrad message, or a corrupted one")
+    if version != VERSION:
+        raise WireFormatError(f"{what}: wire format version {version}, this hpcgrad "
+                              f"reads version {VERSION}")
+    if reserved != 0:
+        raise WireFormatError(f"{what}: reserved header field is {reserved}, must be 0")
+    return Header(codec=codec, count=count, body_length=body_length, step=step,
+                  sender=sender, flags=flags)
+
+
+def expect_header(buffer, expected: Header, *, what: str, offset: int = 0) -> None:
+    """Check the header at ``buffer[offset:]`` against the one the receiver expects."""
+    got = read_header(buffer, offset, what=what)
+    for field in ("codec", "flags", "count", "body_length", "step", "sender"):
+        have, want = getattr(got, field), getattr(expected, field)
+        if have != want:
+            raise WireFormatError(f"{what}: header {field} is {have}, expected {want}")
+
+
+class MessageBuffer:
+    """One preallocated outgoing message: header, body, zero padding to 8 bytes.
+
+    ``wire`` is exactly what goes to MPI; ``body`` is where a codec writes.
+    """
+
+    def __init__(self, header: Header):
+        self.header = header
+        self.length = HEADER_SIZE + header.body_length
+        self.raw = np.zeros(round_up(self.length), dtype=np.uint8)
+        self.wire = self.raw[: self.length]
+        self.body = self.raw[HEADER_SIZE: self.length]
+        self.stamp(header.step)
+
+    def stamp(self, step: int) -> None:
+        """Write the header for iteration ``step`` (only the step field changes)."""
+        self.header.pack_into(self.raw)
+        _STEP.pack_into(self.raw, _STEP_OFFSET, step)
+
+        #: The body followed by its zero padding: what the kernels write into,
+        #: so that they may store whole 64-bit words.
+        self.padded_body = self.raw[HEADER_SIZE:]

@@ -97,8 +97,7 @@ class TernaryCodec(Codec):
 
     def encode(self, values, padded_body) -> None:
         nonzero, negative = self.planes(padded_body, values.size)
-        generic.sign_pack(-np.abs(values), nonzero)  # |v| > 0  <=>  -|v| < 0
-        generic.sign_pack(values, negative)
+        generic.ternary_pack(values, nonzero, negative)
 
     def decode(self, body, count) -> np.ndarray:
         nonzero, negative = self.planes(body, count)

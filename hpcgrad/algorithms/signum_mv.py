@@ -1,16 +1,18 @@
 """signSGD / Signum with majority vote (Bernstein et al., ICLR 2019).
 
-Worker: ``m <- beta*m + (1-beta)*g``; uplink ``sign(m)``, 1 bit per coordinate
-(codec ``sign1``; zero counts as +1).  beta = 0 is plain signSGD.
+Worker: ``m <- beta*m + (1-beta)*g``; uplink ``sign(m)``.  beta = 0 is plain
+signSGD.  Server: ``v = sum_m sign(m_m)``; downlink ``sign(v)``.
 
-Server: ``v = sum_m sign(m_m)``; downlink ``sign(v)``.  The tie rule decides a
-coordinate with as many + as - votes (only possible for an even number of
-workers):
+The tie rule is the convention for sign(0), both for a zero entry of ``m`` and
+for a tied vote (as many + as - votes):
 
-* ``positive`` -- +1, as in the authors' packing; 1-bit downlink (``sign1``);
-* ``random``   -- a coin flip, seeded by (seed, step); 1-bit downlink;
-* ``zero``     -- 0, the coordinate does not move; a 1-bit body cannot carry 0,
-  so the downlink is ``ternary2`` (2 bits per coordinate).
+* ``positive`` -- sign(0) = +1, as in the majority-vote paper's packing:
+  1 bit per coordinate each way (``sign1``);
+* ``random``   -- zero entries send +1; a tied vote takes a coin seeded by
+  (seed, step): 1 bit each way;
+* ``zero``     -- sign(0) = 0, as in the 2018 experiments: a zero entry votes 0
+  and a tied coordinate does not move.  A 1-bit body cannot carry 0, so both
+  directions use ``ternary2`` (2 bits per coordinate).
 
 Every rank: ``x <- x - lr*(sign(v) + wd*x)`` (weight decay after the vote),
 fused with decoding the packed downlink.
@@ -31,7 +33,6 @@ TIE_CODES = {"positive": TIE_POSITIVE, "zero": TIE_ZERO, "random": TIE_RANDOM}
 
 class SignumMV(Algorithm):
     name = "signum-mv"
-    uplink = SIGN1
     # A sign step moves every coordinate by lr: far smaller than SGD's lr.
     defaults = {"lr": 0.001, "momentum": 0.9}
 
@@ -41,7 +42,7 @@ class SignumMV(Algorithm):
         self.one_minus_beta = f32(1.0 - config.momentum)
         self.lr, self.wd = f32(config.lr), f32(config.weight_decay)
         self.tie = TIE_CODES[config.tie]
-        self.downlink = TERNARY2 if self.tie == TIE_ZERO else SIGN1
+        self.uplink = self.downlink = TERNARY2 if self.tie == TIE_ZERO else SIGN1
         self.momentum = None  # worker state, allocated on first use
         self.tie_bits = np.zeros(round_up(SIGN1.body_length(num_params)), dtype=np.uint8)
         kernels.warm_up(self.tie_bits)
@@ -49,8 +50,14 @@ class SignumMV(Algorithm):
     def worker_step(self, grad, message, step):
         if self.momentum is None:
             self.momentum = np.zeros_like(grad)
-        kernels.for_array(grad).momentum_sign_pack(
-            grad, self.momentum, self.beta, self.one_minus_beta, message.padded_body)
+        k = kernels.for_array(grad)
+        if self.uplink is TERNARY2:
+            nonzero, negative = TERNARY2.planes(message.padded_body, self.num_params)
+            k.momentum_ternary_pack(grad, self.momentum, self.beta, self.one_minus_beta,
+                                    nonzero, negative)
+        else:
+            k.momentum_sign_pack(grad, self.momentum, self.beta, self.one_minus_beta,
+                                 message.padded_body)
 
     def server_step(self, uplinks, message, step):
         d = self.num_params
@@ -58,12 +65,13 @@ class SignumMV(Algorithm):
             rng = np.random.default_rng([self.config.seed, step, 0x7E])
             nbytes = SIGN1.body_length(d)
             self.tie_bits[:nbytes] = np.frombuffer(rng.bytes(nbytes), dtype=np.uint8)
-        if self.downlink is TERNARY2:
+        k = kernels.for_array(uplinks.rows)
+        if self.tie == TIE_ZERO:
             nonzero, negative = TERNARY2.planes(message.padded_body, d)
+            k.ternary_vote(uplinks.rows, d, TERNARY2.plane_stride(d), nonzero, negative)
         else:
-            nonzero = negative = message.padded_body
-        kernels.for_array(uplinks.rows).majority_vote(
-            uplinks.rows, d, self.tie, self.tie_bits, negative, nonzero)
+            k.majority_vote(uplinks.rows, d, self.tie, self.tie_bits, message.padded_body,
+                            message.padded_body)
 
     def apply(self, params, body, step):
         k = kernels.for_array(params)

@@ -19,7 +19,8 @@ from .generic import TIE_POSITIVE, TIE_RANDOM, TIE_ZERO, packed_length
 
 __all__ = [
     "TIE_POSITIVE", "TIE_RANDOM", "TIE_ZERO", "packed_length", "sign_pack",
-    "momentum_sign_pack", "majority_vote", "apply_sign_update", "apply_ternary_update",
+    "momentum_sign_pack", "ternary_pack", "momentum_ternary_pack", "majority_vote",
+    "ternary_vote", "apply_sign_update", "apply_ternary_update", "warm_up",
 ]
 
 _jit = njit(cache=True, nogil=True, boundscheck=False)
@@ -58,6 +59,26 @@ def _momentum_pack_words(grad, momentum, beta, one_minus_beta, words):
         words[w] = word
 
 
+@_jit
+def _momentum_ternary_words(grad, momentum, beta, one_minus_beta, use_momentum,
+                            nz_words, neg_words):
+    n = grad.size
+    zero = grad.dtype.type(0)
+    for w in range((n + 63) // 64):
+        base = w * 64
+        stop = min(base + 64, n)
+        nz = np.uint64(0)
+        neg = np.uint64(0)
+        for i in range(base, stop):
+            m = beta * momentum[i] + one_minus_beta * grad[i] if use_momentum else grad[i]
+            momentum[i] = m
+            shift = np.uint64(i - base)
+            nz |= np.uint64(m != zero) << shift
+            neg |= np.uint64(m < zero) << shift
+        nz_words[w] = nz
+        neg_words[w] = neg
+
+
 def _words(padded):
     return padded.view(np.uint64)
 
@@ -75,6 +96,71 @@ def momentum_sign_pack(grad, momentum, beta, one_minus_beta, out) -> None:
 
 
 _BLOCK = 256  # words per block: the counter planes stay in L1 and the inner loops vectorize
+
+
+def ternary_pack(values, nz_out, neg_out) -> None:
+    _momentum_ternary_words(values, values, values.dtype.type(0), values.dtype.type(1), False,
+                            _words(nz_out), _words(neg_out))
+
+
+def momentum_ternary_pack(grad, momentum, beta, one_minus_beta, nz_out, neg_out) -> None:
+    _momentum_ternary_words(grad, momentum, beta, one_minus_beta, beta != 0,
+                            _words(nz_out), _words(neg_out))
+
+
+@_jit
+def _ternary_vote_words(nz_rows, neg_rows, count, nz_out, neg_out):
+    # Each worker adds (vote + 1) in {0, 1, 2} to a bit-sliced counter C, so
+    # C = sum(votes) + M: C > M is +1, C == M is 0, C < M is -1.  (vote + 1)
+    # has bit 0 = "zero vote" and bit 1 = "positive vote".
+    workers = nz_rows.shape[0]
+    nwords = (count + 63) // 64
+    levels = 1
+    while (1 << levels) <= 2 * workers:
+        levels += 1
+    planes = np.zeros((levels, _BLOCK), dtype=np.uint64)
+    carry = np.zeros(_BLOCK, dtype=np.uint64)
+    greater = np.zeros(_BLOCK, dtype=np.uint64)
+    equal = np.zeros(_BLOCK, dtype=np.uint64)
+    ones = ~np.uint64(0)
+    for start in range(0, nwords, _BLOCK):
+        width = min(_BLOCK, nwords - start)
+        planes[:, :width] = 0
+        for k in range(workers):
+            for first in range(2):
+                for j in range(width):
+                    nz = nz_rows[k, start + j]
+                    carry[j] = ~nz if first == 0 else nz & ~neg_rows[k, start + j]
+                for b in range(first, levels):
+                    for j in range(width):
+                        t = planes[b, j] & carry[j]
+                        planes[b, j] ^= carry[j]
+                        carry[j] = t
+        for j in range(width):
+            greater[j] = 0
+            equal[j] = ones
+        for b in range(levels - 1, -1, -1):
+            if (workers >> b) & 1:
+                for j in range(width):
+                    equal[j] &= planes[b, j]
+            else:
+                for j in range(width):
+                    greater[j] |= equal[j] & planes[b, j]
+                    equal[j] &= ~planes[b, j]
+        for j in range(width):
+            w = start + j
+            valid = ones
+            if w == nwords - 1 and count % 64:
+                valid = (np.uint64(1) << np.uint64(count % 64)) - np.uint64(1)
+            nz_out[w] = ~equal[j] & valid
+            neg_out[w] = ~equal[j] & ~greater[j] & valid
+
+
+def ternary_vote(rows, count, plane_stride, nz_out, neg_out) -> None:
+    nwords = (count + 63) // 64
+    nz_rows = rows[:, : nwords * 8].view(np.uint64)
+    neg_rows = rows[:, plane_stride: plane_stride + nwords * 8].view(np.uint64)
+    _ternary_vote_words(nz_rows, neg_rows, count, _words(nz_out), _words(neg_out))
 
 
 @_jit
@@ -184,10 +270,13 @@ def warm_up() -> None:
     """Compile (or load from Numba's cache) every kernel now, not inside a timed step."""
     values = np.array([1.0, -2.0, 0.0], dtype=np.float32)
     padded = np.zeros(8, dtype=np.uint8)
+    other = np.zeros(8, dtype=np.uint8)
     sign_pack(values, padded)
+    ternary_pack(values, padded, other)
+    momentum_ternary_pack(values, values.copy(), np.float32(0.5), np.float32(0.5), padded, other)
+    ternary_vote(np.zeros((3, 16), dtype=np.uint8), values.size, 8, padded, other)
     momentum_sign_pack(values, values.copy(), np.float32(0.5), np.float32(0.5), padded)
     rows = np.zeros((3, 8), dtype=np.uint8)
-    other = np.zeros(8, dtype=np.uint8)
     for tie in (TIE_POSITIVE, TIE_ZERO, TIE_RANDOM):
         majority_vote(rows, values.size, tie, other, padded, other)
     apply_sign_update(values, padded, np.float32(0.1), np.float32(0.0))

@@ -58,6 +58,45 @@ def momentum_sign_pack(grad, momentum, beta, one_minus_beta, out) -> None:
     sign_pack(momentum, out)
 
 
+def ternary_pack(values, nz_out, neg_out) -> None:
+    """Pack ``values`` as two planes: non-zero (v != 0) and negative (v < 0)."""
+    xp = _xp(values)
+    nbytes = packed_length(values.size)
+    nz_out[:nbytes] = xp.packbits(values != 0, bitorder="little")
+    neg_out[:nbytes] = xp.packbits(values < 0, bitorder="little")
+
+
+def momentum_ternary_pack(grad, momentum, beta, one_minus_beta, nz_out, neg_out) -> None:
+    """The momentum update of :func:`momentum_sign_pack`, sending sign(0) = 0."""
+    if beta == 0:
+        momentum[...] = grad
+    else:
+        momentum *= beta
+        momentum += one_minus_beta * grad
+    ternary_pack(momentum, nz_out, neg_out)
+
+
+def ternary_vote(rows, count, plane_stride, nz_out, neg_out) -> None:
+    """Majority vote over ternary messages: ``sign(sum of -1/0/+1 votes)``, sign(0) = 0.
+
+    ``rows`` holds one ternary body per worker: the non-zero plane, then the
+    negative plane at byte ``plane_stride``.  Writes the ternary result planes.
+    """
+    xp = _xp(rows)
+    workers = rows.shape[0]
+    nbytes = packed_length(count)
+
+    def plane(start):
+        bits = xp.unpackbits(xp.ascontiguousarray(rows[:, start:start + nbytes]).ravel(),
+                             bitorder="little")
+        return bits.reshape(workers, nbytes * 8)[:, :count].astype(np.int32)
+
+    nonzero, negative = plane(0), plane(plane_stride)
+    total = (nonzero * (1 - 2 * negative)).sum(axis=0)
+    nz_out[:nbytes] = xp.packbits(total != 0, bitorder="little")
+    neg_out[:nbytes] = xp.packbits(total < 0, bitorder="little")
+
+
 def majority_vote(rows, count, tie, tie_bits, neg_out, nz_out) -> None:
     """Majority vote over the packed sign messages in ``rows`` (M x padded bytes).
 

@@ -1,0 +1,52 @@
+import pytest
+
+from hpcgrad import algorithms
+from hpcgrad.config import ALGORITHMS, TrainConfig, build, load_file
+from hpcgrad.errors import ConfigError
+
+
+def test_every_registered_algorithm_is_selectable():
+    assert set(ALGORITHMS) == set(algorithms.REGISTRY)
+
+
+def test_algorithm_defaults_fill_unset_values():
+    cfg = TrainConfig(algorithm="signum-mv").resolved()
+    assert cfg.lr == algorithms.REGISTRY["signum-mv"].defaults["lr"]
+    assert TrainConfig(algorithm="fp32-ps", lr=0.5).resolved().lr == 0.5
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"algorithm": "adam-mv"}, "unknown algorithm 'adam-mv'"),
+    ({"lr": 0.0}, "lr must be > 0"),
+    ({"lr": float("nan")}, "lr must be a finite number"),
+    ({"momentum": 1.0}, "momentum must be in [0, 1)"),
+    ({"momentum": -0.1}, "momentum must be in [0, 1)"),
+    ({"weight_decay": -1.0}, "weight-decay must be >= 0"),
+    ({"tie": "coin"}, "unknown tie rule 'coin'"),
+    ({"iterations": 0}, "iterations must be an integer >= 1"),
+    ({"batch_size": 2.5}, "batch-size must be an integer"),
+])
+def test_bad_settings_are_named(settings, words):
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(**settings).resolved()
+    assert words in str(err.value)
+
+
+def test_file_then_command_line(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('algorithm = "fp16-ps"\nlr = 0.05\nbatch-size = 16\n')
+    cfg = build(load_file(path), {"lr": 0.2, "seed": None})
+    assert (cfg.algorithm, cfg.lr, cfg.batch_size) == ("fp16-ps", 0.2, 16)
+
+
+def test_file_errors_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_file(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("lr = = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_file(bad)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("learning_rate = 3")
+    with pytest.raises(ConfigError, match="unknown setting 'learning_rate'"):
+        load_file(unknown)

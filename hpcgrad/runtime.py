@@ -186,6 +186,8 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     flat = FlatModel(model)
     d = flat.count
     params, grads = flat.params.numpy(), flat.grads.numpy()
+    # Replicas start from rank 0's parameters, whatever the caller's model init did.
+    comm.Bcast([params, MPI.FLOAT], root=0)
     alg = algorithms.create(config, d, workers)
     sampler = None if is_server else workloads.ShardSampler(
         data, rank - 1, workers, config.batch_size, config.seed)
@@ -222,6 +224,7 @@ def _loop(config, comm, alg, exchange, flat, params, grads, sampler, data, log,
     flush_rows = config.flush_every
     clock = PhaseClock(flush_rows)
     losses = np.zeros(flush_rows)
+    record = np.zeros((flush_rows, 1 + len(PHASES)))
     gathered = np.zeros((size, flush_rows, 1 + len(PHASES))) if is_server else None
     model = flat.model
     ps = exchange if isinstance(exchange, ParameterServer) else None
@@ -278,9 +281,9 @@ def _loop(config, comm, alg, exchange, flat, params, grads, sampler, data, log,
         last = step == config.iterations - 1
         if row == flush_rows - 1 or last:
             rows = row + 1
-            record = np.concatenate([losses[:rows, None], clock.times[:rows]], axis=1)
-            comm.Gather(np.ascontiguousarray(record),
-                        gathered[:, :rows] if is_server else None, root=0)
+            record[:, 0] = losses
+            record[:, 1:] = clock.times
+            comm.Gather(record, gathered, root=0)  # fixed shape; rows past `rows` unused
             if is_server:
                 g = gathered[:, :rows]
                 iters = np.arange(first_row, first_row + rows)

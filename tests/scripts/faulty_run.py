@@ -1,0 +1,53 @@
+"""A real `hpcgrad train` run in which one rank misbehaves at step 3.
+
+Usage (under mpiexec, through ``python -m mpi4py``):
+    faulty_run.py MODE RANK -- <hpcgrad train options>
+
+MODE: raise (an exception in the worker step), corrupt (bad magic in the
+uplink header), nan (a NaN gradient), die (the process exits at once, as if
+killed).  Only the fault is injected; MPI, the runtime and the log are real.
+"""
+
+import os
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcgrad import cli
+from hpcgrad.algorithms import REGISTRY
+from hpcgrad.flat import FlatModel
+
+mode, bad_rank = sys.argv[1], int(sys.argv[2])
+options = sys.argv[sys.argv.index("--") + 1:]
+FAULT_STEP = 3
+
+if MPI.COMM_WORLD.Get_rank() == bad_rank:
+    cls = REGISTRY["signum-mv"]
+    original = cls.worker_step
+
+    def worker_step(self, grad, message, step):
+        if step == FAULT_STEP:
+            if mode == "raise":
+                raise RuntimeError("injected failure")
+            if mode == "die":
+                os._exit(9)
+        original(self, grad, message, step)
+        if step == FAULT_STEP and mode == "corrupt":
+            message.raw[:4] = np.frombuffer(b"XXXX", dtype=np.uint8)
+
+    cls.worker_step = worker_step
+
+    if mode == "nan":  # a NaN in the last tensor's gradient, as backward() would leave it
+        check = FlatModel.check_grads_finite
+        calls = []
+
+        def check_grads_finite(self):
+            calls.append(1)
+            if len(calls) == FAULT_STEP + 1:
+                self.grads[-1] = float("nan")
+            check(self)
+
+        FlatModel.check_grads_finite = check_grads_finite
+
+sys.exit(cli.main(["train", *options]))

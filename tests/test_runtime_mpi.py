@@ -1,0 +1,79 @@
+"""Multi-rank tests of the transport and the runtime, under a real mpiexec (pytest-mpi).
+
+Run with: mpiexec -n N python -m mpi4py -m pytest --with-mpi -m mpi tests
+"""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from hpcgrad import runtime, workloads
+from hpcgrad.config import TrainConfig
+from hpcgrad.errors import WireFormatError
+from hpcgrad.transport import ParameterServer
+from hpcgrad.wire import HEADER_SIZE, Header
+
+pytestmark = pytest.mark.mpi(min_size=3)
+
+
+def test_gatherv_lands_each_worker_in_an_aligned_slot_and_bcast_reaches_all(comm):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    body = 13  # deliberately not a multiple of 8
+    ps = ParameterServer(comm, Header(3, 100, body, 0, 0), Header(3, 100, body, 0, 0))
+    if rank:
+        ps.uplink.stamp(5)
+        ps.uplink.body[:] = rank
+    ps.gather()
+    if rank == 0:
+        ps.check_uplinks(5)
+        assert ps.uplinks.slot % 8 == 0
+        for worker in range(1, size):
+            assert (ps.uplinks.rows[worker - 1, :body] == worker).all()
+            assert not ps.uplinks.rows[worker - 1, body:].any()  # padding stays zero
+        ps.downlink.stamp(5)
+        ps.downlink.body[:] = 200
+    ps.broadcast()
+    if rank:
+        ps.check_downlink(5)
+    assert (ps.downlink.body == 200).all()
+
+
+def test_a_stale_or_misrouted_uplink_is_named(comm):
+    rank = comm.Get_rank()
+    ps = ParameterServer(comm, Header(3, 64, 8, 0, 0), Header(3, 64, 8, 0, 0))
+    if rank:
+        ps.uplink.stamp(7 if rank == 1 else 8)  # rank 1 is one step behind
+    ps.gather()
+    if rank == 0:
+        with pytest.raises(WireFormatError, match="uplink message from rank 1 at step 8: "
+                                                  "header step is 7, expected 8"):
+            ps.check_uplinks(8)
+
+
+@pytest.mark.parametrize("algorithm, tie", [("signum-mv", "positive"), ("signum-mv", "zero"),
+                                            ("signum-mv", "random"), ("fp32-ps", "positive"),
+                                            ("fp16-ps", "positive"), ("allreduce", "positive")])
+def test_training_keeps_every_replica_bit_identical(comm, mpi_tmp_path, algorithm, tie):
+    config = TrainConfig(algorithm=algorithm, tie=tie, iterations=30, eval_every=0, flush_every=7,
+                         quiet=True, log=str(mpi_tmp_path / f"{algorithm}-{tie}.h5")).resolved()
+    data = workloads.synthetic(config.seed, train=2048, test=256)
+    model = workloads.mlp(data.num_features, 32, data.num_classes)
+    initial = hashlib.sha256(b"".join(p.detach().numpy().tobytes()
+                                      for p in model.parameters())).hexdigest()
+    summary = runtime.train(config, comm, model=model, data=data)
+    params = b"".join(p.detach().numpy().tobytes() for p in model.parameters())
+    digests = comm.allgather(hashlib.sha256(params).hexdigest())
+    assert len(set(digests)) == 1
+    assert digests[0] != initial  # it trained
+    if comm.Get_rank() == 0:
+        assert summary.iterations == 30 and np.isfinite(summary.final_loss)
+        workers, d = comm.Get_size() - 1, summary.num_params
+        expected_up = {"signum-mv": HEADER_SIZE + (d + 7) // 8, "fp32-ps": HEADER_SIZE + 4 * d,
+                       "fp16-ps": HEADER_SIZE + 2 * d, "allreduce": 4 * d}[algorithm]
+        if tie == "zero":
+            expected_up = HEADER_SIZE + 2 * ((d + 7) // 8) + (-((d + 7) // 8)) % 8
+        assert summary.bytes_up_per_worker == 30 * expected_up
+        assert workers == summary.workers
+    else:
+        assert summary is None

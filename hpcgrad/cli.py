@@ -16,7 +16,7 @@ import sys
 import traceback
 
 from . import __version__
-from .config import ALGORITHMS, TIE_RULES, TrainConfig
+from .config import ALGORITHMS, DEVICES, TIE_RULES, TrainConfig
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -60,6 +60,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--record-messages", type=int, metavar="N",
                    help="store the raw bytes of every uplink and downlink message of the first "
                         "N iterations in the log's /messages group (default: 0)")
+    p.add_argument("--device", choices=DEVICES,
+                   help="where workers compute and encode: cpu, or cuda (one GPU per worker, "
+                        "chosen by node-local rank among CUDA_VISIBLE_DEVICES; needs CuPy). "
+                        f"The server aggregates on the host either way (default: {d.device})")
     p.add_argument("--quiet", action="store_true", default=None,
                    help="print only the final summary")
 

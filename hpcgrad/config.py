@@ -23,6 +23,7 @@ else:  # pragma: no cover
 
 ALGORITHMS = tuple(REGISTRY)
 TIE_RULES = ("positive", "zero", "random")
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class TrainConfig:
     log: str | None = None
     record_messages: int = 0
     quiet: bool = False
+    device: str = "cpu"
     extra: dict = field(default_factory=dict, repr=False)
 
     def resolved(self) -> "TrainConfig":
@@ -88,7 +90,10 @@ def validate(cfg: TrainConfig) -> None:
            f"weight-decay must be >= 0, got {cfg.weight_decay}")
     _check(cfg.tie in TIE_RULES,
            f"unknown tie rule {cfg.tie!r}; choose one of: {', '.join(TIE_RULES)}")
+    _check(cfg.device in DEVICES,
+           f"unknown device {cfg.device!r}; choose one of: {', '.join(DEVICES)}")
     _integer("iterations", cfg.iterations, 1)
+    _check(cfg.iterations < 2**32, "iterations must be < 2**32 (the header's step field)")
     _integer("seed", cfg.seed, 0)
     _integer("batch-size", cfg.batch_size, 1)
     _integer("hidden", cfg.hidden, 1)
@@ -96,6 +101,9 @@ def validate(cfg: TrainConfig) -> None:
     _integer("flush-every", cfg.flush_every, 1)
     _integer("record-messages", cfg.record_messages, 0)
     _check(cfg.seed < 2**63, "seed must be < 2**63")
+    _check(not (cfg.algorithm == "allreduce" and cfg.record_messages),
+           "record-messages: allreduce sends raw fp32 buffers, not hpcgrad messages; "
+           "there is nothing to record")
 
 
 def load_file(path: str | Path) -> dict:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from mpi4py import MPI
 
-from . import __version__, algorithms, workloads
+from . import __version__, algorithms, device, workloads
 from .config import TrainConfig
 from .errors import ConfigError, HpcgradError, NonFiniteError
 from .flat import FlatModel
@@ -120,8 +120,9 @@ def default_log_path(config: TrainConfig, world_size: int) -> str:
     return str(Path("runs") / f"{config.algorithm}-n{world_size}-s{config.seed}-{stamp}.h5")
 
 
-def _run_metadata(comm, config, num_params, uplink, downlink, log_path) -> dict:
+def _run_metadata(comm, config, num_params, uplink, downlink, log_path, where) -> dict:
     hosts = comm.gather(socket.gethostname(), root=0)
+    devices = comm.gather(where.describe(), root=0)
     return {
         "algorithm": config.algorithm,
         "world_size": comm.Get_size(),
@@ -135,8 +136,9 @@ def _run_metadata(comm, config, num_params, uplink, downlink, log_path) -> dict:
         "header_bytes": HEADER_SIZE,
         "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
         "mpi_version": "%d.%d" % MPI.Get_version(),
-        "cuda_aware": False,
+        "cuda_aware": device.cuda_aware_mpi(),
         "hostnames": json.dumps(hosts),
+        "devices": json.dumps(devices),
         "hpcgrad_version": __version__,
         "torch_version": torch.__version__,
         "numpy_version": np.__version__,
@@ -164,6 +166,8 @@ def _check_world(comm, config) -> None:
         raise ConfigError("hpcgrad needs at least 2 MPI ranks (rank 0 is the server, ranks "
                           f"1..N-1 are workers); got a world of size {size}{hint}. "
                           "Run e.g. mpiexec -n 5 hpcgrad train")
+    if size > 2**16:
+        raise ConfigError(f"a world of {size} ranks exceeds the header's 16-bit sender field")
     digests = comm.allgather(hashlib.sha256(config.to_json().encode()).hexdigest())
     for rank, digest in enumerate(digests):
         if digest != digests[0]:
@@ -183,42 +187,55 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     data = data or workloads.synthetic(config.seed)
     torch.manual_seed(config.seed)
     model = model or workloads.mlp(data.num_features, config.hidden, data.num_classes)
-    flat = FlatModel(model)
+    local_rank = device.node_local_rank(comm)  # collective: every rank, before any branch
+    where = agree(comm, lambda: device.select(config.device, local_rank, is_server),
+                  "selecting the device")
+    flat = FlatModel(model.to(where.torch_device))
     d = flat.count
-    params, grads = flat.params.numpy(), flat.grads.numpy()
+    params, grads = where.array(flat.params), where.array(flat.grads)
     # Replicas start from rank 0's parameters, whatever the caller's model init did.
-    comm.Bcast([params, MPI.FLOAT], root=0)
+    host_params = flat.params.detach().cpu().numpy()
+    comm.Bcast([host_params, MPI.FLOAT], root=0)
+    where.to_device(host_params, params)
     alg = algorithms.create(config, d, workers)
     sampler = None if is_server else workloads.ShardSampler(
         data, rank - 1, workers, config.batch_size, config.seed)
 
+    zeros = np.zeros if where.name == "cpu" else device.pinned_zeros
     if alg.topology == "allreduce":
-        exchange = Allreduce(comm, d)
+        exchange = Allreduce(comm, d, zeros)
         bytes_up = bytes_down = exchange.send.nbytes
     else:
         up = Header(alg.uplink.id, d, alg.uplink.body_length(d), 0, 0)
         down = Header(alg.downlink.id, d, alg.downlink.body_length(d), 0, 0)
-        exchange = ParameterServer(comm, up, down)
+        exchange = ParameterServer(comm, up, down, zeros)
         bytes_up = HEADER_SIZE + up.body_length
         bytes_down = HEADER_SIZE + down.body_length
 
     log_path = config.log or default_log_path(config, size)
     log_path = comm.bcast(log_path, root=0)
-    meta = _run_metadata(comm, config, d, alg.uplink, alg.downlink, log_path)
+    meta = _run_metadata(comm, config, d, alg.uplink, alg.downlink, log_path, where)
     log = agree(comm, lambda: TrafficLog(log_path, attrs=meta, num_workers=workers,
                                          world_size=size,
                                          record_messages=config.record_messages)
                 if is_server else None, "creating the log")
     try:
         return _loop(config, comm, alg, exchange, flat, params, grads, sampler, data, log,
-                     bytes_up, bytes_down)
+                     bytes_up, bytes_down, where)
     finally:
         if log is not None:
             log.close()
 
 
+class _Body:
+    """A device-side message body for the algorithms to write or read."""
+
+    def __init__(self, padded_body):
+        self.padded_body = padded_body
+
+
 def _loop(config, comm, alg, exchange, flat, params, grads, sampler, data, log,
-          bytes_up, bytes_down):
+          bytes_up, bytes_down, where):
     rank, size = comm.Get_rank(), comm.Get_size()
     workers, is_server = size - 1, rank == 0
     flush_rows = config.flush_every
@@ -228,6 +245,14 @@ def _loop(config, comm, alg, exchange, flat, params, grads, sampler, data, log,
     gathered = np.zeros((size, flush_rows, 1 + len(PHASES))) if is_server else None
     model = flat.model
     ps = exchange if isinstance(exchange, ParameterServer) else None
+    # Where the algorithm reads and writes bodies: the host buffers MPI uses, or
+    # device twins staged through them.
+    if ps is None:
+        send = where.empty_like_host(exchange.send)
+        recv = where.empty_like_host(exchange.recv)
+    else:
+        up = None if is_server else _Body(where.empty_like_host(ps.uplink.padded_body))
+        down = where.empty_like_host(ps.downlink.padded_body)
     eval_loss = eval_acc = float("nan")
     first_row = 0
     started = time.perf_counter()
@@ -238,6 +263,7 @@ def _loop(config, comm, alg, exchange, flat, params, grads, sampler, data, log,
         clock.start(row)
         if not is_server:
             x, y = sampler.next()
+            x, y = x.to(where.torch_device), y.to(where.torch_device)
             flat.zero_grad()
             loss = F.cross_entropy(model(x), y)
             loss.backward()
@@ -249,16 +275,20 @@ def _loop(config, comm, alg, exchange, flat, params, grads, sampler, data, log,
             clock.lap(COMPUTE)
         if ps is None:
             if not is_server:
-                alg.worker_step(grads, exchange.send, step)
+                alg.worker_step(grads, send, step)
+                where.to_host(send, exchange.send)
             clock.lap(ENCODE)
             exchange.allreduce()
             clock.lap(GATHER)
-            alg.apply(params, exchange.recv, step)
+            where.to_device(exchange.recv, recv)
+            alg.apply(params, recv, step)
+            where.synchronize()
             clock.lap(UPDATE)
         else:
             if not is_server:
                 ps.uplink.stamp(step)
-                alg.worker_step(grads, ps.uplink, step)
+                alg.worker_step(grads, up, step)
+                where.to_host(up.padded_body, ps.uplink.padded_body)
                 clock.lap(ENCODE)
             ps.gather()
             clock.lap(GATHER)
@@ -272,7 +302,9 @@ def _loop(config, comm, alg, exchange, flat, params, grads, sampler, data, log,
             if not is_server:
                 ps.check_downlink(step)
                 clock.lap(DECODE)
-            alg.apply(params, ps.downlink.padded_body, step)
+            where.to_device(ps.downlink.padded_body, down)
+            alg.apply(params, down, step)
+            where.synchronize()
             clock.lap(UPDATE)
             if is_server and step < config.record_messages:
                 log.append_messages(step, [ps.uplinks.message(r) for r in range(1, size)],
@@ -300,7 +332,7 @@ def _loop(config, comm, alg, exchange, flat, params, grads, sampler, data, log,
                       f"accuracy {eval_acc:6.2%}  up {bytes_up * (step + 1) / 1e6:9.3f} MB/worker"
                       f"  {1e3 * elapsed / (step + 1):7.2f} ms/step", flush=True)
 
-    _check_replicas(comm, params)
+    _check_replicas(comm, flat.params.detach().cpu().numpy())
     if not is_server:
         return None
     n = config.iterations

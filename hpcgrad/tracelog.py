@@ -55,7 +55,13 @@ class TrafficLog:
             self.file = h5py.File(self.path, "w", libver=("v110", "v110"))
         except OSError as exc:
             raise ConfigError(f"cannot create the log file {str(self.path)!r}: {exc}") from None
-        f = self.file
+        try:
+            self._create(self.file, attrs, num_workers, world_size, record_messages)
+        except BaseException:
+            self.file.close()
+            raise
+
+    def _create(self, f, attrs, num_workers, world_size, record_messages) -> None:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["phases"] = json.dumps(PHASES)

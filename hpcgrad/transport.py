@@ -53,18 +53,18 @@ class Uplinks:
 class ParameterServer:
     """Uplink ``Gatherv`` to rank 0 and downlink ``Bcast`` from rank 0."""
 
-    def __init__(self, comm: MPI.Comm, uplink: Header, downlink: Header):
+    def __init__(self, comm: MPI.Comm, uplink: Header, downlink: Header, zeros=np.zeros):
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.is_server = self.rank == SERVER
         self.uplink_header = uplink
-        self.downlink = MessageBuffer(downlink)
+        self.downlink = MessageBuffer(downlink, zeros)
         if self.is_server:
             self.uplinks = Uplinks(self.size, HEADER_SIZE + uplink.body_length)
             self._empty = np.zeros(0, dtype=np.uint8)
         else:
             self.uplink = MessageBuffer(Header(uplink.codec, uplink.count, uplink.body_length,
-                                               0, self.rank, uplink.flags))
+                                               0, self.rank, uplink.flags), zeros)
 
     def gather(self) -> None:
         """Collective: every worker's ``self.uplink`` lands in rank 0's ``self.uplinks``."""
@@ -97,10 +97,10 @@ class ParameterServer:
 class Allreduce:
     """fp32 ``Allreduce`` (sum) over every rank, for the data-parallel baseline."""
 
-    def __init__(self, comm: MPI.Comm, count: int):
+    def __init__(self, comm: MPI.Comm, count: int, zeros=np.zeros):
         self.comm = comm
-        self.send = np.zeros(count, dtype=np.float32)
-        self.recv = np.zeros(count, dtype=np.float32)
+        self.send = zeros(count, dtype=np.float32)
+        self.recv = zeros(count, dtype=np.float32)
 
     def allreduce(self) -> None:
         self.comm.Allreduce([self.send, MPI.FLOAT], [self.recv, MPI.FLOAT], op=MPI.SUM)

@@ -102,19 +102,17 @@ class MessageBuffer:
     ``wire`` is exactly what goes to MPI; ``body`` is where a codec writes.
     """
 
-    def __init__(self, header: Header):
+    def __init__(self, header: Header, zeros=np.zeros):
         self.header = header
         self.length = HEADER_SIZE + header.body_length
-        self.raw = np.zeros(round_up(self.length), dtype=np.uint8)
+        self.raw = zeros(round_up(self.length), dtype=np.uint8)
         self.wire = self.raw[: self.length]
         self.body = self.raw[HEADER_SIZE: self.length]
-        self.stamp(header.step)
-
-    def stamp(self, step: int) -> None:
-        """Write the header for iteration ``step`` (only the step field changes)."""
-        self.header.pack_into(self.raw)
-        _STEP.pack_into(self.raw, _STEP_OFFSET, step)
-
         #: The body followed by its zero padding: what the kernels write into,
         #: so that they may store whole 64-bit words.
         self.padded_body = self.raw[HEADER_SIZE:]
+        header.pack_into(self.raw)
+
+    def stamp(self, step: int) -> None:
+        """Set the header's step field for iteration ``step`` (the rest never changes)."""
+        _STEP.pack_into(self.raw, _STEP_OFFSET, step)

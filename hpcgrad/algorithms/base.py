@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import kernels
 from ..codecs import Codec
 
 
@@ -60,13 +61,16 @@ class MomentumSGD:
 
     def __init__(self, num_params: int, lr: float, momentum: float, weight_decay: float):
         self.lr, self.mu, self.wd = f32(lr), f32(momentum), f32(weight_decay)
-        self.buffer = np.zeros(num_params, dtype=np.float32)
-        self.scratch = np.empty(num_params, dtype=np.float32)
+        self.buffer = self.scratch = None  # allocated on first use, where params live
 
-    def step(self, params: np.ndarray, grad: np.ndarray) -> None:
-        np.multiply(params, self.wd, out=self.scratch)
+    def step(self, params, grad) -> None:
+        xp = kernels.array_module(params)
+        if self.buffer is None:
+            self.buffer = xp.zeros_like(params)
+            self.scratch = xp.empty_like(params)
+        xp.multiply(params, self.wd, out=self.scratch)
         self.scratch += grad
         self.buffer *= self.mu
         self.buffer += self.scratch
-        np.multiply(self.buffer, self.lr, out=self.scratch)
+        xp.multiply(self.buffer, self.lr, out=self.scratch)
         params -= self.scratch

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import kernels
 from ..codecs import FP16, FP32
 from .base import Algorithm, MomentumSGD, f32
 
@@ -20,7 +21,7 @@ class DensePS(Algorithm):
     def __init__(self, config, num_params, num_workers):
         super().__init__(config, num_params, num_workers)
         self.uplink = self.downlink = self.codec
-        self.mean = np.zeros(num_params, dtype=np.float32)
+        self.mean = None  # fp32 scratch, allocated where it is used (host or GPU)
         self.sgd = MomentumSGD(num_params, config.lr, config.momentum, config.weight_decay)
 
     def _values(self, body):
@@ -29,8 +30,14 @@ class DensePS(Algorithm):
     def worker_step(self, grad, message, step):
         self.codec.encode(grad, message.padded_body)
 
+    def _scratch(self, like):
+        if self.mean is None:
+            self.mean = kernels.array_module(like).zeros(self.num_params, dtype=np.float32)
+        return self.mean
+
     def server_step(self, uplinks, message, step):
         values = uplinks.values(self.codec.dtype, self.num_params)
+        self._scratch(values)
         np.copyto(self.mean, values[0])
         for row in values[1:]:
             np.add(self.mean, row, out=self.mean)
@@ -38,8 +45,9 @@ class DensePS(Algorithm):
         self.codec.encode(self.mean, message.padded_body)
 
     def apply(self, params, body, step):
-        np.copyto(self.mean, self._values(body))
-        self.sgd.step(params, self.mean)
+        mean = self._scratch(params)
+        mean[...] = self._values(body)
+        self.sgd.step(params, mean)
 
 
 class FP32PS(DensePS):

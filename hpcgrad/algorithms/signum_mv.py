@@ -49,7 +49,7 @@ class SignumMV(Algorithm):
 
     def worker_step(self, grad, message, step):
         if self.momentum is None:
-            self.momentum = np.zeros_like(grad)
+            self.momentum = kernels.array_module(grad).zeros_like(grad)
         k = kernels.for_array(grad)
         if self.uplink is TERNARY2:
             nonzero, negative = TERNARY2.planes(message.padded_body, self.num_params)

@@ -23,6 +23,15 @@ def warm_up(array) -> None:
         module.warm_up()
 
 
+def array_module(array):
+    """``cupy`` for a CuPy array, else ``numpy``."""
+    if type(array).__module__.startswith("cupy"):
+        import cupy
+        return cupy
+    import numpy
+    return numpy
+
+
 def for_array(array):
     """Kernel module for ``array``: compiled CPU loops for NumPy, generic for CuPy."""
     if type(array).__module__.startswith("cupy"):

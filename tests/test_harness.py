@@ -1,0 +1,82 @@
+"""Tests of the test harness itself: tests/mpirun.py and the multi-rank pytest setup."""
+
+import os
+import re
+import time
+
+import numpy as np
+import pytest
+
+from mpirun import mpiexec_path, run_mpi
+
+
+def test_mpiexec_is_next_to_python():
+    path = mpiexec_path()
+    assert os.access(path, os.X_OK), path
+
+
+def test_run_mpi_starts_three_ranks():
+    code = (
+        "import sys\n"
+        "from mpi4py import MPI\n"
+        "c = MPI.COMM_WORLD\n"
+        "c.Barrier()\n"
+        "sys.stdout.write(f'<rank {c.Get_rank()} of {c.Get_size()}>\\n')\n"
+    )
+    result = run_mpi(3, code=code, timeout=60)
+    assert result.returncode == 0, result.stderr
+    # mpiexec merges the ranks' output streams; lines of different ranks can interleave
+    # (each rank's text is intact only per write call), so match the markers, not lines.
+    seen = sorted(re.findall(r"<rank (\d+) of (\d+)>", result.stdout))
+    assert seen == [("0", "3"), ("1", "3"), ("2", "3")], result.stdout
+
+
+def test_run_mpi_passes_args_and_env():
+    code = "import os, sys; print(sys.argv[1:], os.environ['OMP_NUM_THREADS'], os.environ['HG_X'])"
+    result = run_mpi(2, ["a", "b c"], code=code, env={"HG_X": "42"}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("['a', 'b c'] 1 42") == 2, result.stdout
+
+
+def test_exception_on_one_rank_aborts_the_job():
+    # Rank 1 raises; ranks 0 and 2 would wait in the barrier forever without mpi4py's abort.
+    code = (
+        "from mpi4py import MPI\n"
+        "c = MPI.COMM_WORLD\n"
+        "if c.Get_rank() == 1:\n"
+        "    raise RuntimeError('deliberate failure on rank 1')\n"
+        "c.Barrier()\n"
+    )
+    start = time.monotonic()
+    result = run_mpi(3, code=code, timeout=30)
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0
+    assert elapsed < 10, f"the job took {elapsed:.1f} s to end"
+    assert "RuntimeError: deliberate failure on rank 1" in result.stderr, result.stderr
+
+
+def test_run_mpi_timeout_kills_the_launch():
+    code = (
+        "import time\n"
+        "from mpi4py import MPI\n"
+        "c = MPI.COMM_WORLD\n"
+        "print('started', flush=True)\n"
+        "if c.Get_rank() != 0:\n"
+        "    c.Barrier()  # rank 0 never joins: a hang\n"
+        "time.sleep(600)\n"
+    )
+    start = time.monotonic()
+    with pytest.raises(AssertionError, match="timed out after 3 s") as excinfo:
+        run_mpi(2, code=code, timeout=3)
+    assert time.monotonic() - start < 20
+    assert "started" in str(excinfo.value)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_allreduce_sums_over_ranks(comm):
+    size, rank = comm.Get_size(), comm.Get_rank()
+    send = np.arange(7, dtype=np.float64) + rank
+    recv = np.empty_like(send)
+    comm.Allreduce(send, recv)  # buffer-based, MPI.SUM by default
+    expected = size * np.arange(7, dtype=np.float64) + size * (size - 1) / 2
+    np.testing.assert_array_equal(recv, expected)

@@ -98,6 +98,34 @@ def momentum_sign_pack(grad, momentum, beta, one_minus_beta, out) -> None:
 _BLOCK = 256  # words per block: the counter planes stay in L1 and the inner loops vectorize
 
 
+@_jit
+def _add_to_counter(planes, carry, first_level, width):
+    # Ripple-carry add of one bit per coordinate (carry) into the bit-sliced
+    # counter planes, starting at plane first_level; consumes carry.
+    for b in range(first_level, planes.shape[0]):
+        for j in range(width):
+            t = planes[b, j] & carry[j]
+            planes[b, j] ^= carry[j]
+            carry[j] = t
+
+
+@_jit
+def _compare_counter(planes, threshold, width, greater, equal):
+    # greater[j] / equal[j]: per coordinate, counter > threshold / == threshold,
+    # compared plane by plane from the most significant.
+    for j in range(width):
+        greater[j] = 0
+        equal[j] = ~np.uint64(0)
+    for b in range(planes.shape[0] - 1, -1, -1):
+        if (threshold >> b) & 1:
+            for j in range(width):
+                equal[j] &= planes[b, j]
+        else:
+            for j in range(width):
+                greater[j] |= equal[j] & planes[b, j]
+                equal[j] &= ~planes[b, j]
+
+
 def ternary_pack(values, nz_out, neg_out) -> None:
     _momentum_ternary_words(values, values, values.dtype.type(0), values.dtype.type(1), False,
                             _words(nz_out), _words(neg_out))
@@ -131,22 +159,8 @@ def _ternary_vote_words(nz_rows, neg_rows, count, nz_out, neg_out):
                 for j in range(width):
                     nz = nz_rows[k, start + j]
                     carry[j] = ~nz if first == 0 else nz & ~neg_rows[k, start + j]
-                for b in range(first, levels):
-                    for j in range(width):
-                        t = planes[b, j] & carry[j]
-                        planes[b, j] ^= carry[j]
-                        carry[j] = t
-        for j in range(width):
-            greater[j] = 0
-            equal[j] = ones
-        for b in range(levels - 1, -1, -1):
-            if (workers >> b) & 1:
-                for j in range(width):
-                    equal[j] &= planes[b, j]
-            else:
-                for j in range(width):
-                    greater[j] |= equal[j] & planes[b, j]
-                    equal[j] &= ~planes[b, j]
+                _add_to_counter(planes, carry, first, width)
+        _compare_counter(planes, workers, width, greater, equal)
         for j in range(width):
             w = start + j
             valid = ones
@@ -185,23 +199,8 @@ def _vote_words(rows, count, tie, tie_words, neg_words, nz_words):
         for k in range(workers):
             for j in range(width):
                 carry[j] = rows[k, start + j]
-            for b in range(levels):
-                for j in range(width):
-                    t = planes[b, j] & carry[j]
-                    planes[b, j] ^= carry[j]
-                    carry[j] = t
-        # count > half and count == half, compared plane by plane from the top
-        for j in range(width):
-            greater[j] = 0
-            equal[j] = ones
-        for b in range(levels - 1, -1, -1):
-            if (half >> b) & 1:
-                for j in range(width):
-                    equal[j] &= planes[b, j]
-            else:
-                for j in range(width):
-                    greater[j] |= equal[j] & planes[b, j]
-                    equal[j] &= ~planes[b, j]
+            _add_to_counter(planes, carry, 0, width)
+        _compare_counter(planes, half, width, greater, equal)
         for j in range(width):
             tied = np.uint64(0) if odd else equal[j]
             w = start + j

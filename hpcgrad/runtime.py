@@ -198,8 +198,8 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     comm.Bcast([host_params, MPI.FLOAT], root=0)
     where.to_device(host_params, params)
     alg = algorithms.create(config, d, workers)
-    sampler = None if is_server else workloads.ShardSampler(
-        data, rank - 1, workers, config.batch_size, config.seed)
+    sampler = agree(comm, lambda: None if is_server else workloads.ShardSampler(
+        data, rank - 1, workers, config.batch_size, config.seed), "sharding the data")
 
     zeros = np.zeros if where.name == "cpu" else device.pinned_zeros
     if alg.topology == "allreduce":

@@ -36,6 +36,13 @@ def test_bad_settings_stop_every_rank_with_one_message(tmp_path, options, messag
     assert result.stderr.count(message) == 1, result.stderr
 
 
+def test_a_batch_larger_than_a_shard_is_a_setup_error(tmp_path):
+    result = train(5, "--batch-size", "5000", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert "sharding the data failed on rank 1" in result.stderr
+    assert "fewer than the batch size 5000" in result.stderr
+
+
 def test_unknown_algorithm_is_rejected_by_the_parser(tmp_path):
     result = train(3, "--algorithm", "adam-mv", tmp_path=tmp_path)
     assert result.returncode != 0

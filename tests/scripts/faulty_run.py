@@ -17,6 +17,7 @@ from mpi4py import MPI
 from hpcgrad import cli
 from hpcgrad.algorithms import REGISTRY
 from hpcgrad.flat import FlatModel
+from hpcgrad.wire import MessageBuffer
 
 mode, bad_rank = sys.argv[1], int(sys.argv[2])
 options = sys.argv[sys.argv.index("--") + 1:]
@@ -33,10 +34,18 @@ if MPI.COMM_WORLD.Get_rank() == bad_rank:
             if mode == "die":
                 os._exit(9)
         original(self, grad, message, step)
-        if step == FAULT_STEP and mode == "corrupt":
-            message.raw[:4] = np.frombuffer(b"XXXX", dtype=np.uint8)
 
     cls.worker_step = worker_step
+
+    if mode == "corrupt":  # the uplink header's magic, as a bit error on the wire would
+        stamp = MessageBuffer.stamp
+
+        def corrupting_stamp(self, step):
+            stamp(self, step)
+            if step == FAULT_STEP:
+                self.raw[:4] = np.frombuffer(b"XXXX", dtype=np.uint8)
+
+        MessageBuffer.stamp = corrupting_stamp
 
     if mode == "nan":  # a NaN in the last tensor's gradient, as backward() would leave it
         check = FlatModel.check_grads_finite

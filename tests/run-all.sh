@@ -76,7 +76,7 @@ run_stage() {
     echo "==================== [$(date '+%H:%M:%S')] stage $name ===================="
     echo "+ $*"
     local start=$SECONDS rc=0
-    timeout "${TIMEOUT_MODE[@]}" --kill-after=30 "$limit" "$@" </dev/null || rc=$?
+    timeout ${TIMEOUT_MODE[@]+"${TIMEOUT_MODE[@]}"} --kill-after=30 "$limit" "$@" </dev/null || rc=$?
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
         echo "run-all.sh: stage $name timed out after $limit s (exit $rc)" >&2
     fi
@@ -85,12 +85,12 @@ run_stage() {
     statuses+=("$rc")
 }
 
-run_stage serial "$SERIAL_TIMEOUT" "$PYTHON" -m pytest --durations=10 "$@" --junitxml="$WORK/serial.xml" "${TARGET[@]}"
+run_stage serial "$SERIAL_TIMEOUT" "$PYTHON" -m pytest --durations=10 "$@" --junitxml="$WORK/serial.xml" ${TARGET[@]+"${TARGET[@]}"}
 
 if [ -x "$MPIEXEC" ] || command -v "$MPIEXEC" >/dev/null 2>&1; then
     for n in $MPI_SIZES; do
         run_stage "mpi-$n" "$MPI_TIMEOUT" "$MPIEXEC" -n "$n" "$PYTHON" -m mpi4py -m pytest -p no:cacheprovider \
-            "$@" --with-mpi -m mpi --junitxml="$WORK/mpi-$n.xml" "${TARGET[@]}"
+            "$@" --with-mpi -m mpi --junitxml="$WORK/mpi-$n.xml" ${TARGET[@]+"${TARGET[@]}"}
     done
 else
     echo "run-all.sh: no mpiexec at $MPIEXEC (install the 'mpich' package or set HPCGRAD_TEST_MPIEXEC)" >&2

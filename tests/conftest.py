@@ -256,8 +256,8 @@ class _MPIWorld:
         # Every rank sees the same gathered data, so every rank takes this branch.
         all_ids = self.comm.allgather(ids)
         all_errors = self.comm.allgather(self._collect_errors)
-        lines = [f"MPI ranks collected different tests; stopping (every rank must run the same "
-                 f"tests in the same order)."]
+        lines = ["MPI ranks collected different tests; stopping (every rank must run the same "
+                 "tests in the same order)."]
         for r in range(self.size):
             _, count, nerr = everyone[r]
             lines.append(f"  rank {r}: {count} tests, {nerr} collection errors")

@@ -129,7 +129,7 @@ def test_ternary_pack_and_vote_match_reference(n, workers):
         if k % 3 == 2:
             v = -v
         cpu.ternary_pack(v, rows[k, :stride], rows[k, stride:])
-        a, b = np.zeros(width, np.uint8), np.zeros(width, np.uint8)
+        a = np.zeros(width, np.uint8)
         generic.ternary_pack(v, a[:stride], a[stride:])
         assert a.tobytes() == rows[k].tobytes()
     outs = [padded(n) for _ in range(4)]

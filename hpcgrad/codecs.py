@@ -41,6 +41,10 @@ class Codec:
     def body_length(self, count: int) -> int:
         raise NotImplementedError
 
+    def max_body_length(self, count: int) -> int:
+        """The longest body for ``count`` coordinates (the buffer capacity)."""
+        return self.body_length(count)
+
     def encode(self, values: np.ndarray, padded_body: np.ndarray) -> None:
         """Write the body for ``values`` into ``padded_body`` (zeroed, 8-byte padded)."""
         raise NotImplementedError

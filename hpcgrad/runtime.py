@@ -32,15 +32,13 @@ import torch
 import torch.nn.functional as F
 from mpi4py import MPI
 
-from . import __version__, algorithms, device, workloads
+from . import __version__, algorithms, device, exchange, workloads
 from .config import TrainConfig
 from .errors import ConfigError, HpcgradError, NonFiniteError
+from .exchange import COMPUTE, PhaseClock
 from .flat import FlatModel
 from .tracelog import PHASES, TrafficLog
-from .transport import Allreduce, ParameterServer
-from .wire import HEADER_SIZE, Header
-
-COMPUTE, ENCODE, GATHER, AGGREGATE, BCAST, DECODE, UPDATE = range(len(PHASES))
+from .wire import HEADER_SIZE
 
 
 class SetupError(HpcgradError):
@@ -65,25 +63,6 @@ def agree(comm, action, what: str):
         rank, msg = failed[0]
         raise SetupError(f"{what} failed on rank {rank}: {msg}")
     return result
-
-
-class PhaseClock:
-    """Seconds spent in each phase of each step, kept until the next flush."""
-
-    def __init__(self, rows: int):
-        self.times = np.zeros((rows, len(PHASES)))
-        self.row = 0
-        self._last = 0.0
-
-    def start(self, row: int) -> None:
-        self.row = row
-        self.times[row] = 0.0
-        self._last = time.perf_counter()
-
-    def lap(self, phase: int) -> None:
-        now = time.perf_counter()
-        self.times[self.row, phase] += now - self._last
-        self._last = now
 
 
 @dataclass
@@ -202,40 +181,45 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
         data, rank - 1, workers, config.batch_size, config.seed), "sharding the data")
 
     zeros = np.zeros if where.name == "cpu" else device.pinned_zeros
-    if alg.topology == "allreduce":
-        exchange = Allreduce(comm, d, zeros)
-        bytes_up = bytes_down = exchange.send.nbytes
-    else:
-        up = Header(alg.uplink.id, d, alg.uplink.body_length(d), 0, 0)
-        down = Header(alg.downlink.id, d, alg.downlink.body_length(d), 0, 0)
-        exchange = ParameterServer(comm, up, down, zeros)
-        bytes_up = HEADER_SIZE + up.body_length
-        bytes_down = HEADER_SIZE + down.body_length
+    step_exchange = exchange.create(comm, alg, where, zeros)
 
     log_path = config.log or default_log_path(config, size)
     log_path = comm.bcast(log_path, root=0)
     meta = _run_metadata(comm, config, d, alg.uplink, alg.downlink, log_path, where)
     log = agree(comm, lambda: TrafficLog(log_path, attrs=meta, num_workers=workers,
                                          world_size=size,
-                                         record_messages=config.record_messages)
+                                         record_messages=config.record_messages,
+                                         step_fields=alg.step_fields)
                 if is_server else None, "creating the log")
     try:
-        return _loop(config, comm, alg, exchange, flat, params, grads, sampler, data, log,
-                     bytes_up, bytes_down, where)
+        return _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, log,
+                     where)
     finally:
         if log is not None:
             log.close()
 
 
-class _Body:
-    """A device-side message body for the algorithms to write or read."""
+class _StepRecords:
+    """Rank 0's per-step log columns between flushes, allocated once."""
 
-    def __init__(self, padded_body):
-        self.padded_body = padded_body
+    def __init__(self, rows: int, workers: int, fields: dict):
+        self.bytes_up = np.zeros((rows, workers), dtype=np.int64)
+        self.bytes_down = np.zeros(rows, dtype=np.int64)
+        self.extra = {name: np.zeros((rows, workers) if per_worker else rows, dtype=dtype)
+                      for name, (per_worker, dtype) in fields.items()}
+        self.total_up = 0
+        self.total_down = 0
+
+    def record(self, row: int, step_exchange, stats: dict) -> None:
+        self.bytes_up[row] = step_exchange.bytes_up()
+        self.bytes_down[row] = step_exchange.bytes_down()
+        self.total_up += int(self.bytes_up[row].sum())
+        self.total_down += int(self.bytes_down[row])
+        for name, column in self.extra.items():
+            column[row] = stats[name]
 
 
-def _loop(config, comm, alg, exchange, flat, params, grads, sampler, data, log,
-          bytes_up, bytes_down, where):
+def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, log, where):
     rank, size = comm.Get_rank(), comm.Get_size()
     workers, is_server = size - 1, rank == 0
     flush_rows = config.flush_every
@@ -243,16 +227,8 @@ def _loop(config, comm, alg, exchange, flat, params, grads, sampler, data, log,
     losses = np.zeros(flush_rows)
     record = np.zeros((flush_rows, 1 + len(PHASES)))
     gathered = np.zeros((size, flush_rows, 1 + len(PHASES))) if is_server else None
+    records = _StepRecords(flush_rows, workers, alg.step_fields) if is_server else None
     model = flat.model
-    ps = exchange if isinstance(exchange, ParameterServer) else None
-    # Where the algorithm reads and writes bodies: the host buffers MPI uses, or
-    # device twins staged through them.
-    if ps is None:
-        send = where.empty_like_host(exchange.send)
-        recv = where.empty_like_host(exchange.recv)
-    else:
-        up = None if is_server else _Body(where.empty_like_host(ps.uplink.padded_body))
-        down = where.empty_like_host(ps.downlink.padded_body)
     eval_loss = eval_acc = float("nan")
     first_row = 0
     started = time.perf_counter()
@@ -273,42 +249,11 @@ def _loop(config, comm, alg, exchange, flat, params, grads, sampler, data, log,
                                      f"at step {step}")
             flat.check_grads_finite()
             clock.lap(COMPUTE)
-        if ps is None:
-            if not is_server:
-                alg.worker_step(grads, send, step)
-                where.to_host(send, exchange.send)
-            clock.lap(ENCODE)
-            exchange.allreduce()
-            clock.lap(GATHER)
-            where.to_device(exchange.recv, recv)
-            alg.apply(params, recv, step)
-            where.synchronize()
-            clock.lap(UPDATE)
-        else:
-            if not is_server:
-                ps.uplink.stamp(step)
-                alg.worker_step(grads, up, step)
-                where.to_host(up.padded_body, ps.uplink.padded_body)
-                clock.lap(ENCODE)
-            ps.gather()
-            clock.lap(GATHER)
-            if is_server:
-                ps.check_uplinks(step)
-                ps.downlink.stamp(step)
-                alg.server_step(ps.uplinks, ps.downlink, step)
-                clock.lap(AGGREGATE)
-            ps.broadcast()
-            clock.lap(BCAST)
-            if not is_server:
-                ps.check_downlink(step)
-                clock.lap(DECODE)
-            where.to_device(ps.downlink.padded_body, down)
-            alg.apply(params, down, step)
-            where.synchronize()
-            clock.lap(UPDATE)
-            if is_server and step < config.record_messages:
-                log.append_messages(step, [ps.uplinks.message(r) for r in range(1, size)],
-                                    ps.downlink.wire)
+        step_exchange.step(grads, params, step, clock)
+        if is_server:
+            records.record(row, step_exchange, alg.step_stats)
+            if step < config.record_messages:
+                log.append_messages(step, *step_exchange.messages())
 
         last = step == config.iterations - 1
         if row == flush_rows - 1 or last:
@@ -319,9 +264,10 @@ def _loop(config, comm, alg, exchange, flat, params, grads, sampler, data, log,
             if is_server:
                 g = gathered[:, :rows]
                 iters = np.arange(first_row, first_row + rows)
-                log.append_steps(iters, np.full((rows, workers), bytes_up),
-                                 np.full(rows, bytes_down), g[1:, :, 0].T,
-                                 {p: g[:, :, 1 + i].T for i, p in enumerate(PHASES)})
+                log.append_steps(iters, records.bytes_up[:rows], records.bytes_down[:rows],
+                                 g[1:, :, 0].T,
+                                 {p: g[:, :, 1 + i].T for i, p in enumerate(PHASES)},
+                                 {name: c[:rows] for name, c in records.extra.items()})
             first_row = step + 1
         if is_server and ((config.eval_every and (step + 1) % config.eval_every == 0) or last):
             eval_loss, eval_acc = evaluate(model, data)
@@ -329,19 +275,20 @@ def _loop(config, comm, alg, exchange, flat, params, grads, sampler, data, log,
             if not quiet:
                 elapsed = time.perf_counter() - started
                 print(f"step {step + 1:6d}/{config.iterations}  eval loss {eval_loss:.4f}  "
-                      f"accuracy {eval_acc:6.2%}  up {bytes_up * (step + 1) / 1e6:9.3f} MB/worker"
-                      f"  {1e3 * elapsed / (step + 1):7.2f} ms/step", flush=True)
+                      f"accuracy {eval_acc:6.2%}  up {records.total_up / workers / 1e6:9.3f} "
+                      f"MB/worker  {1e3 * elapsed / (step + 1):7.2f} ms/step", flush=True)
 
     _check_replicas(comm, flat.params.detach().cpu().numpy())
     if not is_server:
         return None
     n = config.iterations
-    fp32 = 4 * flat.count
+    fp32 = 4 * flat.count * n
+    up_per_worker = records.total_up / workers
     return RunSummary(
         log_path=str(log.path), algorithm=config.algorithm, workers=workers,
         num_params=flat.count, iterations=n, final_loss=eval_loss, final_accuracy=eval_acc,
-        bytes_up_per_worker=bytes_up * n, bytes_down=bytes_down * n,
-        compression_up=fp32 / bytes_up, compression_down=fp32 / bytes_down,
+        bytes_up_per_worker=round(up_per_worker), bytes_down=records.total_down,
+        compression_up=fp32 / up_per_worker, compression_down=fp32 / records.total_down,
         seconds=time.perf_counter() - started)
 
 

@@ -48,7 +48,7 @@ class TrafficLog:
     """Writer of one run's log.  Create it on rank 0 only."""
 
     def __init__(self, path, *, attrs: dict, num_workers: int, world_size: int,
-                 record_messages: int = 0):
+                 record_messages: int = 0, step_fields: dict | None = None):
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,12 +56,13 @@ class TrafficLog:
         except OSError as exc:
             raise ConfigError(f"cannot create the log file {str(self.path)!r}: {exc}") from None
         try:
-            self._create(self.file, attrs, num_workers, world_size, record_messages)
+            self._create(self.file, attrs, num_workers, world_size, record_messages,
+                         step_fields or {})
         except BaseException:
             self.file.close()
             raise
 
-    def _create(self, f, attrs, num_workers, world_size, record_messages) -> None:
+    def _create(self, f, attrs, num_workers, world_size, record_messages, step_fields) -> None:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["phases"] = json.dumps(PHASES)
@@ -78,6 +79,9 @@ class TrafficLog:
         self.loss = _resizable(steps, "loss", (num_workers,), np.float64)
         self.times = {p: _resizable(steps, f"time_{p}", (world_size,), np.float64)
                       for p in PHASES}
+        # Algorithm-specific columns (nnz_up, union_size, ...): docs/log-format.md.
+        self.extra = {name: _resizable(steps, name, (num_workers,) if per_worker else (), dtype)
+                      for name, (per_worker, dtype) in step_fields.items()}
         ev = f.create_group("eval")
         self.eval = {k: _resizable(ev, k, (), np.int64 if k == "iteration" else np.float64, 16)
                      for k in ("iteration", "loss", "accuracy")}
@@ -94,7 +98,10 @@ class TrafficLog:
         f.swmr_mode = True
         f.flush()
 
-    def append_steps(self, iterations, bytes_up, bytes_down, loss, times: dict) -> None:
+    def append_steps(self, iterations, bytes_up, bytes_down, loss, times: dict,
+                     extra: dict | None = None) -> None:
+        for name, dataset in self.extra.items():
+            _append(dataset, extra[name])
         _append(self.iteration, iterations)
         _append(self.bytes_up, bytes_up)
         _append(self.bytes_down, bytes_down)

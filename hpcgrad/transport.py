@@ -21,28 +21,40 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from .wire import HEADER_SIZE, Header, MessageBuffer, expect_header, round_up
+from .errors import WireFormatError
+from .wire import HEADER_SIZE, Header, MessageBuffer, expect_header, read_header, round_up
 
 SERVER = 0
 
 
 class Uplinks:
-    """Rank 0's receive buffer: one 8-byte-aligned slot per rank (slot 0 unused)."""
+    """Rank 0's receive buffer: one 8-byte-aligned slot per rank (slot 0 unused).
 
-    def __init__(self, world_size: int, message_length: int):
-        self.message_length = message_length
-        self.slot = round_up(message_length)
+    Each slot holds one whole message (header then body) of at most
+    ``capacity`` bytes; ``lengths[rank]`` is the length received this step.
+    """
+
+    def __init__(self, world_size: int, capacity: int):
+        self.capacity = capacity
+        self.slot = round_up(capacity)
         self.raw = np.zeros(world_size * self.slot, dtype=np.uint8)
         slots = self.raw.reshape(world_size, self.slot)
         #: Worker bodies and their zero padding, one row per worker (M x padded body).
         self.rows = slots[1:, HEADER_SIZE:]
-        self.counts = np.array([0] + [message_length] * (world_size - 1), dtype=np.int64)
+        self.lengths = np.array([0] + [capacity] * (world_size - 1), dtype=np.int64)
         self.displacements = np.arange(world_size, dtype=np.int64) * self.slot
+        # Variable-length exchange: headers first, then bodies of the announced lengths.
+        self.header_counts = np.array([0] + [HEADER_SIZE] * (world_size - 1), dtype=np.int64)
+        self.body_counts = np.zeros(world_size, dtype=np.int64)
+        self.body_displacements = self.displacements + HEADER_SIZE
 
     def message(self, rank: int) -> np.ndarray:
         """The whole message (header + body) received from ``rank``."""
         start = rank * self.slot
-        return self.raw[start:start + self.message_length]
+        return self.raw[start:start + self.lengths[rank]]
+
+    def header(self, rank: int) -> Header:
+        return read_header(self.raw, rank * self.slot, what=f"uplink message from rank {rank}")
 
     def values(self, dtype, count: int) -> np.ndarray:
         """The bodies as an (M x count) array of ``dtype``, a view."""
@@ -51,14 +63,27 @@ class Uplinks:
 
 
 class ParameterServer:
-    """Uplink ``Gatherv`` to rank 0 and downlink ``Bcast`` from rank 0."""
+    """Uplink ``Gatherv`` to rank 0 and downlink ``Bcast`` from rank 0.
 
-    def __init__(self, comm: MPI.Comm, uplink: Header, downlink: Header, zeros=np.zeros):
+    ``uplink`` and ``downlink`` are the headers the receiver expects (step and
+    sender filled in per message).  With ``variable=True`` their body_length is
+    a capacity, and codec and flags may be any of ``uplink_codecs`` /
+    ``downlink_codecs``: each direction then takes two collectives, the 32-byte
+    headers first and then the bodies of exactly the announced lengths, so the
+    bytes on the wire are exactly header + body.
+    """
+
+    def __init__(self, comm: MPI.Comm, uplink: Header, downlink: Header, zeros=np.zeros, *,
+                 variable: bool = False, uplink_codecs=None, downlink_codecs=None):
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.is_server = self.rank == SERVER
+        self.variable = variable
         self.uplink_header = uplink
+        self.uplink_codecs = frozenset(uplink_codecs or (uplink.codec,))
+        self.downlink_codecs = frozenset(downlink_codecs or (downlink.codec,))
         self.downlink = MessageBuffer(downlink, zeros)
+        self.downlink_capacity = downlink.body_length
         if self.is_server:
             self.uplinks = Uplinks(self.size, HEADER_SIZE + uplink.body_length)
             self._empty = np.zeros(0, dtype=np.uint8)
@@ -66,32 +91,87 @@ class ParameterServer:
             self.uplink = MessageBuffer(Header(uplink.codec, uplink.count, uplink.body_length,
                                                0, self.rank, uplink.flags), zeros)
 
-    def gather(self) -> None:
-        """Collective: every worker's ``self.uplink`` lands in rank 0's ``self.uplinks``."""
+    def gather(self, step: int) -> None:
+        """Collective: every worker's ``self.uplink`` lands in rank 0's ``self.uplinks``.
+
+        Rank 0 checks every header against what step ``step`` expects and raises
+        :class:`WireFormatError` naming the sender on a mismatch.
+        """
+        if not self.variable:
+            if self.is_server:
+                up = self.uplinks
+                self.comm.Gatherv([self._empty, MPI.BYTE],
+                                  [up.raw, (up.lengths, up.displacements), MPI.BYTE], root=SERVER)
+                self._check_uplinks(step)
+            else:
+                self.comm.Gatherv([self.uplink.wire, MPI.BYTE], None, root=SERVER)
+            return
         if self.is_server:
             up = self.uplinks
             self.comm.Gatherv([self._empty, MPI.BYTE],
-                              [up.raw, (up.counts, up.displacements), MPI.BYTE], root=SERVER)
+                              [up.raw, (up.header_counts, up.displacements), MPI.BYTE],
+                              root=SERVER)
+            self._check_uplinks(step)
+            self.comm.Gatherv([self._empty, MPI.BYTE],
+                              [up.raw, (up.body_counts, up.body_displacements), MPI.BYTE],
+                              root=SERVER)
         else:
-            self.comm.Gatherv([self.uplink.wire, MPI.BYTE], None, root=SERVER)
+            wire = self.uplink.wire
+            self.comm.Gatherv([wire[:HEADER_SIZE], MPI.BYTE], None, root=SERVER)
+            self.comm.Gatherv([wire[HEADER_SIZE:], MPI.BYTE], None, root=SERVER)
 
-    def check_uplinks(self, step: int) -> None:
-        """Rank 0: every received header matches what this step expects."""
+    def _check_uplinks(self, step: int) -> None:
         h = self.uplink_header
+        up = self.uplinks
         for rank in range(1, self.size):
-            expected = Header(h.codec, h.count, h.body_length, step, rank, h.flags)
-            expect_header(self.uplinks.message(rank), expected,
-                          what=f"uplink message from rank {rank} at step {step}")
+            what = f"uplink message from rank {rank} at step {step}"
+            if not self.variable:
+                expected = Header(h.codec, h.count, h.body_length, step, rank, h.flags)
+                expect_header(up.message(rank), expected, what=what)
+                continue
+            got = read_header(up.raw, rank * up.slot, what=what)
+            _check_variable(got, self.uplink_codecs, h.count, h.body_length, step, rank, what)
+            up.body_counts[rank] = got.body_length
+            up.lengths[rank] = HEADER_SIZE + got.body_length
 
-    def broadcast(self) -> None:
-        """Collective: rank 0's ``self.downlink`` replaces every worker's."""
-        self.comm.Bcast([self.downlink.wire, MPI.BYTE], root=SERVER)
+    def broadcast(self, step: int) -> None:
+        """Collective: rank 0's ``self.downlink`` replaces every worker's.
 
-    def check_downlink(self, step: int) -> None:
-        h = self.downlink.header
-        expected = Header(h.codec, h.count, h.body_length, step, SERVER, h.flags)
-        expect_header(self.downlink.wire, expected,
-                      what=f"downlink message from rank 0 at step {step}")
+        Workers check the header against what step ``step`` expects.
+        """
+        down = self.downlink
+        if not self.variable:
+            self.comm.Bcast([down.wire, MPI.BYTE], root=SERVER)
+            if not self.is_server:
+                h = down.header
+                expect_header(down.wire, Header(h.codec, h.count, h.body_length, step, SERVER,
+                                                h.flags),
+                              what=f"downlink message from rank 0 at step {step}")
+            return
+        self.comm.Bcast([down.raw[:HEADER_SIZE], MPI.BYTE], root=SERVER)
+        if not self.is_server:
+            what = f"downlink message from rank 0 at step {step}"
+            got = read_header(down.raw, what=what)
+            _check_variable(got, self.downlink_codecs, down.header.count,
+                            self.downlink_capacity, step, SERVER, what)
+            down.set_body(got.codec, got.flags, got.body_length)
+        self.comm.Bcast([down.body, MPI.BYTE], root=SERVER)
+
+    def downlink_header(self) -> Header:
+        return read_header(self.downlink.raw, what="downlink message")
+
+
+def _check_variable(got: Header, codecs, count, capacity, step, sender, what) -> None:
+    if got.codec not in codecs:
+        raise WireFormatError(f"{what}: header codec is {got.codec}, expected one of "
+                              f"{sorted(codecs)}")
+    for field, want in (("count", count), ("step", step), ("sender", sender)):
+        if getattr(got, field) != want:
+            raise WireFormatError(f"{what}: header {field} is {getattr(got, field)}, "
+                                  f"expected {want}")
+    if got.body_length > capacity:
+        raise WireFormatError(f"{what}: header body_length is {got.body_length}, more than "
+                              f"the largest body this run can send ({capacity} bytes)")
 
 
 class Allreduce:

@@ -43,6 +43,10 @@ WORD = 8
 assert HEADER_SIZE == 32
 _STEP = struct.Struct("<I")
 _STEP_OFFSET = 24
+_CODEC_FLAGS = struct.Struct("<BH")
+_CODEC_OFFSET = 5
+_BODY_LENGTH = struct.Struct("<Q")
+_BODY_LENGTH_OFFSET = 16
 
 
 def round_up(n: int, multiple: int = WORD) -> int:
@@ -116,3 +120,18 @@ class MessageBuffer:
     def stamp(self, step: int) -> None:
         """Set the header's step field for iteration ``step`` (the rest never changes)."""
         _STEP.pack_into(self.raw, _STEP_OFFSET, step)
+
+    def set_body(self, codec: int, flags: int, body_length: int) -> None:
+        """Declare this step's body for a variable-length message (capacity allocated).
+
+        Rewrites the header's codec, flags and body_length fields; ``wire`` and
+        ``body`` then cover exactly the bytes that go to MPI.
+        """
+        if body_length > self.raw.size - HEADER_SIZE:
+            raise WireFormatError(f"body of {body_length} bytes exceeds the message's "
+                                  f"capacity of {self.raw.size - HEADER_SIZE}")
+        _CODEC_FLAGS.pack_into(self.raw, _CODEC_OFFSET, codec, flags)
+        _BODY_LENGTH.pack_into(self.raw, _BODY_LENGTH_OFFSET, body_length)
+        self.length = HEADER_SIZE + body_length
+        self.wire = self.raw[: self.length]
+        self.body = self.raw[HEADER_SIZE: self.length]

@@ -27,6 +27,6 @@ class AllreduceSGD(Algorithm):
     def worker_step(self, grad, sendbuf, step):
         np.copyto(sendbuf, grad)
 
-    def apply(self, params, total, step):
+    def apply(self, params, total, step, header=None):
         total /= f32(self.num_workers)
         self.sgd.step(params, total)

@@ -8,12 +8,20 @@ PyTorch's DDP communication hooks:
     (worker-side state such as momentum or residuals lives on the object);
 ``server_step(uplinks, message, step)``
     on rank 0: aggregate the M uplink bodies into the downlink body;
-``apply(params, body, step)``
+``apply(params, body, step, header)``
     on every rank, server included: update the flat parameter vector from the
-    downlink body, so every replica stays bit-identical.
+    downlink body (``header`` is the downlink's parsed header), so every replica
+    stays bit-identical.
 
-Which codec carries each direction is declared by ``uplink`` / ``downlink``;
-the runtime owns buffers, MPI, validation, timing and logging.
+Which codec carries each direction is declared by ``uplink`` / ``downlink``.
+An algorithm whose messages change length from step to step (sparse or
+adaptive codecs) sets ``variable_length`` and lists every codec a direction
+may use in ``uplink_codecs()`` / ``downlink_codecs()``; its steps then declare
+what they wrote with ``message.set_body(codec, flags, body_length)``.  The
+runtime (``exchange.py``) owns buffers, MPI, header checks, timing and logging.
+
+Per-step figures for the log (``nnz_up``, ``union_size``, ...) are declared in
+``step_fields`` and filled by ``server_step`` into ``self.step_stats``.
 """
 
 from __future__ import annotations
@@ -36,11 +44,22 @@ class Algorithm:
     downlink: Codec
     #: Defaults of settings whose right value depends on the algorithm.
     defaults = {"lr": 0.1, "momentum": 0.9}
+    variable_length = False
+    #: Extra per-step log datasets: name -> (one column per worker?, dtype).
+    step_fields: dict = {}
 
     def __init__(self, config, num_params: int, num_workers: int):
         self.config = config
         self.num_params = num_params
         self.num_workers = num_workers
+        #: Rank 0, after each server_step: the values of ``step_fields`` for the step.
+        self.step_stats = {}
+
+    def uplink_codecs(self) -> tuple:
+        return (self.uplink,)
+
+    def downlink_codecs(self) -> tuple:
+        return (self.downlink,)
 
     def worker_step(self, grad, message, step: int) -> None:
         raise NotImplementedError
@@ -48,7 +67,7 @@ class Algorithm:
     def server_step(self, uplinks, message, step: int) -> None:
         raise NotImplementedError
 
-    def apply(self, params, body, step: int) -> None:
+    def apply(self, params, body, step: int, header=None) -> None:
         raise NotImplementedError
 
 

@@ -44,7 +44,7 @@ class DensePS(Algorithm):
         self.mean /= f32(self.num_workers)
         self.codec.encode(self.mean, message.padded_body)
 
-    def apply(self, params, body, step):
+    def apply(self, params, body, step, header=None):
         mean = self._scratch(params)
         mean[...] = self._values(body)
         self.sgd.step(params, mean)

@@ -73,7 +73,7 @@ class SignumMV(Algorithm):
             k.majority_vote(uplinks.rows, d, self.tie, self.tie_bits, message.padded_body,
                             message.padded_body)
 
-    def apply(self, params, body, step):
+    def apply(self, params, body, step, header=None):
         k = kernels.for_array(params)
         if self.downlink is TERNARY2:
             nonzero, negative = TERNARY2.planes(body, self.num_params)

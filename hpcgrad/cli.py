@@ -16,7 +16,7 @@ import sys
 import traceback
 
 from . import __version__
-from .config import ALGORITHMS, DEVICES, TIE_RULES, TrainConfig
+from .config import ALGORITHMS, DEVICES, SELECTIONS, TIE_RULES, TrainConfig
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -26,7 +26,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                         "command-line options override it")
     p.add_argument("--algorithm", choices=ALGORITHMS,
                    help=f"training algorithm (default: {d.algorithm}): signum-mv = Signum / "
-                        "signSGD with majority vote, 1 bit per coordinate each way; fp32-ps / "
+                        "signSGD with majority vote, 1 bit per coordinate each way; s3gd-mv = "
+                        "signs of each worker's top-K entries, majority vote, coded positions; "
+                        "fp32-ps / "
                         "fp16-ps = uncompressed parameter server; allreduce = MPI_Allreduce "
                         "data parallel, no server role")
     p.add_argument("--iterations", type=int, metavar="N",
@@ -64,6 +66,23 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="where workers compute and encode: cpu, or cuda (one GPU per worker, "
                         "chosen by node-local rank among CUDA_VISIBLE_DEVICES; needs CuPy). "
                         f"The server aggregates on the host either way (default: {d.device})")
+    s3 = p.add_argument_group("s3gd-mv (sparse signs, majority vote)")
+    s3.add_argument("--sparsity", type=float, metavar="S",
+                    help="fraction of each tensor's entries a worker sends, in (0, 1]: "
+                         "K_l = ceil(S*numel_l) (default: 0.01)")
+    s3.add_argument("--k-per-worker", choices=("auto",),
+                    help="auto: K_l = ceil(C*numel_l/M) for M workers, C = "
+                         "--votes-per-coordinate (our reading of the paper's rule); "
+                         "overrides --sparsity")
+    s3.add_argument("--votes-per-coordinate", type=float, metavar="C",
+                    help=f"C of --k-per-worker auto (default: {d.votes_per_coordinate})")
+    s3.add_argument("--residual", type=float, metavar="RHO",
+                    help="residual decay rho of a <- rho*a + g, in [0, 1]; 0 = no residual "
+                         "(default: 1)")
+    s3.add_argument("--selection", choices=SELECTIONS,
+                    help="top-K rule: exact (partition, the reference) or threshold (sampled "
+                         "threshold refined to within 10%% of K; faster, K varies) "
+                         f"(default: {d.selection})")
     p.add_argument("--quiet", action="store_true", default=None,
                    help="print only the final summary")
 

@@ -12,7 +12,12 @@ id     name        body
 2      fp16        ``count`` IEEE-754 binary16 values, little-endian
 3      sign1       one bit per coordinate, packed LSB first, 1 = negative
 4      ternary2    non-zero plane padded to 8 bytes, then negative plane
+5      sparse-sign a ternary vector as a bitstream: entry count, positions
+                   (raw, bitmap or Golomb-Rice gaps: ``flags``), sign bits
+6      base3       a ternary vector, five trits per byte
 =====  ==========  ==========================================================
+
+Codecs 5 and 6 are variable-length: their length depends on the values.
 
 See ``docs/wire-format.md`` for the bit-level description.
 """
@@ -23,7 +28,7 @@ import numpy as np
 
 from . import wire
 from .errors import WireFormatError
-from .kernels import generic
+from .kernels import generic, sparse
 from .kernels.generic import packed_length
 
 
@@ -37,6 +42,11 @@ class Codec:
 
     id: int
     name: str
+    variable_length = False
+
+    def check_flags(self, flags: int, what: str) -> None:
+        if flags:
+            raise WireFormatError(f"{what}: flags {flags:#x} set; {self.name} defines none")
 
     def body_length(self, count: int) -> int:
         raise NotImplementedError
@@ -49,8 +59,8 @@ class Codec:
         """Write the body for ``values`` into ``padded_body`` (zeroed, 8-byte padded)."""
         raise NotImplementedError
 
-    def decode(self, body: np.ndarray, count: int) -> np.ndarray:
-        """Values (float32) of a body that was checked to be ``body_length(count)`` long."""
+    def decode(self, body: np.ndarray, count: int, flags: int = 0) -> np.ndarray:
+        """Values (float32) of a body whose length the header check accepted."""
         raise NotImplementedError
 
 
@@ -65,7 +75,7 @@ class DenseCodec(Codec):
         n = values.size
         padded_body[: n * self.dtype.itemsize].view(self.dtype)[...] = values
 
-    def decode(self, body, count) -> np.ndarray:
+    def decode(self, body, count, flags=0) -> np.ndarray:
         return body.view(self.dtype).astype(np.float32)
 
 
@@ -78,7 +88,7 @@ class SignCodec(Codec):
     def encode(self, values, padded_body) -> None:
         generic.sign_pack(values, padded_body)
 
-    def decode(self, body, count) -> np.ndarray:
+    def decode(self, body, count, flags=0) -> np.ndarray:
         _check_padding_bits(body, count, self.name)
         return generic.decode_signs(body, count)
 
@@ -103,7 +113,7 @@ class TernaryCodec(Codec):
         nonzero, negative = self.planes(padded_body, values.size)
         generic.ternary_pack(values, nonzero, negative)
 
-    def decode(self, body, count) -> np.ndarray:
+    def decode(self, body, count, flags=0) -> np.ndarray:
         nonzero, negative = self.planes(body, count)
         nb = packed_length(count)
         _check_padding_bits(nonzero, count, self.name)
@@ -115,12 +125,106 @@ class TernaryCodec(Codec):
         return generic.decode_ternary(nonzero, negative, count)
 
 
+class SparseTernaryCodec(Codec):
+    """Base of the variable-length ternary bodies: decode to (positions, negative)."""
+
+    variable_length = True
+
+    def decode_into(self, body, count, flags, positions, negative, what="message") -> int:
+        """Fill ``positions`` (int64) and ``negative`` (uint8), capacity >= count;
+        return the number of non-zeros.  Raises WireFormatError on a bad body."""
+        self.check_flags(flags, what)
+        nnz = self._decode(body, count, flags, positions, negative)
+        if nnz < 0:
+            raise WireFormatError(f"{what}: {self.name} body is corrupt: {sparse.ERRORS[nnz]}")
+        return nnz
+
+    def decode(self, body, count, flags=0) -> np.ndarray:
+        positions = np.empty(count, dtype=np.int64)
+        negative = np.empty(count, dtype=np.uint8)
+        nnz = self.decode_into(body, count, flags, positions, negative, what=self.name)
+        values = np.zeros(count, dtype=np.float32)
+        values[positions[:nnz]] = np.where(negative[:nnz], -1.0, 1.0)
+        return values
+
+    def encode(self, values, padded_body) -> None:
+        raise NotImplementedError("variable-length: use encode_sparse_ternary()")
+
+
+class SparseSignCodec(SparseTernaryCodec):
+    """Entry count (Elias gamma), positions, then one sign bit per entry.
+
+    ``flags``: bits 0-1 the position coding (0 raw, 1 bitmap, 2 Golomb-Rice),
+    bits 8-13 the Rice parameter k (0 unless Rice).
+    """
+
+    id, name = 5, "sparse-sign"
+
+    def max_body_length(self, count: int) -> int:
+        # The encoder sends the smallest coding, never more than a bitmap.
+        return packed_length(sparse.sparse_sign_bits(count, count))
+
+    @staticmethod
+    def flags(coding: int, k: int) -> int:
+        return coding | (k << 8)
+
+    def check_flags(self, flags, what) -> None:
+        coding, k = flags & 0xFF, flags >> 8
+        if coding not in sparse.CODING_NAMES or k > 63 or (coding != sparse.RICE and k):
+            raise WireFormatError(f"{what}: {self.name} flags {flags:#06x} name no position "
+                                  "coding (0 raw, 1 bitmap, 2 Rice with k in bits 8-13)")
+
+    def _decode(self, body, count, flags, positions, negative):
+        return sparse.decode_sparse_sign(body, count, flags & 0xFF, flags >> 8,
+                                         sparse.raw_width(count), positions, negative)
+
+
+class Base3Codec(SparseTernaryCodec):
+    """Five trits per byte, byte = sum t_i 3^i, trit 0 zero, 1 = +1, 2 = -1."""
+
+    id, name = 6, "base3"
+
+    def body_length(self, count: int) -> int:
+        return -(-count // 5)
+
+    def _decode(self, body, count, flags, positions, negative):
+        if body.size != self.body_length(count):
+            return -7
+        return sparse.decode_base3(body, count, positions, negative)
+
+
 FP32 = DenseCodec(1, "fp32", np.float32)
 FP16 = DenseCodec(2, "fp16", np.float16)
 SIGN1 = SignCodec()
 TERNARY2 = TernaryCodec()
+SPARSE_SIGN = SparseSignCodec()
+BASE3 = Base3Codec()
 
-CODECS = {codec.id: codec for codec in (FP32, FP16, SIGN1, TERNARY2)}
+CODECS = {codec.id: codec for codec in (FP32, FP16, SIGN1, TERNARY2, SPARSE_SIGN, BASE3)}
+
+
+def encode_sparse_ternary(positions, negative, nnz: int, count: int, padded_body,
+                          allow_base3: bool = False) -> tuple[int, int, int]:
+    """Write the smallest body for a ternary vector given by its sorted non-zero
+    ``positions[:nnz]`` and sign bits; return ``(codec id, flags, body_length)``.
+
+    Candidates: ``sparse-sign`` with raw, bitmap or Rice positions (whichever is
+    shortest), and with ``allow_base3`` the dense ``base3`` packing.  (2 bits per
+    coordinate is never shorter than a bitmap plus sign bits, d + nnz <= 2d.)
+    ``padded_body`` must be zeroed up to the capacity.
+    """
+    coding, k, bits = sparse.position_bits(positions, nnz, count, sparse.raw_width(count))
+    length = packed_length(sparse.sparse_sign_bits(nnz, int(bits)))
+    if length > padded_body.size:  # the kernels do not bound-check: never write past the end
+        raise WireFormatError(f"a {nnz}-entry sparse-sign body of {length} bytes does not fit "
+                              f"the {padded_body.size}-byte buffer")
+    if allow_base3 and BASE3.body_length(count) < length:
+        length = BASE3.body_length(count)
+        sparse.encode_base3(positions, negative, nnz, padded_body)
+        return BASE3.id, 0, length
+    sparse.encode_sparse_sign(positions, negative, nnz, count, coding, k,
+                              sparse.raw_width(count), padded_body)
+    return SPARSE_SIGN.id, SPARSE_SIGN.flags(coding, k), length
 
 
 def by_id(codec_id: int, *, what: str = "message") -> Codec:
@@ -140,13 +244,16 @@ def decode_message(buffer, *, what: str = "message"):
     raw = np.frombuffer(buffer, dtype=np.uint8)
     header = wire.read_header(raw, what=what)
     codec = by_id(header.codec, what=what)
-    expected = codec.body_length(header.count)
-    if header.body_length != expected:
+    if codec.variable_length:
+        if header.body_length > codec.max_body_length(header.count):
+            raise WireFormatError(f"{what}: body_length {header.body_length} exceeds the "
+                                  f"largest {codec.name} body for count {header.count}")
+    elif header.body_length != codec.body_length(header.count):
         raise WireFormatError(f"{what}: body_length {header.body_length} does not match "
-                              f"{codec.name} with count {header.count} ({expected} bytes)")
-    if raw.size != wire.HEADER_SIZE + expected:
+                              f"{codec.name} with count {header.count} "
+                              f"({codec.body_length(header.count)} bytes)")
+    if raw.size != wire.HEADER_SIZE + header.body_length:
         raise WireFormatError(f"{what}: {raw.size} bytes, header says "
-                              f"{wire.HEADER_SIZE + expected}")
-    if header.flags:
-        raise WireFormatError(f"{what}: flags {header.flags:#x} set; {codec.name} defines none")
-    return header, codec.decode(raw[wire.HEADER_SIZE:], header.count)
+                              f"{wire.HEADER_SIZE + header.body_length}")
+    codec.check_flags(header.flags, what)
+    return header, codec.decode(raw[wire.HEADER_SIZE:], header.count, header.flags)

@@ -23,6 +23,7 @@ else:  # pragma: no cover
 
 ALGORITHMS = tuple(REGISTRY)
 TIE_RULES = ("positive", "zero", "random")
+SELECTIONS = ("exact", "threshold")
 DEVICES = ("cpu", "cuda")
 
 
@@ -43,6 +44,12 @@ class TrainConfig:
     record_messages: int = 0
     quiet: bool = False
     device: str = "cpu"
+    # s3gd-mv
+    sparsity: float | None = None
+    k_per_worker: str | None = None
+    votes_per_coordinate: float = 1.0
+    residual: float | None = None
+    selection: str = "exact"
     extra: dict = field(default_factory=dict, repr=False)
 
     def resolved(self) -> "TrainConfig":
@@ -50,7 +57,7 @@ class TrainConfig:
         cfg = dataclasses.replace(self)
         algorithm = REGISTRY.get(cfg.algorithm)
         for name, value in (algorithm.defaults if algorithm else {}).items():
-            if getattr(cfg, name) is None:
+            if getattr(cfg, name, 0) is None:
                 setattr(cfg, name, value)
         validate(cfg)
         return cfg
@@ -101,6 +108,19 @@ def validate(cfg: TrainConfig) -> None:
     _integer("flush-every", cfg.flush_every, 1)
     _integer("record-messages", cfg.record_messages, 0)
     _check(cfg.seed < 2**63, "seed must be < 2**63")
+    if cfg.sparsity is not None:
+        _check(0 < _finite("sparsity", cfg.sparsity) <= 1,
+               f"sparsity must be in (0, 1], got {cfg.sparsity}")
+    _check(cfg.k_per_worker in (None, "auto"),
+           f"k-per-worker: only 'auto' is understood (K = c*d/M), got {cfg.k_per_worker!r}; "
+           "use --sparsity for a ratio")
+    _check(_finite("votes-per-coordinate", cfg.votes_per_coordinate) > 0,
+           f"votes-per-coordinate must be > 0, got {cfg.votes_per_coordinate}")
+    if cfg.residual is not None:
+        _check(0 <= _finite("residual", cfg.residual) <= 1,
+               f"residual (rho) must be in [0, 1], got {cfg.residual}")
+    _check(cfg.selection in SELECTIONS,
+           f"unknown selection {cfg.selection!r}; choose one of: {', '.join(SELECTIONS)}")
     _check(not (cfg.algorithm == "allreduce" and cfg.record_messages),
            "record-messages: allreduce sends raw fp32 buffers, not hpcgrad messages; "
            "there is nothing to record")

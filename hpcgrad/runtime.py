@@ -99,7 +99,7 @@ def default_log_path(config: TrainConfig, world_size: int) -> str:
     return str(Path("runs") / f"{config.algorithm}-n{world_size}-s{config.seed}-{stamp}.h5")
 
 
-def _run_metadata(comm, config, num_params, uplink, downlink, log_path, where) -> dict:
+def _run_metadata(comm, config, num_params, alg, log_path, where) -> dict:
     hosts = comm.gather(socket.gethostname(), root=0)
     devices = comm.gather(where.describe(), root=0)
     return {
@@ -110,8 +110,8 @@ def _run_metadata(comm, config, num_params, uplink, downlink, log_path, where) -
         "iterations": config.iterations,
         "seed": config.seed,
         "config": config.to_json(),
-        "uplink_codec": uplink.name,
-        "downlink_codec": downlink.name,
+        "uplink_codec": "|".join(c.name for c in alg.uplink_codecs()),
+        "downlink_codec": "|".join(c.name for c in alg.downlink_codecs()),
         "header_bytes": HEADER_SIZE,
         "mpi_library": MPI.Get_library_version().strip().splitlines()[0],
         "mpi_version": "%d.%d" % MPI.Get_version(),
@@ -176,7 +176,8 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     host_params = flat.params.detach().cpu().numpy()
     comm.Bcast([host_params, MPI.FLOAT], root=0)
     where.to_device(host_params, params)
-    alg = algorithms.create(config, d, workers)
+    alg = agree(comm, lambda: algorithms.create(config, d, workers, flat.numels),
+                "setting up the algorithm")
     sampler = agree(comm, lambda: None if is_server else workloads.ShardSampler(
         data, rank - 1, workers, config.batch_size, config.seed), "sharding the data")
 
@@ -185,7 +186,7 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
 
     log_path = config.log or default_log_path(config, size)
     log_path = comm.bcast(log_path, root=0)
-    meta = _run_metadata(comm, config, d, alg.uplink, alg.downlink, log_path, where)
+    meta = {**_run_metadata(comm, config, d, alg, log_path, where), **alg.metadata()}
     log = agree(comm, lambda: TrafficLog(log_path, attrs=meta, num_workers=workers,
                                          world_size=size,
                                          record_messages=config.record_messages,

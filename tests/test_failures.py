@@ -66,10 +66,10 @@ def test_unwritable_log_path(tmp_path):
     assert "cannot create the log file" in result.stderr
 
 
-def faulty(mode, rank, tmp_path, world=4):
+def faulty(mode, rank, tmp_path, world=4, options=()):
     started = time.monotonic()
     result = run_mpi(world, [SCRIPT, mode, str(rank), "--", "--log", str(tmp_path / "run.h5"),
-                             "--iterations", "200", "--quiet", "--flush-every", "2"],
+                             "--iterations", "200", "--quiet", "--flush-every", "2", *options],
                      module=None, timeout=90)
     return result, time.monotonic() - started
 
@@ -111,3 +111,23 @@ def test_a_rank_that_dies_ends_the_job(tmp_path):
     assert result.returncode != 0
     assert seconds < 30
     assert_log_readable(tmp_path)
+
+
+def test_a_corrupt_sparse_body_is_named_by_the_server(tmp_path):
+    result, seconds = faulty("corrupt-body", 2, tmp_path, options=["--algorithm", "s3gd-mv"])
+    assert result.returncode != 0
+    assert "error on rank 0" in result.stderr
+    assert "uplink message from rank 2 at step 3: sparse-sign body is corrupt" in result.stderr
+    assert seconds < 30
+    assert_log_readable(tmp_path)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--sparsity", "0"], "sparsity must be in (0, 1]"),
+    (["--k-per-worker", "auto", "--votes-per-coordinate", "5"],
+     "asks K = "),
+])
+def test_bad_s3gd_settings_stop_every_rank_with_one_message(tmp_path, options, message):
+    result = train(3, "--algorithm", "s3gd-mv", *options, tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count(message) == 1, result.stderr

@@ -7,13 +7,15 @@ wire format at the top.
 from .allreduce import AllreduceSGD
 from .base import Algorithm
 from .dense_ps import FP16PS, FP32PS
+from .s3gd_mv import S3GDMV
 from .signum_mv import SignumMV
 
-REGISTRY = {cls.name: cls for cls in (SignumMV, FP32PS, FP16PS, AllreduceSGD)}
+REGISTRY = {cls.name: cls for cls in (SignumMV, S3GDMV, FP32PS, FP16PS, AllreduceSGD)}
 
 
-def create(config, num_params: int, num_workers: int) -> Algorithm:
-    return REGISTRY[config.algorithm](config, num_params, num_workers)
+def create(config, num_params: int, num_workers: int, segments=None) -> Algorithm:
+    """The algorithm object of ``config``; ``segments`` are the parameter tensors' sizes."""
+    return REGISTRY[config.algorithm](config, num_params, num_workers, segments)
 
 
 __all__ = ["Algorithm", "REGISTRY", "create"]

@@ -20,8 +20,8 @@ class AllreduceSGD(Algorithm):
     topology = "allreduce"
     uplink = downlink = FP32
 
-    def __init__(self, config, num_params, num_workers):
-        super().__init__(config, num_params, num_workers)
+    def __init__(self, config, num_params, num_workers, segments=None):
+        super().__init__(config, num_params, num_workers, segments)
         self.sgd = MomentumSGD(num_params, config.lr, config.momentum, config.weight_decay)
 
     def worker_step(self, grad, sendbuf, step):

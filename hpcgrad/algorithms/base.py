@@ -48,12 +48,18 @@ class Algorithm:
     #: Extra per-step log datasets: name -> (one column per worker?, dtype).
     step_fields: dict = {}
 
-    def __init__(self, config, num_params: int, num_workers: int):
+    def __init__(self, config, num_params: int, num_workers: int, segments=None):
         self.config = config
         self.num_params = num_params
         self.num_workers = num_workers
+        #: Sizes of the parameter tensors, in flat-vector order (one segment if unknown).
+        self.segments = [int(n) for n in segments] if segments is not None else [num_params]
         #: Rank 0, after each server_step: the values of ``step_fields`` for the step.
         self.step_stats = {}
+
+    def metadata(self) -> dict:
+        """Algorithm-specific run attributes for the log."""
+        return {}
 
     def uplink_codecs(self) -> tuple:
         return (self.uplink,)

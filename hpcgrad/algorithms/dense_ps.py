@@ -18,8 +18,8 @@ from .base import Algorithm, MomentumSGD, f32
 class DensePS(Algorithm):
     codec = FP32
 
-    def __init__(self, config, num_params, num_workers):
-        super().__init__(config, num_params, num_workers)
+    def __init__(self, config, num_params, num_workers, segments=None):
+        super().__init__(config, num_params, num_workers, segments)
         self.uplink = self.downlink = self.codec
         self.mean = None  # fp32 scratch, allocated where it is used (host or GPU)
         self.sgd = MomentumSGD(num_params, config.lr, config.momentum, config.weight_decay)

@@ -36,8 +36,8 @@ class SignumMV(Algorithm):
     # A sign step moves every coordinate by lr: far smaller than SGD's lr.
     defaults = {"lr": 0.001, "momentum": 0.9}
 
-    def __init__(self, config, num_params, num_workers):
-        super().__init__(config, num_params, num_workers)
+    def __init__(self, config, num_params, num_workers, segments=None):
+        super().__init__(config, num_params, num_workers, segments)
         self.beta = f32(config.momentum)
         self.one_minus_beta = f32(1.0 - config.momentum)
         self.lr, self.wd = f32(config.lr), f32(config.weight_decay)

@@ -47,6 +47,17 @@ if MPI.COMM_WORLD.Get_rank() == bad_rank:
 
         MessageBuffer.stamp = corrupting_stamp
 
+    if mode == "corrupt-body":  # an s3gd-mv uplink whose bitstream is garbage
+        s3gd = REGISTRY["s3gd-mv"]
+        s3gd_step = s3gd.worker_step
+
+        def corrupting_worker_step(self, grad, message, step):
+            s3gd_step(self, grad, message, step)
+            if step == FAULT_STEP:
+                message.padded_body[:8] = 0  # an Elias-gamma count with no end
+
+        s3gd.worker_step = corrupting_worker_step
+
     if mode == "nan":  # a NaN in the last tensor's gradient, as backward() would leave it
         check = FlatModel.check_grads_finite
         calls = []

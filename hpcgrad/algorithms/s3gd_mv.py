@@ -1,0 +1,183 @@
+"""S3GD-MV: sparse signSGD with majority vote (Park & Lee, ISIT 2023).
+
+Worker, per parameter tensor l (a segment of the flat vector):
+    a <- rho*a + g            residual (rho = 1 by default; rho = 0: a = g, no memory)
+    pick the K_l = ceil(sparsity * numel_l) entries of largest |a|
+    send their positions and signs; a[picked] <- 0
+Server:
+    v = sum over workers of the ternary messages (+1 / -1 at picked positions)
+    direction sign(v), sign(0) = 0: unvoted and tied coordinates do not move
+Every rank:
+    x <- x - lr*(direction + wd*x)    (momentum > 0: PyTorch SGD on the direction)
+
+Wire (``docs/wire-format.md``): uplink ``sparse-sign`` (positions coded raw,
+as a bitmap or as Golomb-Rice gaps, whichever is shortest for the message,
+then one sign bit per entry); downlink ternary over the union of the workers'
+supports, ``sparse-sign`` or ``base3``, whichever is shorter.
+
+K: ``--sparsity s`` gives K_l = ceil(s * numel_l).  ``--k-per-worker auto``
+gives K_l = ceil(c * numel_l / M) with c = ``--votes-per-coordinate``: each
+coordinate gets about c votes per step.  The paper sets K from M and d; its
+formula was not readable, so this rule is **our reading**.
+
+An entry of ``a`` that is exactly 0 is never sent (sign(0) = 0), so with
+sparsity 1 and rho = 0 this is signSGD-MV with tie rule ``zero``, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..codecs import BASE3, SPARSE_SIGN, by_id, encode_sparse_ternary
+from ..errors import ConfigError
+from ..kernels import cpu, sparse
+from ..kernels.generic import packed_length
+from ..selection import TopK
+from ..wire import round_up
+from .base import Algorithm, MomentumSGD, f32
+
+#: ``coding_up`` / ``coding_down`` values in the log.
+CODING_BASE3 = 3
+
+
+def k_per_segment(numels, sparsity, k_per_worker, votes_per_coordinate, workers) -> list[int]:
+    """K_l for each tensor, from the settings (see the module docstring)."""
+    if k_per_worker == "auto":
+        ks = [math.ceil(votes_per_coordinate * n / workers) for n in numels]
+        rule = f"--votes-per-coordinate {votes_per_coordinate} over {workers} workers"
+    else:
+        ks = [math.ceil(sparsity * n) for n in numels]
+        rule = f"--sparsity {sparsity}"
+    for k, n in zip(ks, numels):
+        if not 1 <= k <= n:
+            raise ConfigError(f"s3gd-mv: {rule} asks K = {k} entries of a tensor of {n}")
+    return ks
+
+
+class S3GDMV(Algorithm):
+    name = "s3gd-mv"
+    # A sign step: small lr (authors: 1e-3, no momentum).
+    defaults = {"lr": 0.001, "momentum": 0.0, "sparsity": 0.01, "residual": 1.0}
+    uplink = downlink = SPARSE_SIGN
+    variable_length = True
+    step_fields = {"nnz_up": (True, np.int64), "nnz_down": (False, np.int64),
+                   "union_size": (False, np.int64), "coding_up": (True, np.uint8),
+                   "coding_down": (False, np.uint8)}
+
+    def __init__(self, config, num_params, num_workers, segments=None):
+        super().__init__(config, num_params, num_workers, segments)
+        if config.device != "cpu":
+            raise ConfigError("s3gd-mv runs its selection and coding on the host; "
+                              "--device cuda is not supported for it yet")
+        d = num_params
+        self.ks = k_per_segment(self.segments, config.sparsity, config.k_per_worker,
+                                config.votes_per_coordinate, num_workers)
+        self.rho = f32(config.residual)
+        self.lr, self.wd = f32(config.lr), f32(config.weight_decay)
+        band = 0.1
+        offsets = np.concatenate([[0], np.cumsum(self.segments)])
+        self.selectors = [TopK(int(o), n, k, config.selection, band)
+                          for o, n, k in zip(offsets, self.segments, self.ks)]
+        # The most entries one uplink may carry: K, or K(1 + band) for threshold selection.
+        self.capacity = sum(min(n, int(k * (1 + band)) if config.selection == "threshold" else k)
+                            for n, k in zip(self.segments, self.ks))
+        self.positions = np.zeros(self.capacity, dtype=np.int64)
+        self.negative = np.zeros(self.capacity, dtype=np.uint8)
+        self.residual = None  # worker state, allocated on first use
+        self._up_length = 0
+        # Server: every worker's decoded entries, and the vote result.
+        self._rows_pos = self._rows_neg = None
+        self._counts = np.zeros(num_workers, dtype=np.int64)
+        self._union = np.zeros(1, dtype=np.int64)
+        self._down_length = 0
+        # Every rank: the decoded downlink, and what the update needs.
+        down_capacity = min(d, num_workers * self.capacity)
+        self.direction_pos = np.zeros(down_capacity, dtype=np.int64)
+        self.direction_neg = np.zeros(down_capacity, dtype=np.uint8)
+        self.sgd = (MomentumSGD(d, config.lr, config.momentum, config.weight_decay)
+                    if config.momentum else None)
+        self._planes = self._direction = None
+        sparse.warm_up()
+        cpu.warm_up()
+
+    def downlink_codecs(self):
+        return (SPARSE_SIGN, BASE3)
+
+    def metadata(self) -> dict:
+        return {"segments": self.segments, "k_per_segment": self.ks,
+                "selection": self.config.selection, "uplink_capacity_entries": self.capacity}
+
+    # ---------------------------------------------------------------- worker
+    def worker_step(self, grad, message, step):
+        if self.rho:
+            if self.residual is None:
+                self.residual = np.zeros_like(grad)
+            a = self.residual
+            if self.rho != 1:
+                a *= self.rho
+            a += grad
+        else:
+            a = grad
+        end = 0
+        for sel in self.selectors:
+            end = sel.select(a[sel.offset: sel.offset + sel.size], self.positions,
+                             self.negative, end)
+        if self.rho:
+            sparse.zero_at(a, self.positions, 0, end)
+        body = message.padded_body
+        body[: self._up_length] = 0
+        codec, flags, self._up_length = encode_sparse_ternary(
+            self.positions, self.negative, end, self.num_params, body)
+        message.set_body(codec, flags, self._up_length)
+
+    # ---------------------------------------------------------------- server
+    def server_step(self, uplinks, message, step):
+        d, m = self.num_params, self.num_workers
+        if self._rows_pos is None:
+            self._rows_pos = np.zeros((m, self.capacity), dtype=np.int64)
+            self._rows_neg = np.zeros((m, self.capacity), dtype=np.uint8)
+        coding_up = np.zeros(m, dtype=np.uint8)
+        for w in range(m):
+            header = uplinks.header(w + 1)
+            self._counts[w] = SPARSE_SIGN.decode_into(
+                uplinks.rows[w, : header.body_length], d, header.flags, self._rows_pos[w],
+                self._rows_neg[w], what=f"uplink message from rank {w + 1} at step {step}")
+            coding_up[w] = header.flags & 0xFF
+        nnz = sparse.merge_vote(self._rows_pos, self._rows_neg, self._counts, self._union,
+                                self.direction_pos, self.direction_neg)
+        body = message.padded_body
+        body[: self._down_length] = 0
+        codec, flags, self._down_length = encode_sparse_ternary(
+            self.direction_pos, self.direction_neg, nnz, d, body, allow_base3=True)
+        message.set_body(codec, flags, self._down_length)
+        self.step_stats = {
+            "nnz_up": self._counts, "nnz_down": nnz, "union_size": int(self._union[0]),
+            "coding_up": coding_up,
+            "coding_down": CODING_BASE3 if codec == BASE3.id else flags & 0xFF}
+
+    # ---------------------------------------------------------- every rank
+    def apply(self, params, body, step, header=None):
+        d = self.num_params
+        nnz = by_id(header.codec).decode_into(
+            body[: header.body_length], d, header.flags, self.direction_pos,
+            self.direction_neg, what=f"downlink message at step {step}")
+        pos, neg = self.direction_pos, self.direction_neg
+        if self.sgd is not None:
+            if self._direction is None:
+                self._direction = np.zeros(d, dtype=np.float32)
+            self._direction[:] = 0
+            sparse.scatter_direction(pos, neg, nnz, self._direction)
+            self.sgd.step(params, self._direction)
+        elif self.wd == 0:
+            sparse.sparse_sign_update(params, pos, neg, nnz, self.lr)
+        else:  # the dense fused kernel signum-mv uses: the same float32 arithmetic
+            if self._planes is None:
+                stride = round_up(packed_length(d))
+                self._planes = np.zeros(2 * stride + 8, dtype=np.uint8)
+                self._stride = stride
+            self._planes[:] = 0
+            nonzero, negative = self._planes[: self._stride], self._planes[self._stride:]
+            sparse.ternary_planes(pos, neg, nnz, nonzero, negative)
+            cpu.apply_ternary_update(params, nonzero, negative, self.lr, self.wd)

@@ -1,0 +1,457 @@
+"""Compiled CPU kernels for sparse ternary messages (S3GD-MV and friends).
+
+* selection: the entries of largest magnitude of one tensor, exactly (a
+  threshold from an in-place partition, ties taken in index order) or by a
+  sampled threshold refined until the count is within a band of K;
+* position coding into one LSB-first bitstream (``docs/wire-format.md``,
+  codec ``sparse-sign``): an Elias-gamma count, then positions as raw
+  fixed-width integers, a bitmap, or Golomb-Rice gaps, then one sign bit per
+  entry; and the validating decoder;
+* ``base3``: five trits per byte;
+* the server's vote: an M-way merge of the workers' sorted position lists.
+
+Every function is allocation-free: outputs go to caller-provided arrays.
+Decoders return a negative error code instead of raising (Numba); the codecs
+in :mod:`hpcgrad.codecs` turn codes into messages with :data:`ERRORS`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_jit = njit(cache=True, nogil=True, boundscheck=False)
+
+RAW, BITMAP, RICE = 0, 1, 2
+CODING_NAMES = {RAW: "raw", BITMAP: "bitmap", RICE: "rice"}
+
+ERRORS = {
+    -1: "the bitstream ends before its last field",
+    -2: "a position is not below the message's count",
+    -3: "positions are not strictly increasing",
+    -4: "the count of entries exceeds the message's count",
+    -5: "the bitmap's set bits differ from the entry count",
+    -6: "padding bits after the bitstream are not zero",
+    -7: "the body is longer than its bitstream",
+    -8: "a base3 byte is above 242 (3**5 - 1)",
+    -9: "a base3 trit past the last coordinate is not zero",
+    -10: "an Elias-gamma count is malformed",
+    -11: "it holds more entries than any message of this run can",
+}
+
+
+def raw_width(count: int) -> int:
+    """Bits of one raw position for ``count`` coordinates."""
+    return max(1, int(count - 1).bit_length())
+
+
+# ---------------------------------------------------------------- bit I/O --
+
+@_jit
+def _put(out, bitpos, value, nbits):
+    """OR the low ``nbits`` (<= 57) of ``value`` into ``out`` at bit ``bitpos``."""
+    while nbits > 0:
+        byte = bitpos >> 3
+        shift = bitpos & 7
+        take = min(8 - shift, nbits)
+        out[byte] |= np.uint8((value & ((1 << take) - 1)) << shift)
+        value >>= take
+        bitpos += take
+        nbits -= take
+    return bitpos
+
+
+@_jit
+def _get(body, bitpos, nbits, limit):
+    """Read ``nbits`` (<= 57) at ``bitpos``; -1 if past ``limit`` bits."""
+    if bitpos + nbits > limit:
+        return -1
+    value = 0
+    got = 0
+    while got < nbits:
+        byte = bitpos >> 3
+        shift = bitpos & 7
+        take = min(8 - shift, nbits - got)
+        value |= ((np.int64(body[byte]) >> shift) & ((1 << take) - 1)) << got
+        got += take
+        bitpos += take
+    return value
+
+
+@_jit
+def _gamma_bits(n):
+    # Elias gamma of n >= 1: (L - 1) zeros, then the L bits of n, most significant first.
+    length = 0
+    m = n
+    while m:
+        length += 1
+        m >>= 1
+    return 2 * length - 1
+
+
+@_jit
+def _put_gamma(out, bitpos, n):
+    length = 0
+    m = n
+    while m:
+        length += 1
+        m >>= 1
+    bitpos += length - 1  # zeros: the buffer is zeroed
+    for i in range(length - 1, -1, -1):
+        bitpos = _put(out, bitpos, (n >> i) & 1, 1)
+    return bitpos
+
+
+@_jit
+def _get_gamma(body, bitpos, limit):
+    """(value, new bitpos); value -1 if truncated, -10 if malformed."""
+    zeros = 0
+    while True:
+        bit = _get(body, bitpos, 1, limit)
+        if bit < 0:
+            return -1, bitpos
+        bitpos += 1
+        if bit == 1:
+            break
+        zeros += 1
+        if zeros > 62:
+            return -10, bitpos
+    value = 1
+    for _ in range(zeros):
+        bit = _get(body, bitpos, 1, limit)
+        if bit < 0:
+            return -1, bitpos
+        value = (value << 1) | bit
+        bitpos += 1
+    return value, bitpos
+
+
+# ------------------------------------------------------------ size models --
+
+@_jit
+def rice_bits(positions, nnz, k):
+    """Bits of the Rice-coded gaps of ``positions[:nnz]`` with parameter ``k``."""
+    total = nnz * (k + 1)
+    prev = -1
+    for i in range(nnz):
+        gap = positions[i] - prev - 1
+        total += gap >> k
+        prev = positions[i]
+    return total
+
+
+@_jit
+def best_rice_parameter(positions, nnz, count):
+    """The k in [0, 40] minimizing the Rice-coded length (searched around the
+    optimum for geometric gaps of mean count/nnz)."""
+    if nnz == 0:
+        return 0, 0
+    mean = count / nnz
+    k0 = 0
+    while (1 << (k0 + 1)) <= mean * 0.69:  # 2^k ~ ln(2)·mean gap
+        k0 += 1
+    best_k, best = -1, 0
+    for k in range(max(0, k0 - 2), min(40, k0 + 3)):
+        bits = rice_bits(positions, nnz, k)
+        if best_k < 0 or bits < best:
+            best_k, best = k, bits
+    return best_k, best
+
+
+@_jit
+def position_bits(positions, nnz, count, raw_bits):
+    """(coding, rice k, bits) of the smallest position coding for this set."""
+    k, rice = best_rice_parameter(positions, nnz, count)
+    raw = nnz * raw_bits
+    coding, bits = RICE, rice
+    if count < bits:
+        coding, bits = BITMAP, count
+    if raw < bits:
+        coding, bits = RAW, raw
+    return coding, k, bits
+
+
+# ------------------------------------------------------ sparse-sign codec --
+
+@_jit
+def encode_sparse_sign(positions, negative, nnz, count, coding, k, raw_bits, out):
+    """Write the bitstream into zeroed ``out``; return its length in bits."""
+    bitpos = _put_gamma(out, 0, nnz + 1)
+    if coding == RAW:
+        for i in range(nnz):
+            bitpos = _put(out, bitpos, positions[i], raw_bits)
+    elif coding == BITMAP:
+        for i in range(nnz):
+            p = bitpos + positions[i]
+            out[p >> 3] |= np.uint8(1 << (p & 7))
+        bitpos += count
+    else:
+        prev = -1
+        mask = (1 << k) - 1
+        for i in range(nnz):
+            gap = positions[i] - prev - 1
+            prev = positions[i]
+            q = gap >> k
+            while q >= 32:  # unary quotient: q one-bits, then a zero bit
+                bitpos = _put(out, bitpos, 0xFFFFFFFF, 32)
+                q -= 32
+            bitpos = _put(out, bitpos, (1 << q) - 1, q)
+            bitpos += 1
+            bitpos = _put(out, bitpos, gap & mask, k)
+    for i in range(nnz):
+        if negative[i]:
+            out[bitpos >> 3] |= np.uint8(1 << (bitpos & 7))
+        bitpos += 1
+    return bitpos
+
+
+@_jit
+def decode_sparse_sign(body, count, coding, k, raw_bits, positions, negative):
+    """Parse and validate a body; fill ``positions``/``negative``; return nnz or an error."""
+    limit = body.size * 8
+    value, bitpos = _get_gamma(body, 0, limit)
+    if value < 0:
+        return value
+    nnz = value - 1
+    if nnz > count:
+        return -4
+    if nnz > positions.size:
+        return -11
+    if coding == RAW:
+        prev = -1
+        for i in range(nnz):
+            p = _get(body, bitpos, raw_bits, limit)
+            if p < 0:
+                return -1
+            if p >= count:
+                return -2
+            if p <= prev:
+                return -3
+            positions[i] = p
+            prev = p
+            bitpos += raw_bits
+    elif coding == BITMAP:
+        if bitpos + count > limit:
+            return -1
+        found = 0
+        for j in range(count):
+            p = bitpos + j
+            if (body[p >> 3] >> (p & 7)) & 1:
+                if found == nnz:
+                    return -5
+                positions[found] = j
+                found += 1
+        if found != nnz:
+            return -5
+        bitpos += count
+    else:
+        prev = -1
+        for i in range(nnz):
+            q = 0
+            while True:
+                bit = _get(body, bitpos, 1, limit)
+                if bit < 0:
+                    return -1
+                bitpos += 1
+                if bit == 0:
+                    break
+                q += 1
+                if q > count:
+                    return -2
+            r = _get(body, bitpos, k, limit) if k else 0
+            if r < 0:
+                return -1
+            bitpos += k
+            p = prev + 1 + ((q << k) | r)
+            if p >= count:
+                return -2
+            positions[i] = p
+            prev = p
+    for i in range(nnz):
+        bit = _get(body, bitpos, 1, limit)
+        if bit < 0:
+            return -1
+        negative[i] = bit
+        bitpos += 1
+    if (bitpos + 7) // 8 != body.size:
+        return -7
+    if bitpos & 7 and body[bitpos >> 3] >> (bitpos & 7):
+        return -6
+    return nnz
+
+
+def sparse_sign_bits(nnz: int, position_bits: int) -> int:
+    """Bitstream length: gamma(nnz + 1) + positions + one sign bit per entry."""
+    return int(_gamma_bits(nnz + 1)) + position_bits + nnz
+
+
+# ------------------------------------------------------------ base3 codec --
+
+_POW3 = np.array([1, 3, 9, 27, 81], dtype=np.uint8)
+
+
+@_jit
+def encode_base3(positions, negative, nnz, out):
+    """Trits into zeroed ``out``: 0 = zero, 1 = +1, 2 = -1; byte = sum t_i 3^i."""
+    for i in range(nnz):
+        p = positions[i]
+        out[p // 5] += np.uint8((2 if negative[i] else 1) * _POW3[p % 5])
+
+
+@_jit
+def decode_base3(body, count, positions, negative):
+    nnz = 0
+    for j in range(body.size):
+        b = np.int64(body[j])
+        if b > 242:
+            return -8
+        for i in range(5):
+            t = b % 3
+            b //= 3
+            if t:
+                p = 5 * j + i
+                if p >= count:
+                    return -9
+                if nnz == positions.size:
+                    return -11
+                positions[nnz] = p
+                negative[nnz] = t == 2
+                nnz += 1
+    return nnz
+
+
+# ------------------------------------------------------------ selection --
+
+@_jit
+def abs_into(values, out):
+    for i in range(values.size):
+        out[i] = abs(values[i])
+
+
+@_jit
+def count_above(values, threshold):
+    n = 0
+    for i in range(values.size):
+        if abs(values[i]) > threshold:
+            n += 1
+    return n
+
+
+@_jit
+def take_top(values, threshold, k, offset, positions, negative, start):
+    """Append to ``positions[start:]`` the entries of ``values`` with |v| > threshold,
+    then those with |v| == threshold in index order, up to ``k`` in all; skip
+    exact zeros (sign(0) = 0 sends nothing).  Returns the new end."""
+    above = 0
+    for i in range(values.size):
+        if abs(values[i]) > threshold:
+            above += 1
+    ties = k - above
+    end = start
+    for i in range(values.size):
+        v = values[i]
+        a = abs(v)
+        if a > threshold or (a == threshold and ties > 0):
+            if a == threshold:
+                ties -= 1
+            if v != 0:
+                positions[end] = offset + i
+                negative[end] = v < 0
+                end += 1
+    return end
+
+
+@_jit
+def zero_at(values, positions, start, end):
+    for i in range(start, end):
+        values[positions[i]] = 0
+
+
+# ------------------------------------------------------------ the vote --
+
+@_jit
+def merge_vote(positions, negative, counts, union_out, nonzero_pos, nonzero_neg):
+    """Sum the M workers' ternary votes by merging their sorted position lists.
+
+    ``positions``/``negative`` are (M x capacity); ``counts`` their lengths.
+    Writes the non-zero results (sign of the sum, ties -> 0) in position
+    order; returns (union size, number of non-zeros)."""
+    m = counts.size
+    heads = np.zeros(m, dtype=np.int64)  # small, M entries
+    union = 0
+    nnz = 0
+    big = np.int64(1) << 62
+    while True:
+        p = big
+        for w in range(m):
+            if heads[w] < counts[w] and positions[w, heads[w]] < p:
+                p = positions[w, heads[w]]
+        if p == big:
+            break
+        vote = 0
+        for w in range(m):
+            h = heads[w]
+            if h < counts[w] and positions[w, h] == p:
+                vote += -1 if negative[w, h] else 1
+                heads[w] = h + 1
+        union += 1
+        if vote != 0:
+            nonzero_pos[nnz] = p
+            nonzero_neg[nnz] = vote < 0
+            nnz += 1
+    union_out[0] = union
+    return nnz
+
+
+# ------------------------------------------------------------ the update --
+
+@_jit
+def sparse_sign_update(params, positions, negative, nnz, lr):
+    """``x[p] <- x[p] - lr*t`` for the ternary direction t (weight decay 0)."""
+    for i in range(nnz):
+        p = positions[i]
+        params[p] = params[p] - (-lr if negative[i] else lr)
+
+
+@_jit
+def scatter_direction(positions, negative, nnz, direction):
+    """``direction`` (zeroed) <- the dense ternary vector, float32."""
+    for i in range(nnz):
+        direction[positions[i]] = -1.0 if negative[i] else 1.0
+
+
+@_jit
+def ternary_planes(positions, negative, nnz, nonzero_plane, negative_plane):
+    """Set the ``ternary2`` bit planes (zeroed) of a sparse direction."""
+    for i in range(nnz):
+        p = positions[i]
+        bit = np.uint8(1 << (p & 7))
+        nonzero_plane[p >> 3] |= bit
+        if negative[i]:
+            negative_plane[p >> 3] |= bit
+
+
+def warm_up() -> None:
+    """Compile (or load from cache) every kernel before the first timed step."""
+    pos = np.array([1, 4, 9], dtype=np.int64)
+    neg = np.array([0, 1, 0], dtype=np.uint8)
+    out = np.zeros(64, dtype=np.uint8)
+    for coding in (RAW, BITMAP, RICE):
+        bits = encode_sparse_sign(pos, neg, 3, 12, coding, 1, 4, out)
+        decode_sparse_sign(out[: (bits + 7) // 8], 12, coding, 1, 4, pos.copy(), neg.copy())
+        out[:] = 0
+    position_bits(pos, 3, 12, 4)
+    encode_base3(pos, neg, 3, out)
+    decode_base3(out[:3], 12, pos.copy(), neg.copy())
+    values = np.array([0.5, -2.0, 0.0, 1.0], dtype=np.float32)
+    scratch = np.empty(4, dtype=np.float32)
+    abs_into(values, scratch)
+    count_above(values, np.float32(0.1))
+    take_top(values, np.float32(0.5), 2, 0, pos, neg, 0)
+    zero_at(values.copy(), pos, 0, 1)
+    counts = np.array([3, 3], dtype=np.int64)
+    union = np.zeros(1, dtype=np.int64)
+    merge_vote(np.stack([pos, pos]), np.stack([neg, neg]), counts, union, pos.copy(), neg.copy())
+    sparse_sign_update(values, pos[:1], neg, 1, np.float32(0.1))
+    ternary_planes(pos, neg, 3, out[:8], out[8:16])
+    scatter_direction(pos, neg, 3, np.zeros(12, dtype=np.float32))

@@ -1,0 +1,84 @@
+"""Top-K selection of the largest-magnitude entries of one tensor.
+
+Two rules, both writing sorted global positions and sign bits into
+preallocated arrays, both skipping exact zeros (sign(0) = 0 sends nothing):
+
+``exact``
+    the K entries of largest |v|; ties at the K-th magnitude are taken in
+    index order.  The K-th magnitude comes from an in-place partition
+    (introselect, O(n)) of a scratch copy of |v|.  The reference.
+``threshold``
+    a magnitude threshold estimated from an evenly strided sample of |v|,
+    then refined by counting passes until the count above it is within
+    ``band`` of K (at most ``max_passes`` passes; the last threshold is kept
+    otherwise).  Every entry above the threshold is sent, so the achieved K
+    varies a little from step to step (``nnz_up`` in the log).  Because both
+    rules take everything above a threshold, on inputs without ties the
+    threshold set contains the exact set when it is larger and is contained
+    in it when smaller.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels import sparse
+
+SELECTIONS = ("exact", "threshold")
+
+
+class TopK:
+    """Selection for one segment ``[offset, offset + size)`` of the flat vector."""
+
+    def __init__(self, offset: int, size: int, k: int, rule: str = "exact", band: float = 0.1,
+                 sample: int = 16384, max_passes: int = 8):
+        if not 1 <= k <= size:
+            raise ValueError(f"K = {k} is not within 1..{size} (the tensor's size)")
+        self.offset, self.size, self.k = offset, size, k
+        self.rule, self.band, self.max_passes = rule, band, max_passes
+        self.scratch = np.empty(size if rule == "exact" else min(size, sample), np.float32)
+        self.stride = max(1, size // self.scratch.size)
+        self.passes = 0  # counting passes of the last threshold selection
+
+    def select(self, values, positions, negative, start: int) -> int:
+        """Append this segment's selection to ``positions[start:]``; return the new end."""
+        if self.rule == "exact":
+            return self._exact(values, positions, negative, start)
+        return self._threshold(values, positions, negative, start)
+
+    def _exact(self, values, positions, negative, start):
+        n, k = self.size, self.k
+        magnitudes = self.scratch[:n]
+        sparse.abs_into(values, magnitudes)
+        magnitudes.partition(n - k)
+        threshold = magnitudes[n - k]
+        return sparse.take_top(values, threshold, k, self.offset, positions, negative, start)
+
+    def _threshold(self, values, positions, negative, start):
+        n, k = self.size, self.k
+        if n <= self.scratch.size:  # small tensors: no sampling needed
+            return self._exact(values, positions, negative, start)
+        sample = self.scratch
+        sparse.abs_into(values[:: self.stride][: sample.size], sample)
+        s = sample.size
+        rank = min(s - 1, max(0, s - int(round(k * s / n))))
+        sample.partition(rank)
+        threshold = sample[rank]
+        lo_count, hi_count = k * (1 - self.band), k * (1 + self.band)
+        below, above = np.float32(0), np.float32(np.inf)  # thresholds bracketing K
+        self.passes = 0
+        for _ in range(self.max_passes):
+            count = sparse.count_above(values, threshold)
+            self.passes += 1
+            if lo_count <= count <= hi_count:
+                break
+            if count > hi_count:
+                below = max(below, threshold)
+            else:
+                above = min(above, threshold)
+            if np.isfinite(above):
+                threshold = np.float32((below + above) / 2)
+            else:
+                threshold = np.float32(threshold * 2 if threshold > 0 else 1e-30)
+        cap = sparse.count_above(values, threshold)
+        return sparse.take_top(values, threshold, cap, self.offset, positions, negative, start)

@@ -1,0 +1,201 @@
+"""S3GD-MV through the algorithm object: the worked example of ../shared/docs/algorithms.md §2,
+the signSGD-MV identity, selection rules and bad settings."""
+
+import math
+
+import numpy as np
+import pytest
+
+from hpcgrad import codecs
+from hpcgrad.algorithms import create
+from hpcgrad.algorithms.s3gd_mv import k_per_segment
+from hpcgrad.config import TrainConfig
+from hpcgrad.errors import ConfigError, WireFormatError
+from hpcgrad.selection import TopK
+from hpcgrad.transport import Uplinks
+from hpcgrad.wire import HEADER_SIZE, Header, MessageBuffer, read_header
+
+
+def algorithm(d, workers, name="s3gd-mv", segments=None, **settings):
+    cfg = TrainConfig(algorithm=name, **settings).resolved()
+    return create(cfg, d, workers, segments)
+
+
+def message_buffer(alg, sender):
+    d = alg.num_params
+    capacity = max(c.max_body_length(d) for c in alg.uplink_codecs())
+    return MessageBuffer(Header(alg.uplink.id, d, capacity, 0, sender))
+
+
+def downlink_buffer(alg):
+    d = alg.num_params
+    capacity = max(c.max_body_length(d) for c in alg.downlink_codecs())
+    return MessageBuffer(Header(alg.downlink.id, d, capacity, 0, 0))
+
+
+def exchange(workers_algs, server, grads, step=0):
+    """One step without MPI: worker messages into a real receive buffer, the server's vote."""
+    m, d = len(grads), server.num_params
+    capacity = max(c.max_body_length(d) for c in server.uplink_codecs())
+    up = Uplinks(m + 1, HEADER_SIZE + capacity)
+    for rank, (alg, grad) in enumerate(zip(workers_algs, grads), start=1):
+        msg = message_buffer(alg, rank)
+        msg.stamp(step)
+        alg.worker_step(np.asarray(grad, dtype=np.float32), msg, step)
+        start = rank * up.slot
+        up.raw[start:start + msg.length] = msg.wire
+        up.lengths[rank] = msg.length
+    down = downlink_buffer(server)
+    down.stamp(step)
+    server.server_step(up, down, step)
+    return up, down
+
+
+def direction_of(down):
+    _, values = codecs.decode_message(down.wire.tobytes())
+    return values
+
+
+GRADS = [[.9, -.1, .3, -.8, .05, .2], [.7, .6, -.2, -.1, .4, -.3], [-.5, -.4, .1, -.9, .02, .6]]
+
+
+def test_worked_example_votes_direction_union_and_residuals():
+    settings = dict(sparsity=2 / 6, residual=1.0)
+    workers = [algorithm(6, 3, **settings) for _ in GRADS]
+    server = algorithm(6, 3, **settings)
+    up, down = exchange(workers, server, GRADS)
+    # Each worker's message: the signs of its two largest |g|.
+    sent = [codecs.decode_message(up.message(r).tobytes())[1] for r in (1, 2, 3)]
+    np.testing.assert_array_equal(sent[0], [1, 0, 0, -1, 0, 0])
+    np.testing.assert_array_equal(sent[1], [1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(sent[2], [0, 0, 0, -1, 0, 1])
+    np.testing.assert_array_equal(sum(sent), [2, 1, 0, -2, 0, 1])  # the votes
+    np.testing.assert_array_equal(direction_of(down), [1, 1, 0, -1, 0, 1])
+    assert server.step_stats["union_size"] == 4  # {0, 1, 3, 5}
+    assert server.step_stats["nnz_down"] == 4
+    np.testing.assert_array_equal(server.step_stats["nnz_up"], [2, 2, 2])
+    # Residuals keep exactly the entries that were not sent.
+    for alg, grad, s in zip(workers, GRADS, sent):
+        expected = np.where(s != 0, 0, np.float32(grad)).astype(np.float32)
+        np.testing.assert_array_equal(alg.residual, expected)
+    # The update: x <- x - lr * direction.
+    params = np.ones(6, dtype=np.float32)
+    server.apply(params, down.padded_body, 0, read_header(down.wire))
+    np.testing.assert_array_equal(params, np.float32(1) - np.float32(0.001) *
+                                  np.array([1, 1, 0, -1, 0, 1], dtype=np.float32))
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+@pytest.mark.parametrize("workers", [2, 3, 4])
+def test_sparsity_one_without_residual_is_signsgd_mv_with_tie_zero(workers, weight_decay):
+    rng = np.random.default_rng(workers)
+    d = 301
+    common = dict(lr=0.01, weight_decay=weight_decay, momentum=0.0)
+    s3 = [algorithm(d, workers, sparsity=1.0, residual=0.0, **common)
+          for _ in range(workers + 1)]
+    mv = [algorithm(d, workers, name="signum-mv", tie="zero", **common)
+          for _ in range(workers + 1)]
+    params_s3 = rng.standard_normal(d).astype(np.float32)
+    params_mv = params_s3.copy()
+    for step in range(5):
+        grads = rng.standard_normal((workers, d)).astype(np.float32)
+        grads[:, ::7] = 0  # zeros vote 0
+        grads[1, 1::5] = -grads[0, 1::5]  # ties between workers
+        _, down = exchange(s3[1:], s3[0], grads, step)
+        s3[0].apply(params_s3, down.padded_body, step, read_header(down.wire))
+        # signum-mv's own exchange
+        bodies = []
+        for alg, g in zip(mv[1:], grads):
+            msg = MessageBuffer(Header(alg.uplink.id, d, alg.uplink.body_length(d), step, 1))
+            alg.worker_step(g, msg, step)
+            bodies.append(msg.body.copy())
+        up = Uplinks(workers + 1, HEADER_SIZE + mv[0].uplink.body_length(d))
+        for row, body in zip(up.rows, bodies):
+            row[: body.size] = body
+        mv_down = MessageBuffer(Header(mv[0].downlink.id, d, mv[0].downlink.body_length(d),
+                                       step, 0))
+        mv[0].server_step(up, mv_down, step)
+        mv[0].apply(params_mv, mv_down.padded_body, step)
+        np.testing.assert_array_equal(direction_of(down), direction_of(mv_down))
+    assert params_s3.tobytes() == params_mv.tobytes()
+
+
+def test_segments_get_their_own_k_and_positions_stay_sorted():
+    segments = [10, 3, 20]
+    alg = algorithm(33, 2, segments=segments, sparsity=0.2, residual=0.0)
+    assert alg.ks == [2, 1, 4]
+    grad = np.arange(1, 34, dtype=np.float32) * np.where(np.arange(33) % 2, -1, 1)
+    msg = message_buffer(alg, 1)
+    alg.worker_step(grad, msg, 0)
+    _, values = codecs.decode_message(msg.wire.tobytes())
+    nz = np.flatnonzero(values)
+    np.testing.assert_array_equal(nz, [8, 9, 12, 29, 30, 31, 32])
+    np.testing.assert_array_equal(values[nz], np.sign(grad[nz]))
+
+
+def test_k_per_worker_auto_is_c_d_over_m():
+    assert k_per_segment([1000, 10], None, "auto", 1.0, 4) == [250, 3]
+    assert k_per_segment([1000], None, "auto", 2.0, 8) == [250]
+    with pytest.raises(ConfigError, match="asks K = 1500 entries of a tensor of 1000"):
+        k_per_segment([1000], None, "auto", 6.0, 4)
+
+
+def test_exact_selection_breaks_ties_by_index_and_skips_zeros():
+    values = np.array([0, 2, -2, 1, 2, 0, 0], dtype=np.float32)
+    pos = np.zeros(7, dtype=np.int64)
+    neg = np.zeros(7, dtype=np.uint8)
+    end = TopK(0, 7, 2).select(values, pos, neg, 0)
+    np.testing.assert_array_equal(pos[:end], [1, 2])
+    end = TopK(0, 7, 6).select(values, pos, neg, 0)  # K reaches the zeros: not sent
+    np.testing.assert_array_equal(pos[:end], [1, 2, 3, 4])
+    np.testing.assert_array_equal(neg[:end], [0, 1, 0, 0])
+
+
+@pytest.mark.parametrize("n, k", [(200_000, 200), (200_000, 2_000), (200_000, 20_000),
+                                  (50_000, 5_000), (1000, 10)])
+def test_threshold_selection_agrees_with_exact_within_the_band(n, k):
+    rng = np.random.default_rng(n + k)
+    magnitudes = rng.permutation(np.arange(1, n + 1)) ** 2.0  # distinct, skewed: no ties
+    values = (magnitudes * rng.choice([-1.0, 1.0], n)).astype(np.float32)
+    assert np.unique(np.abs(values)).size == n
+    pos_e, neg_e = np.zeros(n, np.int64), np.zeros(n, np.uint8)
+    pos_t, neg_t = np.zeros(n, np.int64), np.zeros(n, np.uint8)
+    exact = set(pos_e[: TopK(0, n, k).select(values, pos_e, neg_e, 0)])
+    end = TopK(0, n, k, rule="threshold", band=0.1).select(values, pos_t, neg_t, 0)
+    fast = set(pos_t[:end])
+    assert math.floor(0.9 * k) <= len(fast) <= math.ceil(1.1 * k)
+    assert (exact <= fast) if len(fast) >= k else (fast <= exact)
+    assert np.all(np.diff(pos_t[:end]) > 0)
+    np.testing.assert_array_equal(neg_t[:end], values[pos_t[:end]] < 0)
+
+
+def test_a_message_with_more_entries_than_the_run_allows_is_refused():
+    small = algorithm(100, 2, sparsity=0.05, residual=0.0)
+    big = algorithm(100, 2, sparsity=0.5, residual=0.0)
+    msg = message_buffer(big, 1)
+    big.worker_step(np.arange(1, 101, dtype=np.float32), msg, 0)
+    up = Uplinks(3, HEADER_SIZE + codecs.SPARSE_SIGN.max_body_length(100))
+    for rank in (1, 2):
+        up.raw[rank * up.slot: rank * up.slot + msg.length] = msg.wire
+        up.lengths[rank] = msg.length
+    with pytest.raises(WireFormatError, match="uplink message from rank 1 at step 0: "
+                                              "sparse-sign body is corrupt: it holds more"):
+        small.server_step(up, downlink_buffer(small), 0)
+
+
+@pytest.mark.parametrize("settings, pattern", [
+    (dict(sparsity=0.0), r"sparsity must be in \(0, 1\]"),
+    (dict(sparsity=1.5), r"sparsity must be in \(0, 1\]"),
+    (dict(residual=2.0), r"residual \(rho\) must be in \[0, 1\]"),
+    (dict(k_per_worker="7"), "only 'auto' is understood"),
+    (dict(selection="approx"), "unknown selection 'approx'"),
+    (dict(votes_per_coordinate=-1.0), "votes-per-coordinate must be > 0"),
+])
+def test_bad_settings_are_named(settings, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        TrainConfig(algorithm="s3gd-mv", **settings).resolved()
+
+
+def test_cuda_is_refused_with_a_reason():
+    with pytest.raises(ConfigError, match="--device cuda is not supported"):
+        algorithm(10, 2, device="cuda")

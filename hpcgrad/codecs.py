@@ -155,7 +155,7 @@ class SparseSignCodec(SparseTernaryCodec):
     """Entry count (Elias gamma), positions, then one sign bit per entry.
 
     ``flags``: bits 0-1 the position coding (0 raw, 1 bitmap, 2 Golomb-Rice),
-    bits 8-13 the Rice parameter k (0 unless Rice).
+    bits 8-13 the Rice parameter k (0 unless Rice; at most 56).
     """
 
     id, name = 5, "sparse-sign"
@@ -170,7 +170,7 @@ class SparseSignCodec(SparseTernaryCodec):
 
     def check_flags(self, flags, what) -> None:
         coding, k = flags & 0xFF, flags >> 8
-        if coding not in sparse.CODING_NAMES or k > 63 or (coding != sparse.RICE and k):
+        if coding not in sparse.CODING_NAMES or k > 56 or (coding != sparse.RICE and k):
             raise WireFormatError(f"{what}: {self.name} flags {flags:#06x} name no position "
                                   "coding (0 raw, 1 bitmap, 2 Rice with k in bits 8-13)")
 

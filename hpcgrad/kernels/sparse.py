@@ -142,8 +142,9 @@ def rice_bits(positions, nnz, k):
 
 @_jit
 def best_rice_parameter(positions, nnz, count):
-    """The k in [0, 40] minimizing the Rice-coded length (searched around the
-    optimum for geometric gaps of mean count/nnz)."""
+    """The k in [0, 24] minimizing the Rice-coded length (searched around the
+    optimum for geometric gaps of mean count/nnz).  24 bounds the encoder's
+    register accumulator; it is ample for any gap a message can hold."""
     if nnz == 0:
         return 0, 0
     mean = count / nnz
@@ -151,7 +152,7 @@ def best_rice_parameter(positions, nnz, count):
     while (1 << (k0 + 1)) <= mean * 0.69:  # 2^k ~ ln(2)·mean gap
         k0 += 1
     best_k, best = -1, 0
-    for k in range(max(0, k0 - 2), min(40, k0 + 3)):
+    for k in range(min(24, max(0, k0 - 2)), min(25, k0 + 3)):
         bits = rice_bits(positions, nnz, k)
         if best_k < 0 or bits < best:
             best_k, best = k, bits
@@ -174,6 +175,29 @@ def position_bits(positions, nnz, count, raw_bits):
 # ------------------------------------------------------ sparse-sign codec --
 
 @_jit
+def _peek(body, bitpos):
+    """56 or more bits of ``body`` from ``bitpos``, LSB first; zeros past the end."""
+    byte = bitpos >> 3
+    word = 0
+    stop = min(byte + 8, body.size)
+    for j in range(byte, stop):
+        word |= np.int64(body[j]) << (8 * (j - byte))
+    return (word >> (bitpos & 7)) & ((1 << 56) - 1)
+
+
+@_jit
+def _store(out, bitpos, acc, fill):
+    """OR the ``fill`` (< 64) low bits of ``acc`` into ``out`` at ``bitpos``, whole bytes
+    at a time; the caller keeps bits that do not fill a byte."""
+    byte = bitpos >> 3
+    for _ in range(fill >> 3):
+        out[byte] |= np.uint8(acc & 0xFF)
+        acc >>= 8
+        byte += 1
+    return acc
+
+
+@_jit
 def encode_sparse_sign(positions, negative, nnz, count, coding, k, raw_bits, out):
     """Write the bitstream into zeroed ``out``; return its length in bits."""
     bitpos = _put_gamma(out, 0, nnz + 1)
@@ -186,18 +210,39 @@ def encode_sparse_sign(positions, negative, nnz, count, coding, k, raw_bits, out
             out[p >> 3] |= np.uint8(1 << (p & 7))
         bitpos += count
     else:
+        # A register accumulator: flush whole bytes once it holds 32 bits or more.
+        base = bitpos & ~7  # byte-aligned start of the accumulator
+        acc = np.int64(out[base >> 3]) & ((1 << (bitpos & 7)) - 1)
+        out[base >> 3] = 0
+        fill = bitpos & 7
         prev = -1
         mask = (1 << k) - 1
         for i in range(nnz):
             gap = positions[i] - prev - 1
             prev = positions[i]
             q = gap >> k
-            while q >= 32:  # unary quotient: q one-bits, then a zero bit
-                bitpos = _put(out, bitpos, 0xFFFFFFFF, 32)
-                q -= 32
-            bitpos = _put(out, bitpos, (1 << q) - 1, q)
-            bitpos += 1
-            bitpos = _put(out, bitpos, gap & mask, k)
+            while q >= 24:  # unary quotient: q one-bits, then a zero bit
+                acc |= ((1 << 24) - 1) << fill
+                fill += 24
+                q -= 24
+                if fill >= 32:
+                    acc = _store(out, base, acc, fill)
+                    base += fill & ~7
+                    fill &= 7
+            acc |= ((1 << q) - 1) << fill
+            fill += q + 1
+            if fill >= 32:
+                acc = _store(out, base, acc, fill)
+                base += fill & ~7
+                fill &= 7
+            acc |= (gap & mask) << fill
+            fill += k
+            if fill >= 32:
+                acc = _store(out, base, acc, fill)
+                base += fill & ~7
+                fill &= 7
+        acc = _store(out, base, acc, fill + 7)  # the partial last byte too
+        bitpos = base + fill
     for i in range(nnz):
         if negative[i]:
             out[bitpos >> 3] |= np.uint8(1 << (bitpos & 7))
@@ -246,33 +291,38 @@ def decode_sparse_sign(body, count, coding, k, raw_bits, positions, negative):
         bitpos += count
     else:
         prev = -1
+        mask = (1 << k) - 1
         for i in range(nnz):
             q = 0
-            while True:
-                bit = _get(body, bitpos, 1, limit)
-                if bit < 0:
-                    return -1
-                bitpos += 1
-                if bit == 0:
+            while True:  # count the unary one-bits 56 at a time
+                window = _peek(body, bitpos)
+                ones = 0
+                while window & 1 and ones < 56:
+                    window >>= 1
+                    ones += 1
+                q += ones
+                bitpos += ones
+                if ones < 56:
                     break
-                q += 1
-                if q > count:
-                    return -2
-            r = _get(body, bitpos, k, limit) if k else 0
-            if r < 0:
-                return -1
+                if bitpos > limit or q > count:
+                    return -1 if bitpos > limit else -2
+            bitpos += 1  # the terminating zero
+            r = (_peek(body, bitpos) & mask) if k else 0
             bitpos += k
+            if bitpos > limit:
+                return -1
             p = prev + 1 + ((q << k) | r)
             if p >= count:
                 return -2
             positions[i] = p
             prev = p
-    for i in range(nnz):
-        bit = _get(body, bitpos, 1, limit)
-        if bit < 0:
-            return -1
-        negative[i] = bit
-        bitpos += 1
+    if bitpos + nnz > limit:
+        return -1
+    for i in range(0, nnz, 56):
+        window = _peek(body, bitpos)
+        for j in range(min(56, nnz - i)):
+            negative[i + j] = (window >> j) & 1
+        bitpos += min(56, nnz - i)
     if (bitpos + 7) // 8 != body.size:
         return -7
     if bitpos & 7 and body[bitpos >> 3] >> (bitpos & 7):

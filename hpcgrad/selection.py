@@ -10,8 +10,9 @@ preallocated arrays, both skipping exact zeros (sign(0) = 0 sends nothing):
 ``threshold``
     a magnitude threshold estimated from an evenly strided sample of |v|,
     then refined by counting passes until the count above it is within
-    ``band`` of K (at most ``max_passes`` passes; the last threshold is kept
-    otherwise).  Every entry above the threshold is sent, so the achieved K
+    ``band`` of K (at most ``max_passes`` passes; if the count is still
+    outside the band, e.g. with many equal magnitudes, the exact rule runs
+    instead, so a message never exceeds K(1 + band) entries).  Every entry above the threshold is sent, so the achieved K
     varies a little from step to step (``nnz_up`` in the log).  Because both
     rules take everything above a threshold, on inputs without ties the
     threshold set contains the exact set when it is larger and is contained
@@ -36,9 +37,13 @@ class TopK:
             raise ValueError(f"K = {k} is not within 1..{size} (the tensor's size)")
         self.offset, self.size, self.k = offset, size, k
         self.rule, self.band, self.max_passes = rule, band, max_passes
-        self.scratch = np.empty(size if rule == "exact" else min(size, sample), np.float32)
-        self.stride = max(1, size // self.scratch.size)
+        # |v| for the exact rule (allocated on first use by a threshold selector), and
+        # the threshold rule's sample.
+        self.magnitudes = np.empty(size, np.float32) if rule == "exact" else None
+        self.sample = np.empty(min(size, sample), np.float32)
+        self.stride = max(1, size // self.sample.size)
         self.passes = 0  # counting passes of the last threshold selection
+        self.fallbacks = 0  # threshold selections that fell back to the exact rule
 
     def select(self, values, positions, negative, start: int) -> int:
         """Append this segment's selection to ``positions[start:]``; return the new end."""
@@ -48,7 +53,9 @@ class TopK:
 
     def _exact(self, values, positions, negative, start):
         n, k = self.size, self.k
-        magnitudes = self.scratch[:n]
+        if self.magnitudes is None:  # a threshold selector's first exact selection
+            self.magnitudes = np.empty(n, np.float32)
+        magnitudes = self.magnitudes
         sparse.abs_into(values, magnitudes)
         magnitudes.partition(n - k)
         threshold = magnitudes[n - k]
@@ -56,9 +63,9 @@ class TopK:
 
     def _threshold(self, values, positions, negative, start):
         n, k = self.size, self.k
-        if n <= self.scratch.size:  # small tensors: no sampling needed
+        if n <= self.sample.size:  # small tensors: no sampling needed
             return self._exact(values, positions, negative, start)
-        sample = self.scratch
+        sample = self.sample
         sparse.abs_into(values[:: self.stride][: sample.size], sample)
         s = sample.size
         rank = min(s - 1, max(0, s - int(round(k * s / n))))
@@ -80,5 +87,9 @@ class TopK:
                 threshold = np.float32((below + above) / 2)
             else:
                 threshold = np.float32(threshold * 2 if threshold > 0 else 1e-30)
-        cap = sparse.count_above(values, threshold)
-        return sparse.take_top(values, threshold, cap, self.offset, positions, negative, start)
+        if not lo_count <= count <= hi_count:
+            # Not within the band after max_passes (heavy ties, say): the exact rule keeps
+            # the message within the capacity the receivers allocated.
+            self.fallbacks += 1
+            return self._exact(values, positions, negative, start)
+        return sparse.take_top(values, threshold, count, self.offset, positions, negative, start)

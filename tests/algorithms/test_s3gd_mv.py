@@ -199,3 +199,14 @@ def test_bad_settings_are_named(settings, pattern):
 def test_cuda_is_refused_with_a_reason():
     with pytest.raises(ConfigError, match="--device cuda is not supported"):
         algorithm(10, 2, device="cuda")
+
+
+def test_threshold_selection_falls_back_to_exact_when_ties_defeat_the_band():
+    n, k = 100_000, 1000
+    values = np.ones(n, dtype=np.float32)  # every magnitude ties: no threshold splits them
+    values[::3] = -1
+    pos, neg = np.zeros(n, np.int64), np.zeros(n, np.uint8)
+    sel = TopK(0, n, k, rule="threshold")
+    end = sel.select(values, pos, neg, 0)
+    assert end == k and sel.fallbacks == 1
+    np.testing.assert_array_equal(pos[:end], np.arange(k))  # ties in index order

@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "write a per-iteration HDF5 traffic log. Run under mpiexec -n N (N >= 2).")
     _add_train_options(train)
     train.set_defaults(func=cmd_train)
+    from .analysis.cli import register as register_analyze  # parser only: no pandas, no MPI
+    register_analyze(sub)
     return parser
 
 

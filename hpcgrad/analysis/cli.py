@@ -1,0 +1,388 @@
+"""``hpcgrad analyze {summary,compare,plot,export,project}``: offline analysis of traffic logs.
+
+Registered by ``hpcgrad/cli.py`` through :func:`register`; runs without ``mpiexec`` and never
+imports MPI.  pandas and matplotlib are imported when a command runs, not when the parser is
+built.  Every bad input (missing, truncated, corrupt or foreign file, unknown format version,
+a log with no steps, bad units) ends with ``hpcgrad analyze: error: ...`` on stderr and exit
+status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+TIMING_HELP = ("how to read the measured communication time per step from the phase times: "
+               "worker-min (default) = the last worker to arrive's gather + bcast minus the "
+               "server's aggregate; worker-median = median over workers; exchange = rank 0's "
+               "gather + bcast minus its estimated wait for the last worker; server = rank 0's "
+               "gather + bcast, waiting included (docs/analysis.md)")
+
+
+def register(subparsers) -> None:
+    """Add the ``analyze`` command and its subcommands to ``hpcgrad``'s parser."""
+    p = subparsers.add_parser(
+        "analyze", help="summaries, comparisons, plots and network projections from HDF5 logs "
+                        "(no mpiexec needed)",
+        description="Offline analysis of hpcgrad traffic logs (finished, live or killed runs). "
+                    "See docs/analysis.md.")
+    sub = p.add_subparsers(dest="analyze_command", required=True, metavar="ANALYSIS")
+
+    s = sub.add_parser("summary", help="one row of figures per run",
+                       description="Per run: algorithm, workers, parameters, steps, MB up/down "
+                                   "per worker, bits per parameter per step, compression vs "
+                                   "fp32, mean ms per phase, measured communication per step, "
+                                   "final loss/accuracy.")
+    s.add_argument("runs", nargs="+", metavar="RUN.h5")
+    _output_options(s)
+    s.add_argument("--follow", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                   help="reprint every SECONDS (default 2) while the runs are still writing "
+                        "their logs; stops when every run has logged all its steps (Ctrl-C to "
+                        "stop earlier)")
+    s.set_defaults(analyze_func=cmd_summary)
+
+    c = sub.add_parser("compare", help="the summary's figures as ratios against the first run",
+                       description="Ratios of every figure of the summary to the first run's. "
+                                   "Runs of different algorithms may be mixed; figures that do "
+                                   "not apply to a run show n/a, with a note saying why.")
+    c.add_argument("runs", nargs="+", metavar="RUN.h5", help="the first run is the reference")
+    _output_options(c)
+    c.set_defaults(analyze_func=cmd_compare)
+
+    pl = sub.add_parser("plot", help="PNG figures of one or several runs",
+                        description="Writes bytes_per_step.png, cumulative_bytes_loss.png, "
+                                    "cumulative_bytes_accuracy.png, phase_times.png and, when "
+                                    "a log has per-step K/nnz/union/bits datasets, "
+                                    "step_sizes.png into DIR (runs overlaid).")
+    pl.add_argument("runs", nargs="+", metavar="RUN.h5")
+    pl.add_argument("-o", "--output", required=True, metavar="DIR", help="directory for the PNGs")
+    pl.set_defaults(analyze_func=cmd_plot)
+
+    e = sub.add_parser("export", help="write a log's tables as CSV files",
+                       description="Writes steps.csv, worker_steps.csv, phase_times.csv, "
+                                   "evals.csv and meta.csv into DIR.")
+    e.add_argument("run", metavar="RUN.h5")
+    e.add_argument("--csv", required=True, metavar="DIR", help="directory for the CSV files")
+    e.set_defaults(analyze_func=cmd_export)
+
+    pr = sub.add_parser(
+        "project", help="predicted communication time per step at other sizes and networks",
+        description="Alpha-beta model of Gather + Bcast (parameter server) or Allreduce, priced "
+                    "on the message sizes logged in RUN.h5. Either give the network "
+                    "(--bandwidth, --latency), or fit alpha and beta to the measured times of "
+                    "runs at several world sizes (--fit) and check the fit on held-out runs "
+                    "(--holdout). Formulas: docs/analysis.md.")
+    pr.add_argument("run", nargs="?", metavar="RUN.h5",
+                    help="whose message sizes to price (default: the first --holdout or --fit run)")
+    pr.add_argument("--workers", "-P", nargs="+", type=int, metavar="P",
+                    help="worker counts to project to (world size P + 1 for the parameter "
+                         "server, P for allreduce)")
+    pr.add_argument("--bandwidth", "-B", metavar="B",
+                    help="link bandwidth, e.g. 100Gb/s, 12.5GB/s; a bare number is Gb/s")
+    pr.add_argument("--latency", "-L", metavar="L",
+                    help="per-message latency alpha, e.g. 2us, 0.01ms; a bare number is µs "
+                         "(default 1us with --bandwidth)")
+    pr.add_argument("--reduce-rate", metavar="R",
+                    help="Allreduce's local reduction speed (gamma = 1/R), e.g. 10GB/s; default: "
+                         "not counted (gamma = 0)")
+    pr.add_argument("--topology", choices=("ps", "allreduce"),
+                    help="ps = Gather + Bcast of the logged messages; allreduce = one Allreduce "
+                         "(of the logged buffer for an allreduce log, else of the fp32 gradient, "
+                         "4d bytes). Default: the run's own")
+    pr.add_argument("--fit", nargs="+", metavar="RUN.h5",
+                    help="fit alpha and beta (and gamma when separable) to these runs' measured "
+                         "communication time per step (runs at several world sizes)")
+    pr.add_argument("--holdout", nargs="+", metavar="RUN.h5",
+                    help="runs not used in the fit: print the fit's prediction against their "
+                         "measured time and the relative error")
+    pr.add_argument("--timing", choices=("worker-min", "worker-median", "exchange", "server"),
+                    default="worker-min", help=TIMING_HELP)
+    pr.add_argument("--skip", type=int, default=5, metavar="N",
+                    help="leave out the first N steps of each run (start-up) (default 5)")
+    pr.add_argument("--statistic", choices=("mean", "median"), default="mean",
+                    help="measured time per step of a run: mean (default) or median over its "
+                         "steps (robust to steps slowed by other load on a shared machine)")
+    pr.set_defaults(analyze_func=cmd_project)
+
+    p.set_defaults(func=run)
+
+
+def _output_options(p) -> None:
+    p.add_argument("--format", choices=("text", "csv", "json"), default="text",
+                   help="text (default: one column per run, figures down the side), csv or "
+                        "json (one row / object per run)")
+    p.add_argument("--rows", action="store_true",
+                   help="text: one row per run instead of one column per run")
+    p.add_argument("--timing", choices=("worker-min", "worker-median", "exchange", "server"),
+                   default="worker-min", help=TIMING_HELP)
+
+
+def run(args) -> int:
+    """Entry point of ``hpcgrad analyze``: the subcommand, with errors turned into messages."""
+    from ..errors import HpcgradError
+    try:
+        return args.analyze_func(args)
+    except (HpcgradError, ValueError) as exc:
+        print(f"hpcgrad analyze: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except BrokenPipeError:  # output piped into e.g. head, which stopped reading
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
+    except OSError as exc:  # e.g. an output directory that cannot be written
+        print(f"hpcgrad analyze: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+# The subcommands' set_defaults(analyze_func=...) above point at these; ``run`` calls them.
+
+def _render(table, args, notes=()) -> str:
+    from . import summary
+    if args.format == "csv":
+        return table.to_csv(index=False).rstrip("\n")
+    if args.format == "json":
+        return table.to_json(orient="records", indent=1)
+    text = summary.format_table(table, transpose=not args.rows)
+    if notes:
+        text += "\n\nnotes:\n" + "\n".join(f"  * {n}" for n in notes)
+    return text
+
+
+def cmd_summary(args) -> int:
+    from . import reader, summary
+    logs = reader.open_logs(args.runs)
+    try:
+        if args.follow is None:
+            print(_render(summary.summary_table(logs, args.timing), args))
+            return 0
+        return _follow(logs, args)
+    finally:
+        for log in logs:
+            log.close()
+
+
+def _follow(logs, args, max_updates=None) -> int:
+    from . import summary
+    interval = max(0.05, float(args.follow))
+    tty = sys.stdout.isatty()
+    updates = 0
+    while True:
+        ready, waiting = [], []
+        for log in logs:
+            log.refresh()
+            (ready if log.n else waiting).append(log)
+        lines = [f"hpcgrad analyze summary --follow: {time.strftime('%H:%M:%S')}, "
+                 + ", ".join(f"{log.name} {log.n}/{log.iterations_requested} steps"
+                             for log in logs)]
+        if ready:
+            lines.append(_render(summary.summary_table(ready, args.timing), args))
+        for log in waiting:
+            lines.append(f"{log.path}: no steps logged yet")
+        if tty:
+            sys.stdout.write("\x1b[2J\x1b[H")
+        print("\n".join(lines) + ("" if tty else "\n"), flush=True)
+        updates += 1
+        if all(log.complete for log in logs):
+            return 0
+        if max_updates is not None and updates >= max_updates:
+            return 0
+        time.sleep(interval)
+
+
+def cmd_compare(args) -> int:
+    from . import reader, summary
+    logs = reader.open_logs(args.runs)
+    try:
+        table, notes = summary.compare_table(logs, args.timing)
+        if args.format == "text":
+            ref = logs[0]
+            head = f"ratios against {ref.name} ({ref.algorithm}, {ref.num_workers} workers)"
+            print(head + "\n" + _render(table, args, notes))
+        else:
+            print(_render(table, args))
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+        return 0
+    finally:
+        for log in logs:
+            log.close()
+
+
+def cmd_plot(args) -> int:
+    from . import plots, reader
+    logs = reader.open_logs(args.runs)
+    try:
+        for log in logs:
+            if log.n == 0 and len(logs) == 1:
+                log.require_steps()
+        written, notes = plots.plot_all(logs, args.output)
+    finally:
+        for log in logs:
+            log.close()
+    if not written:
+        raise ValueError("nothing to plot: " + "; ".join(notes))
+    for path in written:
+        print(f"wrote {path}")
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from . import reader
+    out = Path(args.csv)
+    with reader.open_log(args.run) as log:
+        tables = {"steps": log.steps(), "worker_steps": log.worker_steps(),
+                  "phase_times": log.phase_times(), "evals": log.evals(),
+                  "meta": log.meta_frame()}
+        out.mkdir(parents=True, exist_ok=True)
+        for name, table in tables.items():
+            path = out / f"{name}.csv"
+            table.to_csv(path, index=False)
+            print(f"wrote {path} ({len(table)} rows)")
+        if log.n == 0:
+            print(f"note: {log.path} has no steps logged: the step tables are empty")
+    return 0
+
+
+# ---------------------------------------------------------------------- project
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f}"
+
+
+def cmd_project(args) -> int:
+    from . import projection as P
+    from . import reader
+
+    if args.fit is None and args.run is None:
+        raise ValueError("give RUN.h5 (with --bandwidth) or --fit RUNS...")
+    if args.fit is None and args.bandwidth is None:
+        raise ValueError("give the network (--bandwidth, and --latency) or fit it to runs (--fit)")
+    if args.holdout and not args.fit:
+        raise ValueError("--holdout needs --fit")
+    if args.workers and any(w < 1 for w in args.workers):
+        raise ValueError("--workers must be at least 1")
+    out = []
+    model = None
+    if args.fit:
+        model = _fit_and_check(args, out)
+    else:
+        latency = P.parse_latency(args.latency) if args.latency is not None else 1e-6
+        gamma = 1.0 / P.parse_bandwidth(args.reduce_rate) if args.reduce_rate else 0.0
+        model = P.CostModel(latency, 1.0 / P.parse_bandwidth(args.bandwidth), gamma)
+        out.append(f"network: alpha = {model.alpha * 1e6:.3g} us, bandwidth = "
+                   f"{model.bandwidth * 8 / 1e9:.4g} Gb/s (beta = {model.beta:.4g} s/B), "
+                   f"gamma = {model.gamma:.4g} s/B")
+    path = args.run or (args.holdout or args.fit)[0]
+    with reader.open_log(path) as log:
+        _project_run(args, log, model, out)
+    print("\n".join(out))
+    return 0
+
+
+def _fit_and_check(args, out):
+    from . import projection as P
+    from . import reader
+
+    fit_logs = reader.open_logs(args.fit)
+    try:
+        points = [P.point(log, args.timing, args.skip, args.statistic) for log in fit_logs]
+    finally:
+        for log in fit_logs:
+            log.close()
+    if len({(pt[1], pt[2], round(pt[3]), round(pt[4])) for pt in points}) < 2:
+        raise ValueError("--fit needs runs at two different world sizes (or message sizes) at "
+                         "least")
+    result = P.fit(points)
+    m = result.model
+    out.append(f"fit of {', '.join(result.fitted)} to {len(points)} runs (measured: "
+               f"{args.timing} timing, {args.statistic} per step after the first {args.skip} "
+               "steps; "
+               f"least squares on relative error, parameters >= 0):")
+    out.append(f"  alpha = {m.alpha * 1e6:.4g} us, beta = {m.beta:.4g} s/B "
+               f"(bandwidth {m.bandwidth / 1e9:.4g} GB/s = {m.bandwidth * 8 / 1e9:.4g} Gb/s), "
+               f"gamma = {m.gamma:.4g} s/B")
+    if result.note:
+        out.append(f"  note: {result.note}")
+    out.append("")
+    rows = [("fit", *r) for r in result.rows]
+    if args.holdout:
+        hold_logs = reader.open_logs(args.holdout)
+        try:
+            for log in hold_logs:
+                name, topo, p, up, down, meas = P.point(log, args.timing, args.skip, args.statistic)
+                rows.append(("held out", name, topo, p, meas,
+                             P.step_time(topo, p, up, down, m)["total"]))
+        finally:
+            for log in hold_logs:
+                log.close()
+    out.append(f"  {'':9} {'run':28} {'topology':9} {'ranks':>5} {'measured ms':>12} "
+               f"{'predicted ms':>13} {'error':>8}")
+    for kind, name, topo, p, meas, pred in rows:
+        err = (pred - meas) / meas
+        out.append(f"  {kind:9} {name[:28]:28} {topo:9} {p:5d} {_ms(meas):>12} {_ms(pred):>13} "
+                   f"{err:+8.1%}")
+    groups = {}
+    for kind, name, topo, p, meas, pred in rows:
+        if kind == "held out":
+            groups.setdefault((topo, p), []).append((meas, pred))
+    for (topo, p), pairs in groups.items():
+        if len(pairs) > 1:
+            meas = sum(a for a, _ in pairs) / len(pairs)
+            pred = sum(b for _, b in pairs) / len(pairs)
+            out.append(f"  {'held out':9} {f'mean of {len(pairs)} runs':28} {topo:9} {p:5d} "
+                       f"{_ms(meas):>12} {_ms(pred):>13} {(pred - meas) / meas:+8.1%}")
+    out.append("")
+    return m
+
+
+def _project_run(args, log, model, out) -> None:
+    from . import projection as P
+
+    up, down = P.message_sizes(log)
+    topology = args.topology or log.topology
+    d = log.num_params
+    fp32 = 4.0 * d
+    if topology == "allreduce" and log.topology != "allreduce":
+        up = down = fp32
+        what = f"Allreduce of the fp32 gradient (4d = {fp32:,.0f} B; the log's messages " \
+               f"are {log.algorithm}'s and cannot be summed by MPI)"
+    elif topology == "allreduce":
+        what = f"Allreduce of the logged buffer ({up:,.0f} B; its time is logged as gather)"
+    else:
+        what = (f"Gather of {up:,.0f} B per worker + Bcast of {down:,.0f} B "
+                f"(mean logged sizes per step)")
+    p_own = log.world_size
+    measured = P.mean_comm_time(log, args.timing, args.skip, args.statistic)
+    own = P.step_time(topology, p_own, up, down, model)["total"]
+    out.append(f"{log.path}: {log.algorithm}, {log.num_workers} workers, d = {d:,}; "
+               f"projected topology: {topology}: {what}")
+    if topology == log.topology:
+        out.append(f"  measured at its own size ({p_own} ranks): {_ms(measured)} ms/step "
+                   f"communication ({args.timing} timing); the model gives {_ms(own)} ms")
+    else:
+        out.append(f"  measured at its own size ({p_own} ranks, {log.topology}): "
+                   f"{_ms(measured)} ms/step; not comparable with the projected topology")
+    if not args.workers:
+        return
+    header = f"  {'workers':>7} {'ranks':>6} {'predicted ms/step':>18}"
+    show_ref = not (topology == "allreduce" and up == fp32)
+    if show_ref:
+        header += f" {'fp32 Allreduce ms':>18} {'ratio':>7}"
+    out.append(header)
+    for w in args.workers:
+        ranks = w + 1 if topology == "ps" else w
+        pred = P.step_time(topology, ranks, up, down, model)
+        line = f"  {w:7d} {ranks:6d} {_ms(pred['total']):>18}"
+        if show_ref:
+            ref = P.step_time("allreduce", w, fp32, fp32, model)["total"]
+            line += f" {_ms(ref):>18} {pred['total'] / ref:7.3f}"
+        out.append(line)
+    if show_ref:
+        out.append("  (fp32 Allreduce = the data-parallel baseline of the same model, 4d bytes, "
+                   "among the workers; ratio < 1: this run's scheme is faster)")

@@ -1,0 +1,61 @@
+"""Fixture of the analysis tests: logs of real ``mpiexec`` runs of every algorithm.
+
+``real_logs`` (session scope) launches ``hpcgrad train`` once per algorithm that has landed,
+on 3 ranks (2 workers), 20 steps, evaluation every 10, three launches at a time. Synthetic
+logs: ``analysis_logs.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # analysis_logs, also for subprocesses
+
+import mpirun  # noqa: E402
+
+ITERATIONS = 20
+#: name -> extra ``hpcgrad train`` arguments
+REAL_RUNS = {
+    "signum-mv": ["--algorithm", "signum-mv"],
+    "signum-mv-tie-zero": ["--algorithm", "signum-mv", "--tie", "zero"],
+    "s3gd-mv": ["--algorithm", "s3gd-mv"],
+    "fp32-ps": ["--algorithm", "fp32-ps"],
+    "fp16-ps": ["--algorithm", "fp16-ps"],
+    "allreduce": ["--algorithm", "allreduce"],
+}
+
+
+#: The launches run this many at a time (they spend much of their time importing torch).
+CONCURRENT_LAUNCHES = 3
+#: pytest-timeout counts a session fixture's set-up against the first test that requests it;
+#: on a loaded 2-core machine the launches alone can take minutes.
+SETUP_TIMEOUT = 400
+
+
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    for item in items:
+        if "real_logs" in getattr(item, "fixturenames", ()) and here in Path(item.path).parents:
+            item.add_marker(pytest.mark.timeout(SETUP_TIMEOUT))
+
+
+@pytest.fixture(scope="session")
+def real_logs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("analysis-runs")
+
+    def launch(name):
+        path = root / f"{name}.h5"
+        args = ["train", *REAL_RUNS[name], "--iterations", ITERATIONS, "--eval-every", 10,
+                "--flush-every", 10, "--log", path, "--quiet"]
+        result = mpirun.run_mpi(3, args, timeout=300, cwd=root)
+        assert result.returncode == 0, (
+            f"hpcgrad train ({name}) exited {result.returncode}\n{result.stderr[-3000:]}")
+        return path
+
+    with ThreadPoolExecutor(CONCURRENT_LAUNCHES) as pool:
+        paths = list(pool.map(launch, REAL_RUNS))
+    return dict(zip(REAL_RUNS, paths))

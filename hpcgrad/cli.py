@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
     from .analysis.cli import register as register_analyze  # parser only: no pandas, no MPI
     register_analyze(sub)
+    from .bench.cli import register as register_bench  # parser only: no MPI, no Numba
+    register_bench(sub)
     return parser
 
 

@@ -46,6 +46,13 @@ class SignumMV(Algorithm):
         self.momentum = None  # worker state, allocated on first use
         self.tie_bits = np.zeros(round_up(SIGN1.body_length(num_params)), dtype=np.uint8)
         kernels.warm_up(self.tie_bits)
+        # The server's vote is compiled per worker count: do it now, not inside step 0.
+        rows = np.zeros((num_workers, 16), np.uint8)
+        a, b = np.zeros(8, np.uint8), np.zeros(8, np.uint8)
+        if self.tie == TIE_ZERO:
+            kernels.for_array(rows).ternary_vote(rows, 1, 8, a, b)
+        else:
+            kernels.for_array(rows).majority_vote(rows, 1, self.tie, a, a, b)
 
     def worker_step(self, grad, message, step):
         if self.momentum is None:

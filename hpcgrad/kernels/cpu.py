@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numpy.lib.stride_tricks import as_strided
 
+from . import unrolled_vote
 from .generic import TIE_POSITIVE, TIE_RANDOM, TIE_ZERO, packed_length
 
 __all__ = [
@@ -46,17 +48,25 @@ def _pack_words(values, words):
 
 @_jit
 def _momentum_pack_words(grad, momentum, beta, one_minus_beta, words):
+    # Full words with a fixed 64-trip inner loop (it vectorizes, like _pack_words), then the tail.
     n = grad.size
-    nwords = (n + 63) // 64
-    for w in range(nwords):
+    full = n // 64
+    for w in range(full):
         base = w * 64
-        stop = min(base + 64, n)
         word = np.uint64(0)
-        for i in range(base, stop):
+        for j in range(64):
+            m = beta * momentum[base + j] + one_minus_beta * grad[base + j]
+            momentum[base + j] = m
+            word |= np.uint64(m < 0) << np.uint64(j)
+        words[w] = word
+    if n % 64:
+        base = full * 64
+        word = np.uint64(0)
+        for i in range(base, n):
             m = beta * momentum[i] + one_minus_beta * grad[i]
             momentum[i] = m
             word |= np.uint64(m < 0) << np.uint64(i - base)
-        words[w] = word
+        words[full] = word
 
 
 @_jit
@@ -87,10 +97,32 @@ def sign_pack(values, out) -> None:
     _pack_words(values, _words(out))
 
 
+@_jit
+def _copy_pack_words(grad, momentum, words):
+    # beta == 0: momentum <- grad and the signs packed, in one pass.
+    n = grad.size
+    full = n // 64
+    for w in range(full):
+        base = w * 64
+        word = np.uint64(0)
+        for j in range(64):
+            g = grad[base + j]
+            momentum[base + j] = g
+            word |= np.uint64(g < 0) << np.uint64(j)
+        words[w] = word
+    if n % 64:
+        base = full * 64
+        word = np.uint64(0)
+        for i in range(base, n):
+            g = grad[i]
+            momentum[i] = g
+            word |= np.uint64(g < 0) << np.uint64(i - base)
+        words[full] = word
+
+
 def momentum_sign_pack(grad, momentum, beta, one_minus_beta, out) -> None:
     if beta == 0:
-        momentum[...] = grad
-        _pack_words(momentum, _words(out))
+        _copy_pack_words(grad, momentum, _words(out))
     else:
         _momentum_pack_words(grad, momentum, beta, one_minus_beta, _words(out))
 
@@ -215,12 +247,40 @@ def _vote_words(rows, count, tie, tie_words, neg_words, nz_words):
                 nz_words[w] = ~tied & valid
 
 
+def _row_words(rows, nwords):
+    """The rows as one 1-D uint64 array (row k at word k*stride): a view of the
+    transport's receive buffer (8-byte-aligned slots), else a contiguous copy."""
+    workers, (s0, s1) = rows.shape[0], rows.strides
+    width = nwords * 8
+    if (s1 == 1 and s0 % 8 == 0 and s0 >= width and rows.shape[1] >= width
+            and rows.ctypes.data % 8 == 0):
+        span = (workers - 1) * s0 + width
+        return as_strided(rows, shape=(span,), strides=(1,)).view(np.uint64), s0 // 8
+    copy = np.zeros((workers, width), dtype=np.uint8)
+    copy[:, : min(width, rows.shape[1])] = rows[:, :width]
+    return copy.reshape(-1).view(np.uint64), nwords
+
+
 def majority_vote(rows, count, tie, tie_bits, neg_out, nz_out) -> None:
     nwords = (count + 63) // 64
-    rows_words = rows[:, : nwords * 8].view(np.uint64)
+    workers = rows.shape[0]
     tie_words = _words(tie_bits) if tie == TIE_RANDOM else _words(neg_out)
     nz_words = _words(nz_out) if tie == TIE_ZERO else _words(neg_out)
-    _vote_words(rows_words, count, tie, tie_words, _words(neg_out), nz_words)
+    if nwords == 0:
+        return
+    if workers > unrolled_vote.MAX_WORKERS:
+        rows_words = rows[:, : nwords * 8].view(np.uint64)
+        _vote_words(rows_words, count, tie, tie_words, _words(neg_out), nz_words)
+        return
+    # Small M: the counter in registers, one straight-line (vectorized) pass.
+    words, stride = _row_words(rows, nwords)
+    neg_words = _words(neg_out)
+    unrolled_vote.vote(words, stride, workers, nwords, tie, tie_words, neg_words, nz_words)
+    if count % 64:
+        valid = np.uint64((1 << (count % 64)) - 1)
+        neg_words[nwords - 1] &= valid
+        if tie == TIE_ZERO:
+            nz_words[nwords - 1] &= valid
 
 
 @_jit

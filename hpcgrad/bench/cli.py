@@ -1,0 +1,181 @@
+"""``hpcgrad bench {exchange,micro,overhead,overlap,sparse}``: registered by ``hpcgrad/cli.py``.
+
+Building the parser imports nothing heavy (no MPI, no Numba); each command
+imports what it needs when it runs.  Bad input ends with
+``hpcgrad bench ...: error: ...`` and exit status 2, never a traceback; under
+``mpiexec`` the ranks agree on the error first, so none is left waiting.
+"""
+
+from __future__ import annotations
+
+import sys
+
+SIZES_HELP = "coordinates d, e.g. 1000000, 1e6, 1M, 25.6M"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="benchmarks of the exchange, the kernels and the runtime overhead",
+        description="Benchmarks (commands, not timed tests). Results and how to read them: "
+                    "docs/benchmarks.md.")
+    sub = p.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+
+    e = sub.add_parser(
+        "exchange", help="per-phase times of every algorithm's exchange vs a fp32 Allreduce "
+                         "(run under mpiexec -n P, P >= 2)",
+        description="Times one iteration's exchange (hpcgrad.exchange, as in training) of "
+                    "every registered algorithm with synthetic gradients, against a fp32 "
+                    "MPI_Allreduce of the same d, plus the pack / vote / decode kernels against "
+                    "np.copyto on rank 0. Example: mpiexec -n 5 hpcgrad bench exchange "
+                    "--params 25.6M --json ex.json")
+    e.add_argument("--params", required=True, metavar="D", help=SIZES_HELP)
+    e.add_argument("--algorithm", action="append", metavar="NAME",
+                   help="measure only this algorithm (repeatable; the Allreduce always runs)")
+    e.add_argument("--repeat", type=int, default=10, metavar="R",
+                   help="timed steps per algorithm (default 10)")
+    e.add_argument("--warmup", type=int, default=2, metavar="W",
+                   help="untimed steps first (default 2)")
+    e.add_argument("--micro-repeat", type=int, default=7, metavar="R",
+                   help="rounds of the kernel micro-benchmarks (default 7)")
+    e.add_argument("--no-micro", action="store_true", help="skip the kernel micro-benchmarks")
+    e.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    e.set_defaults(bench_func=_exchange, bench_mpi=True)
+
+    m = sub.add_parser(
+        "micro", help="pack / vote / decode kernels vs np.copyto, one process (no mpiexec)",
+        description="Times the compiled CPU kernels against np.copyto of the fp32 input in "
+                    "the same process, with np.packbits and the NumPy unpack-and-sum vote "
+                    "for context.")
+    m.add_argument("--params", default="25.6M", metavar="D", help=SIZES_HELP + " (default 25.6M)")
+    m.add_argument("--workers", default="4,8", metavar="M,M",
+                   help="worker counts of the vote (default 4,8)")
+    m.add_argument("--repeat", type=int, default=9, metavar="R", help="rounds (default 9)")
+    m.add_argument("--no-context", action="store_true",
+                   help="skip the slow NumPy reference paths")
+    m.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    m.set_defaults(bench_func=_micro, bench_mpi=False)
+
+    o = sub.add_parser(
+        "overhead", help="runtime time per step outside compute, codec and MPI (under mpiexec)",
+        description="Trains a tiny model twice (N/3 and N iterations) and reports, per rank, "
+                    "the wall time per step minus the logged phase times, from the difference "
+                    "of the two runs (start-up cancels).")
+    o.add_argument("--iterations", type=int, default=300, metavar="N",
+                   help="iterations of the longer run (default 300)")
+    o.add_argument("--algorithm", action="append", metavar="NAME",
+                   help="algorithm (repeatable; default signum-mv and fp32-ps)")
+    o.add_argument("--hidden", type=int, default=8, metavar="H",
+                   help="hidden width of the tiny MLP (default 8)")
+    o.add_argument("--pairs", type=int, default=3, metavar="K",
+                   help="short/long run pairs; the median is reported (default 3)")
+    o.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    o.set_defaults(bench_func=_overhead, bench_mpi=True)
+
+    ov = sub.add_parser(
+        "overlap", help="does bucketed Igatherv/Ibcast pipelining of the signum-mv exchange "
+                        "gain here? (under mpiexec)",
+        description="Times gather + vote + bcast of packed sign messages whole, and split "
+                    "into B buckets pipelined with Igatherv / Ibcast, so that the vote of "
+                    "bucket b overlaps the transfers of the others.")
+    ov.add_argument("--params", default="25.6M", metavar="D", help=SIZES_HELP + " (default 25.6M)")
+    ov.add_argument("--buckets", default="1,2,4,8,16", metavar="B,B",
+                    help="bucket counts to try (default 1,2,4,8,16)")
+    ov.add_argument("--repeat", type=int, default=10, metavar="R", help="timed steps (default 10)")
+    ov.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    ov.set_defaults(bench_func=_overlap, bench_mpi=True)
+
+    sp = sub.add_parser(
+        "sparse", help="S3GD-MV's position coding and top-K selection, one process (no mpiexec)",
+        description="For each d and density: uplink bits per entry against the entropy bound "
+                    "log2 C(d,K)/K + 1, encode/decode time against np.copyto of the same fp32 "
+                    "array, and exact / threshold top-K against numpy.argpartition and "
+                    "torch.topk, all measured in the same run.")
+    sp.add_argument("--params", default="1M,25.6M", metavar="D,D",
+                    help="sizes, comma-separated (" + SIZES_HELP + "; default 1M,25.6M)")
+    sp.add_argument("--densities", default="0.001,0.01,0.1", metavar="F,F",
+                    help="fractions K/d (default 0.001,0.01,0.1)")
+    sp.add_argument("--repeat", type=int, default=5, metavar="R", help="rounds (default 5)")
+    sp.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    sp.set_defaults(bench_func=_sparse, bench_mpi=False)
+
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Entry point of ``hpcgrad bench``."""
+    from ..errors import HpcgradError
+    name = f"hpcgrad bench {args.bench_command}"
+    try:
+        return args.bench_func(args)
+    except (HpcgradError, ValueError, OSError) as exc:
+        # Only reached before any collective (serial commands, or argument errors that
+        # every rank hits alike); errors after MPI setup are agreed inside the command.
+        if not args.bench_mpi or _rank() == 0:
+            print(f"{name}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _rank() -> int:
+    from mpi4py import MPI
+    return MPI.COMM_WORLD.Get_rank()
+
+
+def _exchange(args) -> int:
+    from . import exchange
+    return exchange.main(args)
+
+
+def _micro(args) -> int:
+    from . import micro
+    from .common import available_memory, check_fits, parse_count, write_json
+    d = parse_count(args.params)
+    try:
+        workers = tuple(int(w) for w in args.workers.split(","))
+    except ValueError:
+        raise ValueError(f"--workers must be comma-separated integers, got {args.workers!r}") \
+            from None
+    if not workers or min(workers) < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers!r}")
+    if args.repeat < 1:
+        raise ValueError("--repeat must be >= 1")
+    check_fits(micro.memory_needed(d, workers, not args.no_context), available_memory(),
+               f"--params {d:,}", "use a smaller --params (or --no-context)")
+    result = micro.run(d, workers, args.repeat, context=not args.no_context)
+    print(micro.report(result), flush=True)
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}", flush=True)
+    return 0
+
+
+def _overhead(args) -> int:
+    from . import overhead
+    return overhead.main(args)
+
+
+def _overlap(args) -> int:
+    from . import overlap
+    return overlap.main(args)
+
+
+def _sparse(args) -> int:
+    from . import sparse
+    from .common import parse_count, write_json
+    sizes = [parse_count(text) for text in args.params.split(",")]
+    try:
+        densities = [float(text) for text in args.densities.split(",")]
+    except ValueError:
+        raise ValueError(f"--densities must be comma-separated fractions, got "
+                         f"{args.densities!r}") from None
+    if not all(0 < f <= 1 for f in densities):
+        raise ValueError(f"--densities must be in (0, 1], got {args.densities!r}")
+    if args.repeat < 1:
+        raise ValueError("--repeat must be >= 1")
+    figures = sparse.run(sizes, densities, args.repeat)
+    print(sparse.report(figures), flush=True)
+    if args.json:
+        write_json(args.json, figures)
+        print(f"wrote {args.json}", flush=True)
+    return 0

@@ -1,0 +1,58 @@
+"""Steady-state exchange steps allocate no large arrays (issue 11, part 4).
+
+Every rank builds the exchange training uses (``hpcgrad.exchange.create``) for d ~ 1M,
+runs warm-up steps, then traces three more with ``tracemalloc`` (NumPy reports its
+array allocations to it): the traced peak may not grow by more than 64 KiB on any rank.
+"""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+LIMIT = 64 * 1024
+D = 1_000_003  # odd: the tail word and padding paths run too
+
+
+def _steady_state_growth(comm, name, settings=None):
+    from hpcgrad import algorithms, exchange
+    from hpcgrad.bench.exchange import config_for
+    from hpcgrad.device import Host
+    from hpcgrad.exchange import PhaseClock
+
+    rank = comm.Get_rank()
+    config = config_for(name, 10)
+    for key, value in (settings or {}).items():
+        setattr(config, key, value)
+    alg = algorithms.create(config, D, comm.Get_size() - 1)
+    step_exchange = exchange.create(comm, alg, Host())
+    grads = np.random.default_rng(rank).standard_normal(D, dtype=np.float32)
+    params = np.zeros(D, dtype=np.float32)
+    clock = PhaseClock(8)
+    for step in range(3):
+        clock.start(step)
+        step_exchange.step(grads, params, step, clock)
+    tracemalloc.start(25)
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        snapshot_before = tracemalloc.take_snapshot()
+        for step in range(3, 6):
+            clock.start(step)
+            step_exchange.step(grads, params, step, clock)
+        growth = tracemalloc.get_traced_memory()[1] - before
+        where = ""
+        if growth > LIMIT:
+            stats = tracemalloc.take_snapshot().compare_to(snapshot_before, "traceback")
+            where = "\n".join(str(s) + "\n" + "\n".join(s.traceback.format()) for s in stats[:3])
+    finally:
+        tracemalloc.stop()
+    return growth, where
+
+
+@pytest.mark.mpi(min_size=3)
+@pytest.mark.parametrize("name", ["signum-mv", "fp32-ps", "fp16-ps", "allreduce"])
+def test_steady_state_steps_allocate_no_large_arrays(comm, name):
+    growth, where = _steady_state_growth(comm, name)
+    assert growth <= LIMIT, (f"rank {comm.Get_rank()}: {name} steps grew the traced peak by "
+                             f"{growth} bytes\n{where}")

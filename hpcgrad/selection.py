@@ -6,7 +6,10 @@ preallocated arrays, both skipping exact zeros (sign(0) = 0 sends nothing):
 ``exact``
     the K entries of largest |v|; ties at the K-th magnitude are taken in
     index order.  The K-th magnitude comes from an in-place partition
-    (introselect, O(n)) of a scratch copy of |v|.  The reference.
+    (introselect, O(n)) of a scratch copy of |v|, or, for large tensors, of
+    the few entries above a threshold estimated from a sample (candidate
+    filtering: the same result, a few passes over memory instead of a
+    partition of all n).  The reference.
 ``threshold``
     a magnitude threshold estimated from an evenly strided sample of |v|,
     then refined by counting passes until the count above it is within
@@ -39,8 +42,10 @@ class TopK:
         self.rule, self.band, self.max_passes = rule, band, max_passes
         # |v| for the exact rule (allocated on first use by a threshold selector), and
         # the threshold rule's sample.
-        self.magnitudes = np.empty(size, np.float32) if rule == "exact" else None
         self.sample = np.empty(min(size, sample), np.float32)
+        large = size > 4 * self.sample.size  # exact by candidate filtering, no full copy
+        self.magnitudes = np.empty(size, np.float32) if rule == "exact" and not large else None
+        self.candidates = None
         self.stride = max(1, size // self.sample.size)
         self.passes = 0  # counting passes of the last threshold selection
         self.fallbacks = 0  # threshold selections that fell back to the exact rule
@@ -53,13 +58,35 @@ class TopK:
 
     def _exact(self, values, positions, negative, start):
         n, k = self.size, self.k
-        if self.magnitudes is None:  # a threshold selector's first exact selection
-            self.magnitudes = np.empty(n, np.float32)
-        magnitudes = self.magnitudes
-        sparse.abs_into(values, magnitudes)
-        magnitudes.partition(n - k)
-        threshold = magnitudes[n - k]
+        threshold = self._kth_magnitude_filtered(values) if n > 4 * self.sample.size else None
+        if threshold is None:
+            if self.magnitudes is None:  # a threshold selector's first full partition
+                self.magnitudes = np.empty(n, np.float32)
+            magnitudes = self.magnitudes
+            sparse.abs_into(values, magnitudes)
+            magnitudes.partition(n - k)
+            threshold = magnitudes[n - k]
         return sparse.take_top(values, threshold, k, self.offset, positions, negative, start)
+
+    def _kth_magnitude_filtered(self, values):
+        """The K-th largest |v| through candidate filtering: a threshold below it from the
+        sample, the few entries above that threshold gathered and partitioned.  None when
+        no sampled threshold gives between K and 4K candidates (heavy ties, say)."""
+        n, k = self.size, self.k
+        if self.candidates is None:
+            self.candidates = np.empty(min(n, 4 * k + 1024), np.float32)
+        sample = self.sample
+        s = sample.size
+        sparse.abs_into(values[:: self.stride][:s], sample)
+        sample.sort()
+        for margin in (1.5, 3.0):  # expected candidates: margin * K
+            rank = s - 1 - min(s - 1, int(np.ceil(margin * k * s / n)))
+            found = sparse.gather_above(values, sample[rank], self.candidates)
+            if found >= k:
+                candidates = self.candidates[:found]
+                candidates.partition(found - k)
+                return candidates[found - k]
+        return None
 
     def _threshold(self, values, positions, negative, start):
         n, k = self.size, self.k

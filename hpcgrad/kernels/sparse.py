@@ -388,6 +388,21 @@ def count_above(values, threshold):
 
 
 @_jit
+def gather_above(values, threshold, out):
+    """|v| of the entries with |v| > threshold into ``out``; the count, or -1 if it
+    would overflow ``out``."""
+    n = 0
+    for i in range(values.size):
+        a = abs(values[i])
+        if a > threshold:
+            if n == out.size:
+                return -1
+            out[n] = a
+            n += 1
+    return n
+
+
+@_jit
 def take_top(values, threshold, k, offset, positions, negative, start):
     """Append to ``positions[start:]`` the entries of ``values`` with |v| > threshold,
     then those with |v| == threshold in index order, up to ``k`` in all; skip
@@ -497,6 +512,7 @@ def warm_up() -> None:
     scratch = np.empty(4, dtype=np.float32)
     abs_into(values, scratch)
     count_above(values, np.float32(0.1))
+    gather_above(values, np.float32(0.1), scratch)
     take_top(values, np.float32(0.5), 2, 0, pos, neg, 0)
     zero_at(values.copy(), pos, 0, 1)
     counts = np.array([3, 3], dtype=np.int64)

@@ -210,3 +210,18 @@ def test_threshold_selection_falls_back_to_exact_when_ties_defeat_the_band():
     end = sel.select(values, pos, neg, 0)
     assert end == k and sel.fallbacks == 1
     np.testing.assert_array_equal(pos[:end], np.arange(k))  # ties in index order
+
+
+@pytest.mark.parametrize("magnitudes", ["distinct", "ties"])
+def test_exact_selection_by_candidate_filtering_equals_a_full_sort(magnitudes):
+    n, k = 300_000, 3_000  # large enough for the candidate-filtering path
+    rng = np.random.default_rng(7)
+    if magnitudes == "ties":  # 50 distinct magnitudes: the K-th is tied many times over
+        values = rng.integers(1, 51, n).astype(np.float32)
+    else:
+        values = rng.standard_normal(n).astype(np.float32)
+    values *= rng.choice([-1, 1], n).astype(np.float32)
+    pos, neg = np.zeros(n, np.int64), np.zeros(n, np.uint8)
+    end = TopK(0, n, k).select(values, pos, neg, 0)
+    order = np.lexsort((np.arange(n), -np.abs(values)))  # by |v| down, then index up
+    np.testing.assert_array_equal(pos[:end], np.sort(order[:k]))

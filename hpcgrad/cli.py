@@ -128,7 +128,8 @@ def cmd_train(args) -> int:
     from mpi4py import MPI
 
     from . import config as configuration
-    from .runtime import SetupError, agree, train
+    from .agreement import SetupError, agree
+    from .runtime import train
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()

@@ -33,36 +33,13 @@ import torch.nn.functional as F
 from mpi4py import MPI
 
 from . import __version__, algorithms, device, exchange, workloads
+from .agreement import agree
 from .config import TrainConfig
 from .errors import ConfigError, HpcgradError, NonFiniteError
 from .exchange import COMPUTE, PhaseClock
 from .flat import FlatModel
 from .tracelog import PHASES, TrafficLog
 from .wire import HEADER_SIZE
-
-
-class SetupError(HpcgradError):
-    """Setup failed on at least one rank; raised on every rank alike."""
-
-
-def agree(comm, action, what: str):
-    """Run ``action()`` on every rank; if it raised on any rank, raise on all.
-
-    Used for setup steps that may fail on some ranks only (a log path that rank
-    0 cannot write, a file missing on one node), so that no rank goes on into a
-    collective that the failed rank will never join.
-    """
-    result, error = None, None
-    try:
-        result = action()
-    except (HpcgradError, OSError, ValueError) as exc:
-        error = str(exc)
-    errors = comm.allgather(error)
-    failed = [(rank, msg) for rank, msg in enumerate(errors) if msg is not None]
-    if failed:
-        rank, msg = failed[0]
-        raise SetupError(f"{what} failed on rank {rank}: {msg}")
-    return result
 
 
 @dataclass

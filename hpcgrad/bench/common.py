@@ -120,22 +120,3 @@ def idle_barrier(comm, poll: float = 0.005) -> None:
     request = comm.Ibarrier()
     while not request.Test():
         time.sleep(poll)
-
-
-class SetupFailed(BenchError):
-    """A check failed on at least one rank; raised on every rank alike."""
-
-
-def agree(comm, action, what: str):
-    """:func:`hpcgrad.runtime.agree` without importing the runtime (and torch):
-    run ``action()`` on every rank; if it raised on any rank, raise on all."""
-    result, error = None, None
-    try:
-        result = action()
-    except (HpcgradError, OSError, ValueError) as exc:
-        error = str(exc)
-    failed = [(rank, msg) for rank, msg in enumerate(comm.allgather(error)) if msg is not None]
-    if failed:
-        rank, msg = failed[0]
-        raise SetupFailed(f"{what} failed on rank {rank}: {msg}")
-    return result

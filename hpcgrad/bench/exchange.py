@@ -158,7 +158,7 @@ def _measure(comm, name: str, d: int, warmup: int, repeat: int, seed: int) -> di
 def run(comm, d: int, names=None, warmup: int = 2, repeat: int = 10, micro_repeat: int = 7,
         with_micro: bool = True, seed: int = 0) -> dict | None:
     """Measure; rank 0 returns the figures, the other ranks ``None``."""
-    from .common import agree
+    from ..agreement import agree
     size, rank = comm.Get_size(), comm.Get_rank()
     workers = size - 1
     names = agree(comm, lambda: selected(names), "choosing the algorithms")
@@ -228,7 +228,7 @@ def main(args) -> int:
     """``hpcgrad bench exchange`` on every rank (see :mod:`hpcgrad.bench.cli`)."""
     from mpi4py import MPI
 
-    from .common import SetupFailed as SetupError, agree
+    from ..agreement import SetupError, agree
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     try:

@@ -110,7 +110,7 @@ def report(out: dict) -> str:
 def main(args) -> int:
     from mpi4py import MPI
 
-    from .common import SetupFailed as SetupError, agree
+    from ..agreement import SetupError, agree
     from .exchange import selected
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()

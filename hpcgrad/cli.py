@@ -28,6 +28,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help=f"training algorithm (default: {d.algorithm}): signum-mv = Signum / "
                         "signSGD with majority vote, 1 bit per coordinate each way; s3gd-mv = "
                         "signs of each worker's top-K entries, majority vote, coded positions; "
+                        "qsgd = per-tensor norm + b-bit stochastic levels, mean; dq-sgd = qsgd "
+                        "with a width chosen by the server every step; "
                         "fp32-ps / "
                         "fp16-ps = uncompressed parameter server; allreduce = MPI_Allreduce "
                         "data parallel, no server role")
@@ -83,6 +85,31 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                     help="top-K rule: exact (partition, the reference) or threshold (sampled "
                          "threshold refined to within 10%% of K; faster, K varies) "
                          f"(default: {d.selection})")
+    q = p.add_argument_group("qsgd / dq-sgd (quantized gradients, docs/algorithms/dq-sgd.md)")
+    q.add_argument("--bits", type=int, metavar="B",
+                   help="qsgd: bits per coordinate, a sign bit and B-1 level bits "
+                        "(s = 2^(B-1) - 1 levels), in 2..16; 2..8 is the useful range "
+                        "(default: 4)")
+    q.add_argument("--quantize-downlink", action="store_true", default=None,
+                   help="re-quantize the server's mean at the step's width instead of "
+                        "broadcasting it in fp32")
+    q.add_argument("--dq-rho", type=float, metavar="RHO",
+                   help="dq-sgd: rho in (0, 1] of s_n = lambda*|g_n|*rho^((T-1-n)/2) "
+                        "(default: 0.999)")
+    q.add_argument("--dq-horizon", type=int, metavar="T",
+                   help="dq-sgd: planned iterations T, >= 1 (default: --iterations)")
+    q.add_argument("--dq-lambda", type=float, metavar="L",
+                   help="dq-sgd: lambda of the width rule, > 0 (default: calibrated on step "
+                        "0's gradient norm so that the rule gives --dq-start-bits)")
+    q.add_argument("--dq-start-bits", type=int, metavar="B",
+                   help="dq-sgd: width of step 0, before any norm is known, and the "
+                        "calibration target of lambda (default: 4)")
+    q.add_argument("--min-bits", type=int, metavar="B",
+                   help="dq-sgd: smallest width the rule may pick (default: 2)")
+    q.add_argument("--max-bits", type=int, metavar="B",
+                   help="dq-sgd: largest width the rule may pick (default: 8)")
+    q.add_argument("--dq-window", type=int, metavar="N",
+                   help="dq-sgd: average the gradient norm over the last N steps (default: 1)")
     p.add_argument("--quiet", action="store_true", default=None,
                    help="print only the final summary")
 

@@ -15,9 +15,13 @@ id     name        body
 5      sparse-sign a ternary vector as a bitstream: entry count, positions
                    (raw, bitmap or Golomb-Rice gaps: ``flags``), sign bits
 6      base3       a ternary vector, five trits per byte
+7      qsgd        per tensor an fp32 norm, then b-bit fields (sign + level)
+                   packed LSB first, each tensor's section byte-aligned
+                   (``flags``: b, and DQ-SGD's width for the next step)
 =====  ==========  ==========================================================
 
-Codecs 5 and 6 are variable-length: their length depends on the values.
+Codecs 5 to 7 are variable-length: their length depends on the values (5, 6)
+or on the width in ``flags`` (7).
 
 See ``docs/wire-format.md`` for the bit-level description.
 """
@@ -28,7 +32,7 @@ import numpy as np
 
 from . import wire
 from .errors import WireFormatError
-from .kernels import generic, sparse
+from .kernels import generic, quantize, sparse
 from .kernels.generic import packed_length
 
 
@@ -193,14 +197,127 @@ class Base3Codec(SparseTernaryCodec):
         return sparse.decode_base3(body, count, positions, negative)
 
 
+class QSGDCodec(Codec):
+    """QSGD bodies (``docs/wire-format.md`` §4.8): per tensor a float32 L2 norm,
+    then per tensor a byte-aligned section of ``b``-bit fields, LSB first,
+    bits ``0..b-2`` the level and bit ``b-1`` the sign.
+
+    ``flags``: bits 0-4 the width ``b`` (2..16), or 0 for an unquantized body of
+    ``count`` fp32 values; bits 8-12 ``next``: 0, or the width every worker
+    uses at the next step (2..16; only DQ-SGD's downlink sets it).  Other bits 0.
+
+    The tensor sizes (``segments``) are a property of the run, like ``count``:
+    an instance made for a run knows them and its widest body; the registered
+    instance decodes with the segments it is given (default: one tensor).
+    """
+
+    id, name = 7, "qsgd"
+    variable_length = True
+    needs_segments = True
+    MIN_BITS, MAX_BITS = 2, 16
+
+    def __init__(self, segments=None, max_bits: int = MAX_BITS, fp32: bool = True):
+        self.segments = None if segments is None else [int(n) for n in segments]
+        self.max_bits, self.fp32 = max_bits, fp32
+
+    @staticmethod
+    def flags(bits: int, next_bits: int = 0) -> int:
+        return bits | (next_bits << 8)
+
+    @staticmethod
+    def split_flags(flags: int) -> tuple[int, int]:
+        """``(b, next)`` of a header's flags."""
+        return flags & 0x1F, (flags >> 8) & 0x1F
+
+    def body_length_at(self, count: int, bits: int, segments=None) -> int:
+        return quantize.body_length(segments or self.segments or [count], bits)
+
+    def max_body_length(self, count: int) -> int:
+        if self.segments is None:  # any tensors: 4 L + 2 d <= 6 d at b = 16
+            return 6 * count
+        longest = self.body_length_at(count, self.max_bits)
+        return max(longest, 4 * count) if self.fp32 else longest
+
+    def check_flags(self, flags, what) -> None:
+        bits, nxt = self.split_flags(flags)
+        if (flags & ~0x1F1F or not (bits == 0 or self.MIN_BITS <= bits <= self.MAX_BITS)
+                or not (nxt == 0 or self.MIN_BITS <= nxt <= self.MAX_BITS)):
+            raise WireFormatError(f"{what}: {self.name} flags {flags:#06x} name no width "
+                                  "(bits 0-4: b in 2..16 or 0 = fp32; bits 8-12: next width "
+                                  "0 or 2..16; other bits 0)")
+
+    def decode_into(self, body, count, flags, out, *, segments=None, accumulate=False,
+                    norms=None, what="message") -> None:
+        """Decode (validating) into ``out`` (float32, ``count``); ``accumulate`` adds in
+        float32 instead.  ``norms``: float32 scratch of one entry per tensor."""
+        self.check_flags(flags, what)
+        segments = segments or self.segments or [count]
+        if sum(segments) != count:
+            raise WireFormatError(f"{what}: the tensors ({sum(segments)} coordinates) do not "
+                                  f"cover the message's count {count}")
+        bits = flags & 0x1F
+        expected = quantize.body_length(segments, bits)
+        if body.size != expected:
+            raise WireFormatError(f"{what}: body_length {body.size} does not match {self.name} "
+                                  f"at {bits} bits for {len(segments)} tensors of {count} "
+                                  f"coordinates ({expected} bytes)")
+        if bits == 0:
+            values = body.view("<f4")
+            if accumulate:
+                np.add(out, values, out=out)
+            else:
+                out[...] = values
+            return
+        nseg = len(segments)
+        if norms is None or norms.size < nseg:
+            norms = np.empty(nseg, dtype=np.float32)
+        norms[:nseg].view(np.uint8)[...] = body[: 4 * nseg]
+        offsets = np.concatenate([[0], np.cumsum(segments)]).astype(np.int64)
+        code = quantize.dequantize(norms[:nseg], body[4 * nseg:], offsets, bits, out,
+                                   accumulate)
+        if code < 0:
+            raise WireFormatError(f"{what}: {self.name} body is corrupt: "
+                                  f"{quantize.ERRORS[code]}")
+
+    def decode(self, body, count, flags=0, segments=None) -> np.ndarray:
+        out = np.zeros(count, dtype=np.float32)
+        self.decode_into(body, count, flags, out, segments=segments, what=self.name)
+        return out
+
+    def encode(self, values, padded_body) -> None:
+        raise NotImplementedError("the width and the seed are per message: use encode_qsgd()")
+
+
+def encode_qsgd(values, offsets, bits: int, key, padded_body, norms) -> int:
+    """Quantize ``values`` at ``bits`` into ``padded_body``; return the body length.
+
+    ``offsets`` (int64) delimit the tensors, ``key`` is
+    :func:`hpcgrad.kernels.quantize.stream_key` of (seed, step, sender) and
+    ``norms`` a float32 scratch of one entry per tensor.  Raises
+    :class:`hpcgrad.errors.NonFiniteError` if a tensor's norm overflows float32.
+    """
+    from .errors import NonFiniteError
+    nseg = offsets.size - 1
+    fields = padded_body[4 * nseg:]
+    if quantize.quantize_pack(values, offsets, bits, key, norms, fields) < 0:
+        biggest = float(np.finfo(np.float32).max)
+        bad = [i for i in range(nseg) if not float(np.linalg.norm(
+            values[offsets[i]:offsets[i + 1]].astype(np.float64))) <= biggest]
+        raise NonFiniteError(f"the L2 norm of tensor {bad[0] if bad else '?'} is not finite in "
+                             "float32; it cannot be quantized")
+    padded_body[: 4 * nseg] = norms[:nseg].view(np.uint8)
+    return 4 * nseg + sum(quantize.section_lengths(np.diff(offsets), bits))
+
+
 FP32 = DenseCodec(1, "fp32", np.float32)
 FP16 = DenseCodec(2, "fp16", np.float16)
 SIGN1 = SignCodec()
 TERNARY2 = TernaryCodec()
 SPARSE_SIGN = SparseSignCodec()
 BASE3 = Base3Codec()
+QSGD = QSGDCodec()
 
-CODECS = {codec.id: codec for codec in (FP32, FP16, SIGN1, TERNARY2, SPARSE_SIGN, BASE3)}
+CODECS = {codec.id: codec for codec in (FP32, FP16, SIGN1, TERNARY2, SPARSE_SIGN, BASE3, QSGD)}
 
 
 def encode_sparse_ternary(positions, negative, nnz: int, count: int, padded_body,
@@ -235,11 +352,12 @@ def by_id(codec_id: int, *, what: str = "message") -> Codec:
                               f"(known: {sorted(CODECS)})") from None
 
 
-def decode_message(buffer, *, what: str = "message"):
+def decode_message(buffer, *, what: str = "message", segments=None):
     """Parse one whole message (header + body) into ``(header, float32 values)``.
 
     Checks the header, that the codec is known, that ``body_length`` matches the
     codec's length for ``count`` and that the buffer holds exactly that much.
+    ``segments``: the run's tensor sizes, for ``qsgd`` (default: one tensor).
     """
     raw = np.frombuffer(buffer, dtype=np.uint8)
     header = wire.read_header(raw, what=what)
@@ -256,4 +374,7 @@ def decode_message(buffer, *, what: str = "message"):
         raise WireFormatError(f"{what}: {raw.size} bytes, header says "
                               f"{wire.HEADER_SIZE + header.body_length}")
     codec.check_flags(header.flags, what)
+    if getattr(codec, "needs_segments", False):
+        return header, codec.decode(raw[wire.HEADER_SIZE:], header.count, header.flags,
+                                    segments=segments)
     return header, codec.decode(raw[wire.HEADER_SIZE:], header.count, header.flags)

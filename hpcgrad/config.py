@@ -50,6 +50,16 @@ class TrainConfig:
     votes_per_coordinate: float = 1.0
     residual: float | None = None
     selection: str = "exact"
+    # qsgd / dq-sgd
+    bits: int | None = None
+    quantize_downlink: bool = False
+    dq_rho: float | None = None
+    dq_horizon: int | None = None
+    dq_lambda: float | None = None
+    dq_start_bits: int | None = None
+    min_bits: int | None = None
+    max_bits: int | None = None
+    dq_window: int | None = None
     extra: dict = field(default_factory=dict, repr=False)
 
     def resolved(self) -> "TrainConfig":
@@ -57,8 +67,8 @@ class TrainConfig:
         cfg = dataclasses.replace(self)
         algorithm = REGISTRY.get(cfg.algorithm)
         for name, value in (algorithm.defaults if algorithm else {}).items():
-            if getattr(cfg, name, 0) is None:
-                setattr(cfg, name, value)
+            if getattr(cfg, name, 0) is None:  # a callable default depends on other settings
+                setattr(cfg, name, value(cfg) if callable(value) else value)
         validate(cfg)
         return cfg
 
@@ -121,9 +131,47 @@ def validate(cfg: TrainConfig) -> None:
                f"residual (rho) must be in [0, 1], got {cfg.residual}")
     _check(cfg.selection in SELECTIONS,
            f"unknown selection {cfg.selection!r}; choose one of: {', '.join(SELECTIONS)}")
+    _validate_quantization(cfg)
     _check(not (cfg.algorithm == "allreduce" and cfg.record_messages),
            "record-messages: allreduce sends raw fp32 buffers, not hpcgrad messages; "
            "there is nothing to record")
+
+
+def _width(name: str, value) -> None:
+    """A quantizer width b: b - 1 level bits and a sign bit (docs/algorithms/dq-sgd.md)."""
+    _check(isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 16,
+           f"{name} must be an integer in 2..16 (bits per coordinate: a sign bit and b-1 "
+           f"level bits; 2..8 is the useful range), got {value!r}")
+    _check(value != 1, f"{name} 1 leaves no level bits (s = 2**0 - 1 = 0 levels: every "
+           "coordinate would decode to 0); use 2 or more, or signum-mv for 1-bit signs")
+
+
+def _validate_quantization(cfg: TrainConfig) -> None:
+    for name in ("bits", "dq_start_bits", "min_bits", "max_bits"):
+        if getattr(cfg, name) is not None:
+            _width(name.replace("_", "-"), getattr(cfg, name))
+    _check(isinstance(cfg.quantize_downlink, bool),
+           f"quantize-downlink must be true or false, got {cfg.quantize_downlink!r}")
+    if cfg.dq_rho is not None:
+        _check(0 < _finite("dq-rho", cfg.dq_rho) <= 1,
+               f"dq-rho must be in (0, 1], got {cfg.dq_rho}")
+    if cfg.dq_horizon is not None:
+        _check(isinstance(cfg.dq_horizon, int) and not isinstance(cfg.dq_horizon, bool)
+               and cfg.dq_horizon >= 1,
+               f"dq-horizon (T, the planned iterations) must be an integer >= 1, got "
+               f"{cfg.dq_horizon!r}")
+    if cfg.dq_lambda is not None:
+        _check(_finite("dq-lambda", cfg.dq_lambda) > 0,
+               f"dq-lambda must be > 0, got {cfg.dq_lambda}")
+    if cfg.dq_window is not None:
+        _integer("dq-window", cfg.dq_window, 1)
+    if None not in (cfg.min_bits, cfg.max_bits):
+        _check(cfg.min_bits <= cfg.max_bits,
+               f"min-bits {cfg.min_bits} is above max-bits {cfg.max_bits}")
+        if cfg.dq_start_bits is not None:
+            _check(cfg.min_bits <= cfg.dq_start_bits <= cfg.max_bits,
+                   f"dq-start-bits {cfg.dq_start_bits} is outside min-bits {cfg.min_bits} .. "
+                   f"max-bits {cfg.max_bits}")
 
 
 def load_file(path: str | Path) -> dict:

@@ -96,6 +96,7 @@ def test_a_variable_length_header_over_capacity_is_refused(comm):
 
 @pytest.mark.parametrize("algorithm, tie", [("signum-mv", "positive"), ("signum-mv", "zero"),
                                             ("signum-mv", "random"), ("s3gd-mv", "zero"),
+                                            ("qsgd", "positive"), ("dq-sgd", "positive"),
                                             ("fp32-ps", "positive"),
                                             ("fp16-ps", "positive"), ("allreduce", "positive")])
 def test_training_keeps_every_replica_bit_identical(comm, mpi_tmp_path, algorithm, tie):
@@ -115,6 +116,14 @@ def test_training_keeps_every_replica_bit_identical(comm, mpi_tmp_path, algorith
         workers, d = comm.Get_size() - 1, summary.num_params
         if algorithm == "s3gd-mv":  # variable lengths: checked against the log elsewhere
             assert 0 < summary.bytes_up_per_worker < 30 * (HEADER_SIZE + (d + 7) // 8)
+            return
+        if algorithm in ("qsgd", "dq-sgd"):  # b bits per coordinate + one norm per tensor
+            tensors = len(list(model.parameters()))
+            widths = (4, 4) if algorithm == "qsgd" else (2, 8)
+            low, high = (30 * (HEADER_SIZE + 4 * tensors + sum(
+                -(-b * p.numel() // 8) for p in model.parameters())) for b in widths)
+            assert low <= summary.bytes_up_per_worker <= high
+            assert summary.bytes_down == 30 * (HEADER_SIZE + 4 * d)
             return
         expected_up = {"signum-mv": HEADER_SIZE + (d + 7) // 8, "fp32-ps": HEADER_SIZE + 4 * d,
                        "fp16-ps": HEADER_SIZE + 2 * d, "allreduce": 4 * d}[algorithm]

@@ -41,6 +41,8 @@ ALGORITHMS = {
     "signum-mv": {"tie": "positive"},  # Signum: momentum 0.9 (the algorithm's default)
     "signsgd-mv": {"algorithm": "signum-mv", "momentum": 0.0, "tie": "positive"},
     "s3gd-mv": {"sparsity": 0.01},
+    "qsgd": {"bits": 4},
+    "dq-sgd": {},
     "fp16-ps": {},
     "fp32-ps": {},
     "allreduce": {},

@@ -1,0 +1,231 @@
+"""QSGD with packed levels (``qsgd``) and DQ-SGD's per-step width (``dq-sgd``).
+
+Worker m at step n, per parameter tensor l (a segment of the flat vector):
+    r = ||g_l||_2 (float32, rounded up), s = 2**(b-1) - 1
+    l_i = floor(s*|g_i|/r) + Bernoulli(frac)      unbiased: E[sign*l_i*r/s] = g_i
+    send r and, per coordinate, a b-bit field: level (b-1 bits) + sign bit
+Server:
+    mean = ((u_1 + u_2) + ... + u_M) / M   of the decoded uplinks, float32, rank order
+    downlink: the mean in fp32, or (``--quantize-downlink``) re-quantized at b
+Every rank:
+    PyTorch SGD step on the mean (momentum, weight decay), as ``fp32-ps``.
+
+The coins are counter-based (SplitMix64 keyed by seed, step and the sender's
+rank; ``kernels/quantize.py``), so a run repeats exactly.
+
+DQ-SGD changes b every step (``docs/algorithms/dq-sgd.md``; the rule is **our
+reading** of Yan et al., arXiv 2107.14575):
+    s_n = lambda * G_n * rho**((T-1-n)/2),  b_n = 1 + ceil(log2(s_n + 1)), clipped
+with G_n the workers' mean gradient norm, smoothed over ``--dq-window`` steps.
+The server computes b_{n+1} from the norms in step n's uplinks and sends it in
+bits 8-12 of step n's downlink header flags; workers start at
+``--dq-start-bits``.  No extra message, no extra round.
+
+Wire (``docs/wire-format.md`` §4.8): codec ``qsgd`` (7) up; down ``fp32`` (1)
+for qsgd, ``qsgd`` (b = 0: fp32 values, or b = b_n) for dq-sgd and with
+``--quantize-downlink``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..codecs import FP32, QSGDCodec, encode_qsgd
+from ..errors import ConfigError, WireFormatError
+from ..kernels import quantize
+from .base import Algorithm, MomentumSGD, f32
+
+#: ``bits_down`` in the log for an unquantized (fp32) downlink.
+FP32_BITS = 32
+
+
+def width_for(s: float, min_bits: int, max_bits: int) -> int:
+    """The smallest b with ``2**(b-1) - 1 >= s`` (= ``1 + ceil(log2(s + 1))`` for s >= 0),
+    clipped to ``[min_bits, max_bits]``."""
+    if math.isnan(s):
+        raise ValueError("the quantization level target s is NaN")
+    b = 1
+    while b < max_bits and (1 << (b - 1)) - 1 < s:
+        b += 1
+    return max(min_bits, min(b, max_bits))
+
+
+def calibration_levels(start_bits: int) -> float:
+    """The s that puts b at ``start_bits`` mid-bucket: ``log2(s + 1) = start_bits - 1.5``."""
+    return 2.0 ** (start_bits - 1.5) - 1.0
+
+
+class WidthSchedule:
+    """DQ-SGD's b_n rule, on the server (``docs/algorithms/dq-sgd.md``).
+
+    ``observe(step, norm)`` takes step n's gradient norm G_n and returns b_{n+1}:
+    ``s = lam * mean(G over the last `window` steps) * rho**((T-1-(n+1))/2)``.
+    Without ``lam``, it is calibrated on the first non-zero norm G_k so that
+    ``lam * G_k * rho**((T-1-k)/2) = calibration_levels(start_bits)``.
+    """
+
+    def __init__(self, rho, horizon, start_bits, min_bits, max_bits, window, lam=None):
+        self.rho, self.horizon = float(rho), int(horizon)
+        self.start_bits, self.min_bits, self.max_bits = start_bits, min_bits, max_bits
+        self.lam = None if lam is None else float(lam)
+        self.history = np.zeros(int(window))
+        self.seen = 0
+
+    def levels(self, norm: float, step: int) -> float:
+        return self.lam * norm * self.rho ** ((self.horizon - 1 - step) / 2)
+
+    def observe(self, step: int, norm: float) -> int:
+        if not math.isfinite(norm) or norm < 0:
+            raise WireFormatError(f"step {step}: the workers' gradient norm is {norm}; "
+                                  "DQ-SGD needs a finite, non-negative norm")
+        self.history[self.seen % self.history.size] = norm
+        self.seen += 1
+        if self.lam is None:
+            if norm == 0:
+                return self.start_bits  # nothing to calibrate on yet
+            self.lam = calibration_levels(self.start_bits) / (
+                norm * self.rho ** ((self.horizon - 1 - step) / 2))
+        smoothed = float(self.history[: min(self.seen, self.history.size)].mean())
+        return width_for(self.levels(smoothed, step + 1), self.min_bits, self.max_bits)
+
+
+class QSGD(Algorithm):
+    name = "qsgd"
+    defaults = {"lr": 0.1, "momentum": 0.9, "bits": 4}
+    variable_length = True
+    step_fields = {"bits": (False, np.int64), "bits_down": (False, np.int64),
+                   "grad_norm": (False, np.float64)}
+    dynamic = False
+
+    def __init__(self, config, num_params, num_workers, segments=None):
+        super().__init__(config, num_params, num_workers, segments)
+        if config.device != "cpu":
+            raise ConfigError(f"{self.name} quantizes on the host; --device cuda is not "
+                              "supported for it yet")
+        self.seed = config.seed
+        self.quantize_downlink = bool(config.quantize_downlink)
+        self.offsets = np.concatenate([[0], np.cumsum(self.segments)]).astype(np.int64)
+        self.bits = self._first_bits(config)
+        widest = self._widest(config)
+        self.uplink = QSGDCodec(self.segments, widest, fp32=False)
+        if self.quantize_downlink or self.dynamic:
+            self.downlink = QSGDCodec(self.segments, widest, fp32=not self.quantize_downlink)
+        else:
+            self.downlink = FP32
+        self._norms = np.zeros(len(self.segments), dtype=np.float32)
+        self.mean = np.zeros(num_params, dtype=np.float32)
+        self.sgd = MomentumSGD(num_params, config.lr, config.momentum, config.weight_decay)
+        quantize.warm_up()
+
+    def _first_bits(self, config) -> int:
+        return int(config.bits)
+
+    def _widest(self, config) -> int:
+        return int(config.bits)
+
+    def _next_bits(self, step: int, grad_norm: float) -> int:
+        return 0  # a fixed width: nothing to announce
+
+    def downlink_codecs(self):
+        return (self.downlink,)
+
+    def metadata(self) -> dict:
+        return {"segments": self.segments, "quantize_downlink": self.quantize_downlink}
+
+    # ---------------------------------------------------------------- worker
+    def worker_step(self, grad, message, step):
+        sender = getattr(message, "host", message).header.sender
+        key = quantize.stream_key(self.seed, step, sender)
+        length = encode_qsgd(grad, self.offsets, self.bits, key, message.padded_body,
+                             self._norms)
+        message.set_body(QSGDCodec.id, QSGDCodec.flags(self.bits), length)
+
+    # ---------------------------------------------------------------- server
+    def server_step(self, uplinks, message, step):
+        d, m, b = self.num_params, self.num_workers, self.bits
+        grad_norm = 0.0
+        for w in range(m):
+            header = uplinks.header(w + 1)
+            what = f"uplink message from rank {w + 1} at step {step}"
+            if header.flags != QSGDCodec.flags(b):
+                bits, nxt = QSGDCodec.split_flags(header.flags)
+                raise WireFormatError(f"{what}: header flags {header.flags:#06x} (width {bits}, "
+                                      f"next {nxt}); expected width {b}, next 0")
+            self.uplink.decode_into(uplinks.rows[w, : header.body_length], d, header.flags,
+                                    self.mean, accumulate=w > 0, norms=self._norms, what=what)
+            grad_norm += math.sqrt(float(np.dot(self._norms.astype(np.float64),
+                                                self._norms.astype(np.float64))))
+        self.mean /= f32(m)
+        grad_norm /= m
+        nxt = self._next_bits(step, grad_norm)
+        body = message.padded_body
+        if self.quantize_downlink:
+            key = quantize.stream_key(self.seed, step, 0)
+            length = encode_qsgd(self.mean, self.offsets, b, key, body, self._norms)
+            message.set_body(QSGDCodec.id, QSGDCodec.flags(b, nxt), length)
+            bits_down = b
+        else:
+            body[: 4 * d].view("<f4")[...] = self.mean
+            codec = QSGDCodec.id if self.dynamic else FP32.id
+            message.set_body(codec, QSGDCodec.flags(0, nxt), 4 * d)
+            bits_down = FP32_BITS
+        self.step_stats = {"bits": b, "bits_down": bits_down, "grad_norm": grad_norm}
+
+    # ---------------------------------------------------------- every rank
+    def apply(self, params, body, step, header=None):
+        d = self.num_params
+        what = f"downlink message at step {step}"
+        body = body[: header.body_length]
+        if header.codec == FP32.id:
+            if header.body_length != 4 * d:
+                raise WireFormatError(f"{what}: an fp32 body of {header.body_length} bytes, "
+                                      f"expected {4 * d}")
+            self.mean[...] = body.view("<f4")
+        else:
+            self.downlink.decode_into(body, d, header.flags, self.mean, norms=self._norms,
+                                      what=what)
+            self._take_next(header.flags, what)
+        self.sgd.step(params, self.mean)
+
+    def _take_next(self, flags, what) -> None:
+        if QSGDCodec.split_flags(flags)[1]:
+            raise WireFormatError(f"{what}: qsgd announces no next width, header flags "
+                                  f"{flags:#06x} do")
+
+
+class DQSGD(QSGD):
+    name = "dq-sgd"
+    defaults = {"lr": 0.1, "momentum": 0.9, "dq_rho": 0.999,
+                "dq_horizon": lambda cfg: cfg.iterations, "dq_start_bits": 4,
+                "min_bits": 2, "max_bits": 8, "dq_window": 1}
+    dynamic = True
+
+    def __init__(self, config, num_params, num_workers, segments=None):
+        super().__init__(config, num_params, num_workers, segments)
+        self.min_bits, self.max_bits = int(config.min_bits), int(config.max_bits)
+        self.schedule = WidthSchedule(config.dq_rho, config.dq_horizon, self.bits,
+                                      self.min_bits, self.max_bits, config.dq_window,
+                                      config.dq_lambda)
+
+    def _first_bits(self, config) -> int:
+        return int(config.dq_start_bits)
+
+    def _widest(self, config) -> int:
+        return int(config.max_bits)
+
+    def _next_bits(self, step, grad_norm):
+        return self.schedule.observe(step, grad_norm)
+
+    def metadata(self) -> dict:
+        return {**super().metadata(), "dq_calibration_levels":
+                calibration_levels(self.schedule.start_bits)}
+
+    def _take_next(self, flags, what) -> None:
+        nxt = QSGDCodec.split_flags(flags)[1]
+        if not self.min_bits <= nxt <= self.max_bits:
+            raise WireFormatError(f"{what}: next width {nxt} (header flags {flags:#06x}) is "
+                                  f"outside --min-bits {self.min_bits} .. --max-bits "
+                                  f"{self.max_bits}")
+        self.bits = nxt

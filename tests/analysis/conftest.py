@@ -23,6 +23,8 @@ REAL_RUNS = {
     "signum-mv": ["--algorithm", "signum-mv"],
     "signum-mv-tie-zero": ["--algorithm", "signum-mv", "--tie", "zero"],
     "s3gd-mv": ["--algorithm", "s3gd-mv"],
+    "qsgd": ["--algorithm", "qsgd", "--bits", "3"],
+    "dq-sgd": ["--algorithm", "dq-sgd"],
     "fp32-ps": ["--algorithm", "fp32-ps"],
     "fp16-ps": ["--algorithm", "fp16-ps"],
     "allreduce": ["--algorithm", "allreduce"],

@@ -16,8 +16,8 @@ from hpcgrad.errors import HpcgradError
 from hpcgrad.tracelog import PHASES
 
 
-@pytest.mark.parametrize("name", ["signum-mv", "signum-mv-tie-zero", "s3gd-mv", "fp32-ps",
-                                  "fp16-ps", "allreduce"])
+@pytest.mark.parametrize("name", ["signum-mv", "signum-mv-tie-zero", "s3gd-mv", "qsgd",
+                                  "dq-sgd", "fp32-ps", "fp16-ps", "allreduce"])
 def test_tables_of_a_real_run(real_logs, name):
     path = real_logs[name]
     with h5py.File(path, "r") as f:

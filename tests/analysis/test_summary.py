@@ -13,7 +13,8 @@ import pytest
 
 from analysis_logs import analyze, assert_clean_error, make_log
 
-ALL = ["signum-mv", "signum-mv-tie-zero", "s3gd-mv", "fp32-ps", "fp16-ps", "allreduce"]
+ALL = ["signum-mv", "signum-mv-tie-zero", "s3gd-mv", "qsgd", "dq-sgd", "fp32-ps", "fp16-ps",
+       "allreduce"]
 
 
 def _csv(result, **kw) -> pd.DataFrame:

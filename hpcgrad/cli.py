@@ -19,6 +19,15 @@ from . import __version__
 from .config import ALGORITHMS, DEVICES, SELECTIONS, TIE_RULES, TrainConfig
 
 
+def _per_algorithm(setting: str) -> str:
+    """``"0.001 for signum-mv, s3gd-mv; 0.1 for ..."``: an algorithm-dependent default."""
+    from .algorithms import REGISTRY
+    groups: dict = {}
+    for name, cls in REGISTRY.items():
+        groups.setdefault(cls.defaults.get(setting), []).append(name)
+    return "; ".join(f"{value} for {', '.join(names)}" for value, names in groups.items())
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("--config", metavar="FILE",
@@ -38,10 +47,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, metavar="S",
                    help=f"seed of data, model init, sampling and tie coins (default: {d.seed})")
     p.add_argument("--lr", type=float,
-                   help="learning rate (default: 0.001 for signum-mv, 0.1 otherwise)")
+                   help=f"learning rate (default per algorithm: {_per_algorithm('lr')})")
     p.add_argument("--momentum", type=float, metavar="BETA",
-                   help="momentum in [0, 1) (default: 0.9); for signum-mv the worker momentum "
-                        "beta of m <- beta*m + (1-beta)*g, 0 giving signSGD")
+                   help="momentum in [0, 1); for signum-mv the worker momentum beta of "
+                        "m <- beta*m + (1-beta)*g, 0 giving signSGD (default per algorithm: "
+                        f"{_per_algorithm('momentum')})")
     p.add_argument("--weight-decay", type=float, metavar="WD",
                    help=f"weight decay; for signum-mv applied after the vote, x <- x - "
                         f"lr*(sign(v) + wd*x) (default: {d.weight_decay})")

@@ -298,6 +298,10 @@ def encode_qsgd(values, offsets, bits: int, key, padded_body, norms) -> int:
     """
     from .errors import NonFiniteError
     nseg = offsets.size - 1
+    length = 4 * nseg + sum(quantize.section_lengths(np.diff(offsets), bits))
+    if length > padded_body.size:  # the kernel does not bound-check: never write past the end
+        raise WireFormatError(f"a {bits}-bit qsgd body of {length} bytes does not fit the "
+                              f"{padded_body.size}-byte buffer")
     fields = padded_body[4 * nseg:]
     if quantize.quantize_pack(values, offsets, bits, key, norms, fields) < 0:
         biggest = float(np.finfo(np.float32).max)
@@ -306,7 +310,7 @@ def encode_qsgd(values, offsets, bits: int, key, padded_body, norms) -> int:
         raise NonFiniteError(f"the L2 norm of tensor {bad[0] if bad else '?'} is not finite in "
                              "float32; it cannot be quantized")
     padded_body[: 4 * nseg] = norms[:nseg].view(np.uint8)
-    return 4 * nseg + sum(quantize.section_lengths(np.diff(offsets), bits))
+    return length
 
 
 FP32 = DenseCodec(1, "fp32", np.float32)

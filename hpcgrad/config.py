@@ -65,6 +65,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """A copy with per-algorithm defaults filled in, validated."""
         cfg = dataclasses.replace(self)
+        _check_types(cfg)
         algorithm = REGISTRY.get(cfg.algorithm)
         for name, value in (algorithm.defaults if algorithm else {}).items():
             if getattr(cfg, name, 0) is None:  # a callable default depends on other settings
@@ -97,7 +98,25 @@ def _integer(name: str, value, minimum: int) -> None:
            f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+#: Settings whose value must be a string (or None where the field allows it).
+_TEXT = ("algorithm", "tie", "device", "selection", "log", "k_per_worker")
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Type errors first, so a config file's ``algorithm = ["x"]`` or ``quiet = "no"``
+    gets a message naming the setting instead of a failure further on."""
+    for name in _TEXT:
+        value = getattr(cfg, name)
+        _check(value is None or isinstance(value, str),
+               f"{name.replace('_', '-')} must be a string, got {value!r}")
+    for name in ("quiet", "quantize_downlink"):
+        value = getattr(cfg, name, None)
+        _check(value is None or isinstance(value, bool),
+               f"{name.replace('_', '-')} must be true or false, got {value!r}")
+
+
 def validate(cfg: TrainConfig) -> None:
+    _check_types(cfg)
     _check(cfg.algorithm in ALGORITHMS,
            f"unknown algorithm {cfg.algorithm!r}; choose one of: {', '.join(ALGORITHMS)}")
     _check(_finite("lr", cfg.lr) > 0, f"lr must be > 0, got {cfg.lr}")
@@ -165,6 +184,9 @@ def _validate_quantization(cfg: TrainConfig) -> None:
                f"dq-lambda must be > 0, got {cfg.dq_lambda}")
     if cfg.dq_window is not None:
         _integer("dq-window", cfg.dq_window, 1)
+        _check(cfg.dq_window <= cfg.iterations,
+               f"dq-window must be at most the iterations ({cfg.iterations}), "
+               f"got {cfg.dq_window}")
     if None not in (cfg.min_bits, cfg.max_bits):
         _check(cfg.min_bits <= cfg.max_bits,
                f"min-bits {cfg.min_bits} is above max-bits {cfg.max_bits}")

@@ -12,8 +12,9 @@ drive this code, so what the benchmark times is what training runs::
     alg.apply(params, downlink)         update   alg.apply(params, downlink)
 
 ``allreduce`` replaces gather/aggregate/bcast by one ``Allreduce`` (timed as
-``gather``).  Every buffer is allocated in the constructor; a step allocates
-no arrays.
+``gather``).  Every buffer is allocated in the constructor (or by an algorithm
+on its first step); a steady-state step allocates no large arrays, only small
+Python objects such as parsed headers (``tests/bench/test_steady_state.py``).
 """
 
 from __future__ import annotations

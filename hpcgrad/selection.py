@@ -15,7 +15,8 @@ preallocated arrays, both skipping exact zeros (sign(0) = 0 sends nothing):
     then refined by counting passes until the count above it is within
     ``band`` of K (at most ``max_passes`` passes; if the count is still
     outside the band, e.g. with many equal magnitudes, the exact rule runs
-    instead, so a message never exceeds K(1 + band) entries).  Every entry above the threshold is sent, so the achieved K
+    instead, so a message never exceeds K(1 + band) entries).  Every entry
+    above the threshold is sent, so the achieved K
     varies a little from step to step (``nnz_up`` in the log).  Because both
     rules take everything above a threshold, on inputs without ties the
     threshold set contains the exact set when it is larger and is contained

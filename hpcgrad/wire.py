@@ -127,9 +127,9 @@ class MessageBuffer:
         Rewrites the header's codec, flags and body_length fields; ``wire`` and
         ``body`` then cover exactly the bytes that go to MPI.
         """
-        if body_length > self.raw.size - HEADER_SIZE:
+        if body_length > self.header.body_length:
             raise WireFormatError(f"body of {body_length} bytes exceeds the message's "
-                                  f"capacity of {self.raw.size - HEADER_SIZE}")
+                                  f"capacity of {self.header.body_length}")
         _CODEC_FLAGS.pack_into(self.raw, _CODEC_OFFSET, codec, flags)
         _BODY_LENGTH.pack_into(self.raw, _BODY_LENGTH_OFFSET, body_length)
         self.length = HEADER_SIZE + body_length

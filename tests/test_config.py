@@ -50,3 +50,14 @@ def test_file_errors_are_clear(tmp_path):
     unknown.write_text("learning_rate = 3")
     with pytest.raises(ConfigError, match="unknown setting 'learning_rate'"):
         load_file(unknown)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"algorithm": ["signum-mv"]}, "algorithm must be a string"),
+    ({"log": 5}, "log must be a string"),
+    ({"quiet": "no"}, "quiet must be true or false"),
+    ({"algorithm": "dq-sgd", "dq_window": 10**12}, "dq-window must be at most the iterations"),
+])
+def test_wrongly_typed_settings_are_named(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        build(settings, {})

@@ -290,3 +290,16 @@ def test_uplink_bits_per_entry_are_within_the_entropy_target(density):
     _, _, length = hp_codecs.encode_sparse_ternary(positions, negative, k, d, out)
     entropy = (math.lgamma(d + 1) - math.lgamma(k + 1) - math.lgamma(d - k + 1)) / math.log(2)
     assert 8 * length / k <= entropy / k + 0.2 + 1
+
+
+def test_a_rice_quotient_that_would_overflow_is_rejected_not_wrapped():
+    """k = 56 and a quotient of 128: q << k overflows int64; the position must be refused."""
+    w = BitWriter()
+    w.gamma(3)  # two entries
+    for _ in range(2):
+        w.bits.extend([1] * 128 + [0])
+        w.put(0, 56)
+    w.bits.extend([0, 0])
+    body = np.frombuffer(w.body(), np.uint8)
+    with pytest.raises(WireFormatError, match="not below the message's count"):
+        hp_codecs.SPARSE_SIGN.decode(body, 1000, RICE | (56 << 8))

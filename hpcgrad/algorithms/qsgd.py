@@ -179,6 +179,7 @@ class QSGD(Algorithm):
         what = f"downlink message at step {step}"
         body = body[: header.body_length]
         if header.codec == FP32.id:
+            FP32.check_flags(header.flags, what)
             if header.body_length != 4 * d:
                 raise WireFormatError(f"{what}: an fp32 body of {header.body_length} bytes, "
                                       f"expected {4 * d}")

@@ -90,6 +90,8 @@ class S3GDMV(Algorithm):
         # Server: every worker's decoded entries, and the vote result.
         self._rows_pos = self._rows_neg = None
         self._counts = np.zeros(num_workers, dtype=np.int64)
+        self._heads = np.zeros(num_workers, dtype=np.int64)
+        self._coding_up = np.zeros(num_workers, dtype=np.uint8)
         self._union = np.zeros(1, dtype=np.int64)
         self._down_length = 0
         # Every rank: the decoded downlink, and what the update needs.
@@ -138,15 +140,15 @@ class S3GDMV(Algorithm):
         if self._rows_pos is None:
             self._rows_pos = np.zeros((m, self.capacity), dtype=np.int64)
             self._rows_neg = np.zeros((m, self.capacity), dtype=np.uint8)
-        coding_up = np.zeros(m, dtype=np.uint8)
+        coding_up = self._coding_up
         for w in range(m):
             header = uplinks.header(w + 1)
             self._counts[w] = SPARSE_SIGN.decode_into(
                 uplinks.rows[w, : header.body_length], d, header.flags, self._rows_pos[w],
                 self._rows_neg[w], what=f"uplink message from rank {w + 1} at step {step}")
             coding_up[w] = header.flags & 0xFF
-        nnz = sparse.merge_vote(self._rows_pos, self._rows_neg, self._counts, self._union,
-                                self.direction_pos, self.direction_neg)
+        nnz = sparse.merge_vote(self._rows_pos, self._rows_neg, self._counts, self._heads,
+                                self._union, self.direction_pos, self.direction_neg)
         body = message.padded_body
         body[: self._down_length] = 0
         codec, flags, self._down_length = encode_sparse_ternary(

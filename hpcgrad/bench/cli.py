@@ -108,18 +108,23 @@ def run(args) -> int:
     try:
         return args.bench_func(args)
     except (HpcgradError, ValueError, OSError) as exc:
-        # Only reached before any collective (serial commands, or argument errors that
-        # every rank hits alike); errors after MPI setup are agreed inside the command.
-        if not args.bench_mpi or _rank() == 0:
-            print(f"{name}: error: {exc}", file=sys.stderr, flush=True)
+        if args.bench_mpi:
+            # Setup errors are agreed among the ranks inside the command (exit 2 there);
+            # what arrives here was raised by some ranks after collectives began, and the
+            # others may be waiting in one: take the whole job down, as `train` does.
+            _abort(exc)
+        print(f"{name}: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         return 130
 
 
-def _rank() -> int:
+def _abort(exc: BaseException) -> None:
     from mpi4py import MPI
-    return MPI.COMM_WORLD.Get_rank()
+
+    from ..cli import _abort as abort_job
+    comm = MPI.COMM_WORLD
+    abort_job(comm, comm.Get_rank(), exc)
 
 
 def _exchange(args) -> int:

@@ -174,6 +174,9 @@ def position_bits(positions, nnz, count, raw_bits):
 
 # ------------------------------------------------------ sparse-sign codec --
 
+_TRAILING_ONES = np.array([(~b & (b + 1)).bit_length() - 1 for b in range(256)], dtype=np.int64)
+
+
 @_jit
 def _peek(body, bitpos):
     """56 or more bits of ``body`` from ``bitpos``, LSB first; zeros past the end."""
@@ -293,27 +296,39 @@ def decode_sparse_sign(body, count, coding, k, raw_bits, positions, negative):
         prev = -1
         mask = (1 << k) - 1
         for i in range(nnz):
+            # One 56-bit window per entry in the common case: the unary quotient's
+            # one-bits counted a byte at a time from a table, then the k remainder bits.
+            window = _peek(body, bitpos)
+            used = 0
             q = 0
-            while True:  # count the unary one-bits 56 at a time
-                window = _peek(body, bitpos)
-                ones = 0
-                while window & 1 and ones < 56:
-                    window >>= 1
-                    ones += 1
+            while True:
+                ones = _TRAILING_ONES[(window >> used) & 0xFF]
                 q += ones
-                bitpos += ones
-                if ones < 56:
+                used += ones
+                if ones < 8:
                     break
-                if bitpos > limit or q > count:
-                    return -1 if bitpos > limit else -2
-            bitpos += 1  # the terminating zero
-            r = (_peek(body, bitpos) & mask) if k else 0
-            bitpos += k
+                if q > count:
+                    return -2
+                if used > 48:
+                    bitpos += used
+                    used = 0
+                    if bitpos > limit:
+                        return -1
+                    window = _peek(body, bitpos)
+            used += 1  # the terminating zero
+            # p = prev + 1 + (q << k | r) must stay below count: bound q before shifting
+            # (a corrupt q << k could overflow into a negative position).
+            if q > ((count - prev - 2) >> k):
+                return -2
+            if used + k > 56:
+                bitpos += used
+                used = 0
+                window = _peek(body, bitpos)
+            r = (window >> used) & mask
+            bitpos += used + k
             if bitpos > limit:
                 return -1
             p = prev + 1 + ((q << k) | r)
-            if p >= count:
-                return -2
             positions[i] = p
             prev = p
     if bitpos + nnz > limit:
@@ -435,14 +450,15 @@ def zero_at(values, positions, start, end):
 # ------------------------------------------------------------ the vote --
 
 @_jit
-def merge_vote(positions, negative, counts, union_out, nonzero_pos, nonzero_neg):
+def merge_vote(positions, negative, counts, heads, union_out, nonzero_pos, nonzero_neg):
     """Sum the M workers' ternary votes by merging their sorted position lists.
 
-    ``positions``/``negative`` are (M x capacity); ``counts`` their lengths.
+    ``positions``/``negative`` are (M x capacity); ``counts`` their lengths;
+    ``heads`` (int64, M) is scratch.
     Writes the non-zero results (sign of the sum, ties -> 0) in position
     order; returns (union size, number of non-zeros)."""
     m = counts.size
-    heads = np.zeros(m, dtype=np.int64)  # small, M entries
+    heads[:] = 0
     union = 0
     nnz = 0
     big = np.int64(1) << 62
@@ -517,7 +533,8 @@ def warm_up() -> None:
     zero_at(values.copy(), pos, 0, 1)
     counts = np.array([3, 3], dtype=np.int64)
     union = np.zeros(1, dtype=np.int64)
-    merge_vote(np.stack([pos, pos]), np.stack([neg, neg]), counts, union, pos.copy(), neg.copy())
+    merge_vote(np.stack([pos, pos]), np.stack([neg, neg]), counts, counts.copy(), union,
+               pos.copy(), neg.copy())
     sparse_sign_update(values, pos[:1], neg, 1, np.float32(0.1))
     ternary_planes(pos, neg, 3, out[:8], out[8:16])
     scatter_direction(pos, neg, 3, np.zeros(12, dtype=np.float32))

@@ -37,7 +37,10 @@ SERIAL_TIMEOUT="${HPCGRAD_TEST_SERIAL_TIMEOUT:-900}"
 MPI_TIMEOUT="${HPCGRAD_TEST_MPI_TIMEOUT:-600}"
 MPI_SIZES="${HPCGRAD_TEST_MPI_SIZES-3 5}"  # set to "" to skip the MPI stages
 
-# Oversubscribed ranks: one thread each unless the caller chose otherwise.
+# Oversubscribed ranks: one thread each unless the caller chose otherwise, and MPICH ranks
+# that wait in a collective sleep instead of spinning on sched_yield (they would otherwise
+# take the cores from the ranks they wait for; docs/benchmarks.md measures the effect).
+export MPIR_CVAR_ENABLE_HEAVY_YIELD="${MPIR_CVAR_ENABLE_HEAVY_YIELD:-1}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"

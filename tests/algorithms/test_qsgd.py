@@ -13,8 +13,8 @@ from hpcgrad.algorithms.qsgd import WidthSchedule, calibration_levels, width_for
 from hpcgrad.config import TrainConfig
 from hpcgrad.errors import ConfigError, NonFiniteError, WireFormatError
 from hpcgrad.kernels import quantize
-from hpcgrad.transport import Uplinks
-from hpcgrad.wire import HEADER_SIZE, Header, MessageBuffer, read_header
+from hpcgrad.wire import HEADER_SIZE, read_header
+from without_mpi import downlink_buffer, exchange
 
 
 def algorithm(d, workers, name="qsgd", segments=None, **settings):
@@ -112,36 +112,6 @@ def test_a_norm_that_overflows_float32_is_an_error():
 
 
 # ------------------------------------------------------------- the algorithm objects
-
-def uplink_buffer(alg, sender):
-    d = alg.num_params
-    return MessageBuffer(Header(alg.uplink.id, d, alg.uplink.max_body_length(d), 0, sender))
-
-
-def downlink_buffer(alg):
-    d = alg.num_params
-    capacity = max(c.max_body_length(d) for c in alg.downlink_codecs())
-    return MessageBuffer(Header(alg.downlink.id, d, capacity, 0, 0))
-
-
-def exchange(workers, server, grads, step=0, tamper=None):
-    """One step without MPI: worker messages into a real receive buffer, the server's mean."""
-    m, d = len(grads), server.num_params
-    up = Uplinks(m + 1, HEADER_SIZE + server.uplink.max_body_length(d))
-    for rank, (alg, grad) in enumerate(zip(workers, grads), start=1):
-        msg = uplink_buffer(alg, rank)
-        msg.stamp(step)
-        alg.worker_step(np.asarray(grad, dtype=np.float32), msg, step)
-        if tamper:
-            tamper(rank, msg)
-        start = rank * up.slot
-        up.raw[start:start + msg.length] = msg.wire
-        up.lengths[rank] = msg.length
-    down = downlink_buffer(server)
-    down.stamp(step)
-    server.server_step(up, down, step)
-    return up, down
-
 
 def expected_length(segments, bits):
     return HEADER_SIZE + 4 * len(segments) + sum(math.ceil(bits * n / 8) for n in segments)

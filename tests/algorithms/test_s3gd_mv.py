@@ -14,41 +14,12 @@ from hpcgrad.errors import ConfigError, WireFormatError
 from hpcgrad.selection import TopK
 from hpcgrad.transport import Uplinks
 from hpcgrad.wire import HEADER_SIZE, Header, MessageBuffer, read_header
+from without_mpi import downlink_buffer, exchange, uplink_buffer
 
 
 def algorithm(d, workers, name="s3gd-mv", segments=None, **settings):
     cfg = TrainConfig(algorithm=name, **settings).resolved()
     return create(cfg, d, workers, segments)
-
-
-def message_buffer(alg, sender):
-    d = alg.num_params
-    capacity = max(c.max_body_length(d) for c in alg.uplink_codecs())
-    return MessageBuffer(Header(alg.uplink.id, d, capacity, 0, sender))
-
-
-def downlink_buffer(alg):
-    d = alg.num_params
-    capacity = max(c.max_body_length(d) for c in alg.downlink_codecs())
-    return MessageBuffer(Header(alg.downlink.id, d, capacity, 0, 0))
-
-
-def exchange(workers_algs, server, grads, step=0):
-    """One step without MPI: worker messages into a real receive buffer, the server's vote."""
-    m, d = len(grads), server.num_params
-    capacity = max(c.max_body_length(d) for c in server.uplink_codecs())
-    up = Uplinks(m + 1, HEADER_SIZE + capacity)
-    for rank, (alg, grad) in enumerate(zip(workers_algs, grads), start=1):
-        msg = message_buffer(alg, rank)
-        msg.stamp(step)
-        alg.worker_step(np.asarray(grad, dtype=np.float32), msg, step)
-        start = rank * up.slot
-        up.raw[start:start + msg.length] = msg.wire
-        up.lengths[rank] = msg.length
-    down = downlink_buffer(server)
-    down.stamp(step)
-    server.server_step(up, down, step)
-    return up, down
 
 
 def direction_of(down):
@@ -125,7 +96,7 @@ def test_segments_get_their_own_k_and_positions_stay_sorted():
     alg = algorithm(33, 2, segments=segments, sparsity=0.2, residual=0.0)
     assert alg.ks == [2, 1, 4]
     grad = np.arange(1, 34, dtype=np.float32) * np.where(np.arange(33) % 2, -1, 1)
-    msg = message_buffer(alg, 1)
+    msg = uplink_buffer(alg, 1)
     alg.worker_step(grad, msg, 0)
     _, values = codecs.decode_message(msg.wire.tobytes())
     nz = np.flatnonzero(values)
@@ -172,7 +143,7 @@ def test_threshold_selection_agrees_with_exact_within_the_band(n, k):
 def test_a_message_with_more_entries_than_the_run_allows_is_refused():
     small = algorithm(100, 2, sparsity=0.05, residual=0.0)
     big = algorithm(100, 2, sparsity=0.5, residual=0.0)
-    msg = message_buffer(big, 1)
+    msg = uplink_buffer(big, 1)
     big.worker_step(np.arange(1, 101, dtype=np.float32), msg, 0)
     up = Uplinks(3, HEADER_SIZE + codecs.SPARSE_SIGN.max_body_length(100))
     for rank in (1, 2):

@@ -16,7 +16,8 @@ import sys
 import traceback
 
 from . import __version__
-from .config import ALGORITHMS, DEVICES, SELECTIONS, TIE_RULES, TrainConfig
+from .config import (ALGORITHMS, DEVICES, SELECTIONS, TIE_RULES, TOPK_SELECTIONS, TOPK_VALUES,
+                     TrainConfig)
 
 
 def _per_algorithm(setting: str) -> str:
@@ -37,8 +38,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help=f"training algorithm (default: {d.algorithm}): signum-mv = Signum / "
                         "signSGD with majority vote, 1 bit per coordinate each way; s3gd-mv = "
                         "signs of each worker's top-K entries, majority vote, coded positions; "
-                        "qsgd = per-tensor norm + b-bit stochastic levels, mean; dq-sgd = qsgd "
-                        "with a width chosen by the server every step; "
+                        "topk = each worker's top-K values with error feedback, mean over the "
+                        "union; qsgd = per-tensor norm + b-bit stochastic levels, mean; "
+                        "dq-sgd = qsgd with a width chosen by the server every step; "
                         "fp32-ps / "
                         "fp16-ps = uncompressed parameter server; allreduce = MPI_Allreduce "
                         "data parallel, no server role")
@@ -95,6 +97,27 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                     help="top-K rule: exact (partition, the reference) or threshold (sampled "
                          "threshold refined to within 10%% of K; faster, K varies) "
                          f"(default: {d.selection})")
+    tk = p.add_argument_group("topk (top-K values with error feedback; K from --sparsity)")
+    tk.add_argument("--topk-selection", choices=TOPK_SELECTIONS,
+                    help="how a worker picks its K positions: local = its largest |residual|; "
+                         "union-boost = prefer the previous step's union; aggregate-hint = "
+                         "|residual| + L*|previous aggregate|; shared-random = the same seeded "
+                         "positions on every worker (|U| = K); leader = a rotating worker's "
+                         f"previous top-K for all (default: {d.topk_selection})")
+    tk.add_argument("--topk-values", choices=TOPK_VALUES,
+                    help=f"uplink value precision (default: {d.topk_values})")
+    tk.add_argument("--union-boost", type=float, metavar="W",
+                    help="union-boost: score |r|*(1 + W) on the previous union, W >= 0 "
+                         "(default: 1)")
+    tk.add_argument("--aggregate-hint", type=float, metavar="L",
+                    help="aggregate-hint: score |r| + L*|previous aggregate|, L >= 0 "
+                         "(default: 1)")
+    tk.add_argument("--unbiased", action="store_true", default=None,
+                    help="shared-random: scale the values by numel/K and keep no residual")
+    p.add_argument("--partition", metavar="iid|classes:L",
+                   help="how the training set is dealt to workers: iid, or classes:L = each "
+                        "worker sees only L classes, chosen from the seed and its rank "
+                        f"(default: {d.partition})")
     q = p.add_argument_group("qsgd / dq-sgd (quantized gradients, docs/algorithms/dq-sgd.md)")
     q.add_argument("--bits", type=int, metavar="B",
                    help="qsgd: bits per coordinate, a sign bit and B-1 level bits "

@@ -18,9 +18,13 @@ id     name        body
 7      qsgd        per tensor an fp32 norm, then b-bit fields (sign + level)
                    packed LSB first, each tensor's section byte-aligned
                    (``flags``: b, and DQ-SGD's width for the next step)
+8      sparse-     a sparse real vector: entry count and positions as
+       values      ``sparse-sign`` (no sign bits), padded to a byte, then the
+                   values fp32 or fp16 (``flags``), then optionally a
+                   membership bitmap over the entries (``flags``)
 =====  ==========  ==========================================================
 
-Codecs 5 to 7 are variable-length: their length depends on the values (5, 6)
+Codecs 5 to 8 are variable-length: their length depends on the values (5, 6, 8)
 or on the width in ``flags`` (7).
 
 See ``docs/wire-format.md`` for the bit-level description.
@@ -313,6 +317,93 @@ def encode_qsgd(values, offsets, bits: int, key, padded_body, norms) -> int:
     return length
 
 
+class SparseValuesCodec(Codec):
+    """Entry count and positions exactly as ``sparse-sign`` but without sign bits, zero
+    bits to the next byte, then one value per entry (fp32 or fp16, little-endian), then,
+    if flagged, a membership bitmap of one bit per entry (``docs/wire-format.md`` §4.9).
+
+    ``flags``: bits 0-1 the position coding (0 raw, 1 bitmap, 2 Golomb-Rice), bit 4
+    fp16 values (else fp32), bit 5 a membership bitmap follows the values, bits 8-13 the
+    Rice parameter k (0 unless Rice; at most 56).  Other bits 0.
+    """
+
+    id, name = 8, "sparse-values"
+    variable_length = True
+    FP16, MARKED = 1 << 4, 1 << 5
+
+    def max_body_length(self, count: int) -> int:
+        # The encoder never codes positions longer than a bitmap; fp32 values; the bitmap.
+        return (packed_length(sparse.sparse_sign_bits(count, count) - count) + 4 * count
+                + packed_length(count))
+
+    @staticmethod
+    def flags(coding: int, k: int, fp16: bool = False, marked: bool = False) -> int:
+        return (coding | (SparseValuesCodec.FP16 if fp16 else 0)
+                | (SparseValuesCodec.MARKED if marked else 0) | (k << 8))
+
+    @staticmethod
+    def body_length(nnz: int, position_bits: int, fp16: bool = False,
+                    marked: bool = False) -> int:
+        """Bytes of a body of ``nnz`` entries whose positions take ``position_bits``."""
+        head = packed_length(int(sparse._gamma_bits(nnz + 1)) + position_bits)
+        return head + (2 if fp16 else 4) * nnz + (packed_length(nnz) if marked else 0)
+
+    def check_flags(self, flags, what) -> None:
+        coding, k = flags & 0x3, flags >> 8
+        if (flags & ~0x3F33 or coding not in sparse.CODING_NAMES or k > 56
+                or (coding != sparse.RICE and k)):
+            raise WireFormatError(f"{what}: {self.name} flags {flags:#06x} are not valid "
+                                  "(bits 0-1: 0 raw, 1 bitmap, 2 Rice; bit 4 fp16; bit 5 "
+                                  "membership bitmap; bits 8-13 Rice k; other bits 0)")
+
+    def decode_into(self, body, count, flags, positions, values, marked=None,
+                    what="message") -> int:
+        """Fill ``positions`` (int64), ``values`` (float32) and, if the body carries a
+        membership bitmap, ``marked`` (uint8, one per entry); return the entry count.
+        Raises WireFormatError on a bad body."""
+        self.check_flags(flags, what)
+        nnz, bitpos = sparse.decode_positions(body, count, flags & 0x3, flags >> 8,
+                                              sparse.raw_width(count), positions)
+        if nnz < 0:
+            raise WireFormatError(f"{what}: {self.name} body is corrupt: {sparse.ERRORS[nnz]}")
+        nnz, bitpos = int(nnz), int(bitpos)
+        if nnz > values.size:
+            raise WireFormatError(f"{what}: {self.name} body is corrupt: {sparse.ERRORS[-11]}")
+        fp16, has_marks = bool(flags & self.FP16), bool(flags & self.MARKED)
+        head = packed_length(bitpos)
+        width = 2 if fp16 else 4
+        expected = head + width * nnz + (packed_length(nnz) if has_marks else 0)
+        if body.size != expected:
+            raise WireFormatError(f"{what}: {self.name} body of {body.size} bytes; its "
+                                  f"{nnz} entries need {expected}")
+        if bitpos & 7 and int(body[bitpos >> 3]) >> (bitpos & 7):
+            raise WireFormatError(f"{what}: {self.name} body is corrupt: {sparse.ERRORS[-6]}")
+        raw = body[head: head + width * nnz]
+        values[:nnz] = raw.view("<f2" if fp16 else "<f4")
+        if has_marks:
+            plane = body[head + width * nnz:]
+            _check_padding_bits(plane, nnz, f"{what}: {self.name} membership bitmap")
+            if marked is None:
+                raise WireFormatError(f"{what}: {self.name} carries a membership bitmap "
+                                      "this receiver does not expect")
+            marked[:nnz] = np.unpackbits(plane, count=nnz, bitorder="little")
+        elif marked is not None:
+            marked[:nnz] = 0
+        return nnz
+
+    def decode(self, body, count, flags=0) -> np.ndarray:
+        positions = np.empty(count, dtype=np.int64)
+        values = np.empty(count, dtype=np.float32)
+        marked = np.empty(count, dtype=np.uint8)
+        nnz = self.decode_into(body, count, flags, positions, values, marked, what=self.name)
+        out = np.zeros(count, dtype=np.float32)
+        out[positions[:nnz]] = values[:nnz]
+        return out
+
+    def encode(self, values, padded_body) -> None:
+        raise NotImplementedError("variable-length: use encode_sparse_values()")
+
+
 FP32 = DenseCodec(1, "fp32", np.float32)
 FP16 = DenseCodec(2, "fp16", np.float16)
 SIGN1 = SignCodec()
@@ -320,8 +411,33 @@ TERNARY2 = TernaryCodec()
 SPARSE_SIGN = SparseSignCodec()
 BASE3 = Base3Codec()
 QSGD = QSGDCodec()
+SPARSE_VALUES = SparseValuesCodec()
 
-CODECS = {codec.id: codec for codec in (FP32, FP16, SIGN1, TERNARY2, SPARSE_SIGN, BASE3, QSGD)}
+CODECS = {codec.id: codec for codec in (FP32, FP16, SIGN1, TERNARY2, SPARSE_SIGN, BASE3, QSGD,
+                                        SPARSE_VALUES)}
+
+
+def encode_sparse_values(positions, values, nnz: int, count: int, padded_body,
+                         fp16: bool = False, marked=None) -> tuple[int, int, int]:
+    """Write a ``sparse-values`` body for the sorted ``positions[:nnz]`` and their
+    ``values`` (float32; rounded to fp16 with ``fp16``) into ``padded_body`` (zeroed up
+    to the body's length); ``marked`` (uint8 per entry, optional) adds the membership
+    bitmap.  Positions take the shortest coding.  Returns ``(codec id, flags, length)``."""
+    coding, k, bits = sparse.position_bits(positions, nnz, count, sparse.raw_width(count))
+    has_marks = marked is not None
+    length = SparseValuesCodec.body_length(nnz, int(bits), fp16, has_marks)
+    if length > padded_body.size:  # the kernels do not bound-check: never write past the end
+        raise WireFormatError(f"a {nnz}-entry sparse-values body of {length} bytes does not "
+                              f"fit the {padded_body.size}-byte buffer")
+    end = sparse.encode_positions(positions, nnz, count, coding, k, sparse.raw_width(count),
+                                  padded_body)
+    head = packed_length(int(end))
+    width = 2 if fp16 else 4
+    padded_body[head: head + width * nnz].view("<f2" if fp16 else "<f4")[...] = values[:nnz]
+    if has_marks:
+        plane = np.packbits(np.asarray(marked[:nnz], dtype=np.uint8) & 1, bitorder="little")
+        padded_body[head + width * nnz: head + width * nnz + plane.size] = plane
+    return SPARSE_VALUES.id, SPARSE_VALUES.flags(coding, k, fp16, has_marks), length
 
 
 def encode_sparse_ternary(positions, negative, nnz: int, count: int, padded_body,

@@ -25,6 +25,8 @@ ALGORITHMS = tuple(REGISTRY)
 TIE_RULES = ("positive", "zero", "random")
 SELECTIONS = ("exact", "threshold")
 DEVICES = ("cpu", "cuda")
+TOPK_SELECTIONS = ("local", "union-boost", "aggregate-hint", "shared-random", "leader")
+TOPK_VALUES = ("fp32", "fp16")
 
 
 @dataclass
@@ -50,6 +52,14 @@ class TrainConfig:
     votes_per_coordinate: float = 1.0
     residual: float | None = None
     selection: str = "exact"
+    # topk (uses sparsity too)
+    topk_selection: str = "local"
+    topk_values: str = "fp32"
+    union_boost: float | None = None
+    aggregate_hint: float | None = None
+    unbiased: bool = False
+    # data
+    partition: str = "iid"
     # qsgd / dq-sgd
     bits: int | None = None
     quantize_downlink: bool = False
@@ -99,7 +109,8 @@ def _integer(name: str, value, minimum: int) -> None:
 
 
 #: Settings whose value must be a string (or None where the field allows it).
-_TEXT = ("algorithm", "tie", "device", "selection", "log", "k_per_worker")
+_TEXT = ("algorithm", "tie", "device", "selection", "log", "k_per_worker", "topk_selection",
+         "topk_values", "partition")
 
 
 def _check_types(cfg: TrainConfig) -> None:
@@ -109,7 +120,7 @@ def _check_types(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         _check(value is None or isinstance(value, str),
                f"{name.replace('_', '-')} must be a string, got {value!r}")
-    for name in ("quiet", "quantize_downlink"):
+    for name in ("quiet", "quantize_downlink", "unbiased"):
         value = getattr(cfg, name, None)
         _check(value is None or isinstance(value, bool),
                f"{name.replace('_', '-')} must be true or false, got {value!r}")
@@ -151,9 +162,49 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.selection in SELECTIONS,
            f"unknown selection {cfg.selection!r}; choose one of: {', '.join(SELECTIONS)}")
     _validate_quantization(cfg)
+    _validate_topk(cfg)
+    partition_classes(cfg.partition)
     _check(not (cfg.algorithm == "allreduce" and cfg.record_messages),
            "record-messages: allreduce sends raw fp32 buffers, not hpcgrad messages; "
            "there is nothing to record")
+
+
+def partition_classes(partition: str) -> int | None:
+    """``None`` for ``iid``; L for ``classes:L`` (L >= 1; the sampler checks L <= classes)."""
+    if partition == "iid":
+        return None
+    head, _, tail = partition.partition(":")
+    _check(head == "classes" and tail.isdigit() and int(tail) >= 1,
+           f"partition must be 'iid' or 'classes:L' with L an integer >= 1 (each worker sees "
+           f"L classes), got {partition!r}")
+    return int(tail)
+
+
+def _validate_topk(cfg: TrainConfig) -> None:
+    _check(cfg.topk_selection in TOPK_SELECTIONS,
+           f"unknown topk-selection {cfg.topk_selection!r}; choose one of: "
+           f"{', '.join(TOPK_SELECTIONS)}")
+    _check(cfg.topk_values in TOPK_VALUES,
+           f"topk-values must be fp32 or fp16, got {cfg.topk_values!r}")
+    for name, rule in (("union_boost", "union-boost"), ("aggregate_hint", "aggregate-hint")):
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        flag = name.replace("_", "-")
+        _check(_finite(flag, value) >= 0, f"{flag} must be >= 0, got {value}")
+        _check(cfg.algorithm == "topk" and cfg.topk_selection == rule,
+               f"{flag} is a weight of --algorithm topk --topk-selection {rule}; this run uses "
+               f"{cfg.algorithm}" + (f" with --topk-selection {cfg.topk_selection}"
+                                     if cfg.algorithm == "topk" else ""))
+    _check(not cfg.unbiased or (cfg.algorithm == "topk"
+                                and cfg.topk_selection == "shared-random"),
+           "unbiased scaling is an option of --algorithm topk --topk-selection shared-random")
+    if cfg.algorithm == "topk":
+        _check(cfg.sparsity is None or cfg.sparsity < 1,
+               f"topk: sparsity {cfg.sparsity} selects every coordinate (K = d); top-K needs "
+               "K < d, i.e. --sparsity below 1")
+        _check(cfg.k_per_worker is None, "topk: --k-per-worker is an s3gd-mv setting; "
+               "use --sparsity")
 
 
 def _width(name: str, value) -> None:

@@ -56,6 +56,8 @@ class RunSummary:
     compression_up: float
     compression_down: float
     seconds: float
+    #: Mean over the steps of |U| / K (algorithms that log ``union_size`` and have a K).
+    union_over_k: float | None = None
 
     def text(self) -> str:
         mb = 1e6
@@ -67,6 +69,8 @@ class RunSummary:
             f"{self.bytes_down / mb:.3f} MB down",
             f"  compression vs fp32: {self.compression_up:.1f}x up, "
             f"{self.compression_down:.1f}x down",
+            *([f"  union of the workers' positions: mean |U|/K = {self.union_over_k:.3f}"]
+              if self.union_over_k is not None else []),
             f"  log: {self.log_path}",
         ])
 
@@ -156,7 +160,8 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     alg = agree(comm, lambda: algorithms.create(config, d, workers, flat.numels),
                 "setting up the algorithm")
     sampler = agree(comm, lambda: None if is_server else workloads.ShardSampler(
-        data, rank - 1, workers, config.batch_size, config.seed), "sharding the data")
+        data, rank - 1, workers, config.batch_size, config.seed,
+        partition=config.partition), "sharding the data")
 
     zeros = np.zeros if where.name == "cpu" else device.pinned_zeros
     step_exchange = exchange.create(comm, alg, where, zeros)
@@ -187,6 +192,7 @@ class _StepRecords:
                       for name, (per_worker, dtype) in fields.items()}
         self.total_up = 0
         self.total_down = 0
+        self.total_union = 0
 
     def record(self, row: int, step_exchange, stats: dict) -> None:
         self.bytes_up[row] = step_exchange.bytes_up()
@@ -195,6 +201,8 @@ class _StepRecords:
         self.total_down += int(self.bytes_down[row])
         for name, column in self.extra.items():
             column[row] = stats[name]
+        if "union_size" in self.extra:
+            self.total_union += int(stats["union_size"])
 
 
 def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, log, where):
@@ -267,7 +275,10 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
         num_params=flat.count, iterations=n, final_loss=eval_loss, final_accuracy=eval_acc,
         bytes_up_per_worker=round(up_per_worker), bytes_down=records.total_down,
         compression_up=fp32 / up_per_worker, compression_down=fp32 / records.total_down,
-        seconds=time.perf_counter() - started)
+        seconds=time.perf_counter() - started,
+        union_over_k=(records.total_union / n / alg.k_total
+                      if "union_size" in records.extra and getattr(alg, "k_total", None)
+                      else None))
 
 
 def _check_replicas(comm, params) -> None:

@@ -44,15 +44,40 @@ def mlp(num_features: int, hidden: int, num_classes: int) -> nn.Module:
 
 
 class ShardSampler:
-    """Mini-batches of worker ``worker`` (0-based) of ``workers``, IID, seeded.
+    """Mini-batches of worker ``worker`` (0-based) of ``workers``, seeded.
 
-    The training set is dealt round-robin after one seeded shuffle; each epoch
-    reshuffles the shard with a generator seeded by (seed, worker, epoch).
+    ``partition="iid"`` (the default): the training set is dealt round-robin after one
+    seeded shuffle.  ``partition="classes:L"`` (non-IID): worker w holds the L classes
+    ``order[(w*L + j) % C]``, j < L, where ``order`` is a permutation of the C classes
+    seeded by ``seed + 1``; the examples of each class, in the seeded shuffle's order, are
+    dealt round-robin among the workers holding it (so no two workers share an example;
+    a class no worker holds is not used).  Either way each epoch reshuffles the shard
+    with a generator seeded by (seed, worker, epoch).
     """
 
-    def __init__(self, data: Dataset, worker: int, workers: int, batch_size: int, seed: int):
+    def __init__(self, data: Dataset, worker: int, workers: int, batch_size: int, seed: int,
+                 partition: str = "iid"):
+        from .config import partition_classes
+        from .errors import ConfigError
         perm = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(seed))
-        self.index = perm[worker::workers]
+        classes = partition_classes(partition)
+        if classes is None:
+            self.index = perm[worker::workers]
+        else:
+            c = data.num_classes
+            if not 1 <= classes <= c:
+                raise ConfigError(f"partition {partition!r}: L must be in 1..{c} (the task's "
+                                  "classes)")
+            order = torch.randperm(c, generator=torch.Generator().manual_seed(seed + 1)).tolist()
+            held = [{order[(w * classes + j) % c] for j in range(classes)}
+                    for w in range(workers)]
+            labels = data.train_y[perm]
+            parts = []
+            for cls in sorted(held[worker]):
+                holders = [w for w in range(workers) if cls in held[w]]
+                parts.append(perm[labels == cls][holders.index(worker)::len(holders)])
+            self.index = torch.sort(torch.cat(parts)).values
+        self.classes = sorted(set(data.train_y[self.index].tolist()))
         if len(self.index) < batch_size:
             raise ValueError(f"worker {worker} has {len(self.index)} examples, fewer than "
                              f"the batch size {batch_size}")

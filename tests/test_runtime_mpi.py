@@ -96,6 +96,7 @@ def test_a_variable_length_header_over_capacity_is_refused(comm):
 
 @pytest.mark.parametrize("algorithm, tie", [("signum-mv", "positive"), ("signum-mv", "zero"),
                                             ("signum-mv", "random"), ("s3gd-mv", "zero"),
+                                            ("topk", "positive"),
                                             ("qsgd", "positive"), ("dq-sgd", "positive"),
                                             ("fp32-ps", "positive"),
                                             ("fp16-ps", "positive"), ("allreduce", "positive")])
@@ -117,6 +118,10 @@ def test_training_keeps_every_replica_bit_identical(comm, mpi_tmp_path, algorith
         if algorithm == "s3gd-mv":  # variable lengths: checked against the log elsewhere
             assert 0 < summary.bytes_up_per_worker < 30 * (HEADER_SIZE + (d + 7) // 8)
             return
+        if algorithm == "topk":  # K fp32 values + coded positions, a mean over |U| <= MK
+            assert 0 < summary.bytes_up_per_worker < 30 * (HEADER_SIZE + 5 * d // 50)
+            assert 1 <= summary.union_over_k <= workers
+            return
         if algorithm in ("qsgd", "dq-sgd"):  # b bits per coordinate + one norm per tensor
             tensors = len(list(model.parameters()))
             widths = (4, 4) if algorithm == "qsgd" else (2, 8)
@@ -133,3 +138,32 @@ def test_training_keeps_every_replica_bit_identical(comm, mpi_tmp_path, algorith
         assert workers == summary.workers
     else:
         assert summary is None
+
+
+@pytest.mark.parametrize("rule", ["local", "union-boost", "aggregate-hint", "shared-random",
+                                  "leader"])
+def test_every_topk_rule_trains_and_logs_the_union(comm, mpi_tmp_path, rule):
+    import h5py
+    log = str(mpi_tmp_path / f"topk-{rule}.h5")
+    config = TrainConfig(algorithm="topk", topk_selection=rule, partition="classes:2",
+                         iterations=12, eval_every=0, flush_every=5, quiet=True,
+                         log=log).resolved()
+    data = workloads.synthetic(config.seed, train=2048, test=256)
+    model = workloads.mlp(data.num_features, 32, data.num_classes)
+    summary = runtime.train(config, comm, model=model, data=data)
+    params = b"".join(p.detach().numpy().tobytes() for p in model.parameters())
+    assert len(set(comm.allgather(hashlib.sha256(params).hexdigest()))) == 1
+    if comm.Get_rank() == 0:
+        workers = comm.Get_size() - 1
+        with h5py.File(log, "r") as f:
+            k = int(f.attrs["k"])
+            union = f["steps/union_size"][...]
+            nnz_up = f["steps/nnz_up"][...]
+            assert union.shape == (12,) and nnz_up.shape == (12, workers)
+            np.testing.assert_array_equal(union, f["steps/nnz_down"][...])
+        assert np.all(union >= nnz_up.max(1)) and np.all(union <= nnz_up.sum(1))
+        if rule == "shared-random":
+            assert np.all(union == k)
+        if rule == "leader":
+            assert np.all(union[1:] <= 2 * k)
+        assert summary.union_over_k == pytest.approx(union.mean() / k)

@@ -404,7 +404,7 @@ GOOD = hp_message(SIGN1, np.array([1, -1, 2, -3, 0, 5, -6, 7, 8, -9, 1], np.floa
     (lambda m: b"HPCX" + m[4:], r"magic"),
     (lambda m: _patch(m, 4, "<B", 2), r"version 2"),
     (lambda m: _patch(m, 4, "<B", 0), r"version 0"),
-    (lambda m: _patch(m, 5, "<B", 8), r"unknown codec id 8"),
+    (lambda m: _patch(m, 5, "<B", 9), r"unknown codec id 9"),
     (lambda m: _patch(m, 5, "<B", 0), r"unknown codec id 0"),
     (lambda m: _patch(m, 6, "<H", 1), r"flags"),
     (lambda m: _patch(m, 16, "<Q", 3), r"body_length 3"),
@@ -416,7 +416,7 @@ GOOD = hp_message(SIGN1, np.array([1, -1, 2, -3, 0, 5, -6, 7, 8, -9, 1], np.floa
     (lambda m: m[:31], r"shorter than the 32-byte header"),
     (lambda m: b"", r"shorter than the 32-byte header"),
     (lambda m: m[:-1] + bytes([m[-1] | 0x80]), r"padding bits"),
-], ids=["magic", "version2", "version0", "codec8", "codec0", "flags", "body_length+1",
+], ids=["magic", "version2", "version0", "codec9", "codec0", "flags", "body_length+1",
         "body_length-1", "count", "reserved", "truncated", "trailing", "short", "empty",
         "sign-padding"])
 def test_corrupt_messages_are_rejected(corrupt, pattern):

@@ -10,8 +10,9 @@ from .dense_ps import FP16PS, FP32PS
 from .qsgd import DQSGD, QSGD
 from .s3gd_mv import S3GDMV
 from .signum_mv import SignumMV
+from .topk import TopKEF
 
-REGISTRY = {cls.name: cls for cls in (SignumMV, S3GDMV, QSGD, DQSGD, FP32PS, FP16PS,
+REGISTRY = {cls.name: cls for cls in (SignumMV, S3GDMV, TopKEF, QSGD, DQSGD, FP32PS, FP16PS,
                                       AllreduceSGD)}
 
 

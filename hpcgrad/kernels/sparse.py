@@ -201,8 +201,9 @@ def _store(out, bitpos, acc, fill):
 
 
 @_jit
-def encode_sparse_sign(positions, negative, nnz, count, coding, k, raw_bits, out):
-    """Write the bitstream into zeroed ``out``; return its length in bits."""
+def encode_positions(positions, nnz, count, coding, k, raw_bits, out):
+    """Write the count and position part of the bitstream (shared by ``sparse-sign`` and
+    ``sparse-values``) into zeroed ``out``; return its length in bits."""
     bitpos = _put_gamma(out, 0, nnz + 1)
     if coding == RAW:
         for i in range(nnz):
@@ -246,6 +247,13 @@ def encode_sparse_sign(positions, negative, nnz, count, coding, k, raw_bits, out
                 fill &= 7
         acc = _store(out, base, acc, fill + 7)  # the partial last byte too
         bitpos = base + fill
+    return bitpos
+
+
+@_jit
+def encode_sparse_sign(positions, negative, nnz, count, coding, k, raw_bits, out):
+    """Write the bitstream into zeroed ``out``; return its length in bits."""
+    bitpos = encode_positions(positions, nnz, count, coding, k, raw_bits, out)
     for i in range(nnz):
         if negative[i]:
             out[bitpos >> 3] |= np.uint8(1 << (bitpos & 7))
@@ -254,43 +262,44 @@ def encode_sparse_sign(positions, negative, nnz, count, coding, k, raw_bits, out
 
 
 @_jit
-def decode_sparse_sign(body, count, coding, k, raw_bits, positions, negative):
-    """Parse and validate a body; fill ``positions``/``negative``; return nnz or an error."""
+def decode_positions(body, count, coding, k, raw_bits, positions):
+    """Parse and validate the count and position part of a body; fill ``positions``;
+    return (nnz or an error code, the bit after the positions)."""
     limit = body.size * 8
     value, bitpos = _get_gamma(body, 0, limit)
     if value < 0:
-        return value
+        return value, bitpos
     nnz = value - 1
     if nnz > count:
-        return -4
+        return -4, bitpos
     if nnz > positions.size:
-        return -11
+        return -11, bitpos
     if coding == RAW:
         prev = -1
         for i in range(nnz):
             p = _get(body, bitpos, raw_bits, limit)
             if p < 0:
-                return -1
+                return -1, bitpos
             if p >= count:
-                return -2
+                return -2, bitpos
             if p <= prev:
-                return -3
+                return -3, bitpos
             positions[i] = p
             prev = p
             bitpos += raw_bits
     elif coding == BITMAP:
         if bitpos + count > limit:
-            return -1
+            return -1, bitpos
         found = 0
         for j in range(count):
             p = bitpos + j
             if (body[p >> 3] >> (p & 7)) & 1:
                 if found == nnz:
-                    return -5
+                    return -5, bitpos
                 positions[found] = j
                 found += 1
         if found != nnz:
-            return -5
+            return -5, bitpos
         bitpos += count
     else:
         prev = -1
@@ -308,18 +317,18 @@ def decode_sparse_sign(body, count, coding, k, raw_bits, positions, negative):
                 if ones < 8:
                     break
                 if q > count:
-                    return -2
+                    return -2, bitpos
                 if used > 48:
                     bitpos += used
                     used = 0
                     if bitpos > limit:
-                        return -1
+                        return -1, bitpos
                     window = _peek(body, bitpos)
             used += 1  # the terminating zero
             # p = prev + 1 + (q << k | r) must stay below count: bound q before shifting
             # (a corrupt q << k could overflow into a negative position).
             if q > ((count - prev - 2) >> k):
-                return -2
+                return -2, bitpos
             if used + k > 56:
                 bitpos += used
                 used = 0
@@ -327,10 +336,20 @@ def decode_sparse_sign(body, count, coding, k, raw_bits, positions, negative):
             r = (window >> used) & mask
             bitpos += used + k
             if bitpos > limit:
-                return -1
+                return -1, bitpos
             p = prev + 1 + ((q << k) | r)
             positions[i] = p
             prev = p
+    return nnz, bitpos
+
+
+@_jit
+def decode_sparse_sign(body, count, coding, k, raw_bits, positions, negative):
+    """Parse and validate a body; fill ``positions``/``negative``; return nnz or an error."""
+    limit = body.size * 8
+    nnz, bitpos = decode_positions(body, count, coding, k, raw_bits, positions)
+    if nnz < 0:
+        return nnz
     if bitpos + nnz > limit:
         return -1
     for i in range(0, nnz, 56):
@@ -484,6 +503,46 @@ def merge_vote(positions, negative, counts, heads, union_out, nonzero_pos, nonze
     return nnz
 
 
+@_jit
+def merge_sum(positions, values, counts, heads, divisor, union_pos, union_val):
+    """Mean of the M workers' sparse vectors by merging their sorted position lists.
+
+    ``positions`` (int64) / ``values`` (float32) are (M x capacity); ``counts`` their
+    lengths; ``heads`` (int64, M) is scratch.  At each position of the union, the
+    workers' values are added in float32 in worker order, then divided by ``divisor``
+    (float32: M for the mean).  Writes the union's positions and means in position
+    order into ``union_pos``/``union_val`` (capacity >= the union's size, which is at
+    most sum(counts)); returns the union's size."""
+    m = counts.size
+    heads[:] = 0
+    union = 0
+    big = np.int64(1) << 62
+    while True:
+        p = big
+        for w in range(m):
+            if heads[w] < counts[w] and positions[w, heads[w]] < p:
+                p = positions[w, heads[w]]
+        if p == big:
+            break
+        total = np.float32(0)
+        for w in range(m):
+            h = heads[w]
+            if h < counts[w] and positions[w, h] == p:
+                total += values[w, h]
+                heads[w] = h + 1
+        union_pos[union] = p
+        union_val[union] = total / divisor
+        union += 1
+    return union
+
+
+@_jit
+def scatter_values(positions, values, nnz, out):
+    """``out[positions[i]] = values[i]`` for i < nnz (``out`` zeroed by the caller)."""
+    for i in range(nnz):
+        out[positions[i]] = values[i]
+
+
 # ------------------------------------------------------------ the update --
 
 @_jit
@@ -535,6 +594,14 @@ def warm_up() -> None:
     union = np.zeros(1, dtype=np.int64)
     merge_vote(np.stack([pos, pos]), np.stack([neg, neg]), counts, counts.copy(), union,
                pos.copy(), neg.copy())
+    vals = np.stack([values[:3], values[:3]])
+    merge_sum(np.stack([pos, pos]), vals, counts, counts.copy(), np.float32(2), pos.copy(),
+              values[:3].copy())
+    scatter_values(pos, values[:3], 3, np.zeros(12, dtype=np.float32))
+    for coding in (RAW, BITMAP, RICE):
+        out[:] = 0
+        bits = encode_positions(pos, 3, 12, coding, 1, 4, out)
+        decode_positions(out[: (bits + 7) // 8], 12, coding, 1, 4, pos.copy())
     sparse_sign_update(values, pos[:1], neg, 1, np.float32(0.1))
     ternary_planes(pos, neg, 3, out[:8], out[8:16])
     scatter_direction(pos, neg, 3, np.zeros(12, dtype=np.float32))

@@ -1,0 +1,226 @@
+"""Top-K with error feedback, and gradient selection rules that shrink the union U.
+
+Worker, per parameter tensor l (a segment of the flat vector):
+    r <- r + g                          residual (error feedback)
+    P <- K_l positions chosen by the selection rule (below)
+    send the values r[P] (fp32, or fp16 with ``--topk-values fp16``);
+    r[P] <- r[P] - sent                 (0 for fp32; the fp16 rounding error stays)
+Server:
+    U = union of the workers' positions; a[i] = (sum_m value_m[i]) / M over U
+    (float32, added in worker order; a worker that did not send i adds nothing)
+    broadcast a over U as ``sparse-values`` with fp32 values
+Every rank:
+    scatter a into a dense float32 vector (0 off U), then ``MomentumSGD``.
+
+K_l = ceil(sparsity * numel_l) (``--sparsity``, shared with s3gd-mv); K = sum K_l.
+
+Selection rules (``--topk-selection``), all with the residual:
+
+``local``
+    the K_l entries of largest |r| (plain top-K, the baseline; ties in index order,
+    exact zeros are never sent).
+``union-boost``  (*our reading*: the weighting is ours)
+    score |r_i| * (1 + W * [i in U_prev]), W = ``--union-boost`` >= 0 (default 1):
+    prefer the coordinates of the previous step's union, which every worker knows
+    from the previous downlink.  W = 0 is ``local``.
+``aggregate-hint``  (*our reading*)
+    score |r_i| + L * |a_prev,i|, L = ``--aggregate-hint`` >= 0 (default 1), with
+    a_prev the previous step's broadcast aggregate.  L = 0 is ``local``.
+``shared-random``
+    every worker takes the same K_l positions, drawn from
+    ``numpy.random.default_rng([seed, step, l])`` without replacement, so |U| = K
+    exactly.  ``--unbiased``: values scaled by numel_l / K_l and no residual (r = g
+    each step): rand-K's unbiased estimator.  (*our reading*: the paper does not say
+    how scaling and error feedback combine; we do not combine them.)
+``leader``  (*our reading* of "one worker chooses for all")
+    the leader of step t is worker 1 + t mod M.  It sends its own local top-K; every
+    other worker sends its values at the positions the previous step's leader chose.
+    The server marks which union entries came from the leader (a membership bitmap in
+    the downlink, ``sparse-values`` flag bit 5), so every worker knows the positions
+    to use at the next step.  At step 0 every worker uses its local top-K.  So
+    |U| <= 2K instead of <= MK.
+
+Step 0 of ``union-boost`` / ``aggregate-hint`` has no previous downlink: ``local``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..codecs import SPARSE_VALUES, encode_sparse_values
+from ..errors import ConfigError, WireFormatError
+from ..kernels import sparse
+from ..selection import TopK
+from .base import Algorithm, MomentumSGD
+
+
+def k_per_segment(numels, sparsity) -> list[int]:
+    ks = [max(1, math.ceil(sparsity * n)) for n in numels]
+    if sum(ks) >= sum(numels):
+        raise ConfigError(f"topk: --sparsity {sparsity} selects K = {sum(ks)} of "
+                          f"d = {sum(numels)} coordinates; top-K needs K < d")
+    return [min(k, n) for k, n in zip(ks, numels)]
+
+
+class TopKEF(Algorithm):
+    name = "topk"
+    defaults = {"lr": 0.1, "momentum": 0.9, "sparsity": 0.01}
+    uplink = downlink = SPARSE_VALUES
+    variable_length = True
+    step_fields = {"nnz_up": (True, np.int64), "nnz_down": (False, np.int64),
+                   "union_size": (False, np.int64)}
+
+    def __init__(self, config, num_params, num_workers, segments=None):
+        super().__init__(config, num_params, num_workers, segments)
+        if config.device != "cpu":
+            raise ConfigError("topk runs its selection and coding on the host; "
+                              "--device cuda is not supported for it yet")
+        d, m = num_params, num_workers
+        self.ks = k_per_segment(self.segments, config.sparsity)
+        self.k_total = sum(self.ks)
+        self.rule = config.topk_selection
+        self.fp16 = config.topk_values == "fp16"
+        self.weight = np.float32(1.0 if config.union_boost is None else config.union_boost)
+        self.hint = np.float32(1.0 if config.aggregate_hint is None else config.aggregate_hint)
+        self.unbiased = bool(config.unbiased)
+        self.seed = config.seed
+        self.offsets = np.concatenate([[0], np.cumsum(self.segments)]).astype(np.int64)
+        self.selectors = [TopK(int(o), n, k, "exact")
+                          for o, n, k in zip(self.offsets, self.segments, self.ks)]
+        self.capacity = self.k_total  # entries of one uplink
+        self.positions = np.zeros(self.capacity, dtype=np.int64)
+        self.negative = np.zeros(self.capacity, dtype=np.uint8)  # TopK's sign output, unused
+        self.values = np.zeros(self.capacity, dtype=np.float32)
+        self.residual = self.score = None  # worker state, allocated on first use
+        self._up_length = 0
+        # Server: decoded uplinks and the merge.
+        self._rows_pos = self._rows_val = None
+        self._counts = np.zeros(m, dtype=np.int64)
+        self._heads = np.zeros(m, dtype=np.int64)
+        self._down_length = 0
+        # Every rank: the decoded downlink (U_prev, a_prev), and the leader's announcement.
+        down = min(d, m * self.capacity)
+        self.union_pos = np.zeros(down, dtype=np.int64)
+        self.union_val = np.zeros(down, dtype=np.float32)
+        self.marked = np.zeros(down, dtype=np.uint8)
+        self.union_nnz = 0
+        self.announced = np.zeros(self.capacity, dtype=np.int64)
+        self.announced_nnz = -1  # -1: none yet (step 0)
+        self.aggregate = np.zeros(d, dtype=np.float32)  # a_prev, dense
+        self.sgd = MomentumSGD(d, config.lr, config.momentum, config.weight_decay)
+        sparse.warm_up()
+
+    def metadata(self) -> dict:
+        return {"segments": self.segments, "k_per_segment": self.ks, "k": self.k_total,
+                "topk_selection": self.rule, "uplink_capacity_entries": self.capacity}
+
+    def leader(self, step: int) -> int:
+        """The rank (1..M) whose top-K the other workers follow at the next step."""
+        return 1 + step % self.num_workers
+
+    # ---------------------------------------------------------------- worker
+    def _select(self, r, step, rank):
+        rule = self.rule
+        if rule == "shared-random":
+            end = 0
+            for l, (o, n, k) in enumerate(zip(self.offsets, self.segments, self.ks)):
+                rng = np.random.default_rng([self.seed, step, l])
+                chosen = np.sort(rng.choice(n, size=k, replace=False))
+                self.positions[end:end + k] = chosen + o
+                end += k
+            return end
+        if rule == "leader" and self.announced_nnz >= 0 and rank != self.leader(step):
+            n = self.announced_nnz
+            self.positions[:n] = self.announced[:n]
+            return n
+        if rule in ("union-boost", "aggregate-hint") and step > 0:
+            if self.score is None:
+                self.score = np.empty_like(r)
+            score = self.score
+            np.abs(r, out=score)
+            if rule == "union-boost":
+                u = self.union_pos[: self.union_nnz]
+                score[u] *= np.float32(1) + self.weight
+            else:
+                score += self.hint * np.abs(self.aggregate)
+        else:
+            score = r
+        end = 0
+        for sel in self.selectors:
+            end = sel.select(score[sel.offset: sel.offset + sel.size], self.positions,
+                             self.negative, end)
+        return end
+
+    def worker_step(self, grad, message, step):
+        no_memory = self.unbiased
+        if no_memory:
+            r = grad
+        else:
+            if self.residual is None:
+                self.residual = np.zeros_like(grad)
+            r = self.residual
+            r += grad
+        end = self._select(r, step, getattr(message, "host", message).header.sender)
+        pos = self.positions[:end]
+        vals = self.values[:end]
+        np.take(r, pos, out=vals)
+        if self.unbiased:
+            for l, (o, n, k) in enumerate(zip(self.offsets, self.segments, self.ks)):
+                vals[(pos >= o) & (pos < o + n)] *= np.float32(n / k)
+        if self.fp16:  # saturate at fp16's largest finite value: the rest stays in r
+            np.clip(vals, np.float32(-65504), np.float32(65504), out=vals)
+            vals[...] = vals.astype(np.float16)  # what the receiver decodes
+        if not no_memory:
+            r[pos] -= vals  # 0 for fp32; the fp16 rounding error stays in the residual
+        body = message.padded_body
+        body[: self._up_length] = 0
+        codec, flags, self._up_length = encode_sparse_values(
+            self.positions, self.values, end, self.num_params, body, fp16=self.fp16)
+        message.set_body(codec, flags, self._up_length)
+
+    # ---------------------------------------------------------------- server
+    def server_step(self, uplinks, message, step):
+        d, m = self.num_params, self.num_workers
+        if self._rows_pos is None:
+            self._rows_pos = np.zeros((m, self.capacity), dtype=np.int64)
+            self._rows_val = np.zeros((m, self.capacity), dtype=np.float32)
+        for w in range(m):
+            header = uplinks.header(w + 1)
+            self._counts[w] = SPARSE_VALUES.decode_into(
+                uplinks.rows[w, : header.body_length], d, header.flags, self._rows_pos[w],
+                self._rows_val[w], what=f"uplink message from rank {w + 1} at step {step}")
+        union = sparse.merge_sum(self._rows_pos, self._rows_val, self._counts, self._heads,
+                                 np.float32(m), self.union_pos, self.union_val)
+        marked = None
+        if self.rule == "leader":
+            w = self.leader(step) - 1
+            marked = self.marked[:union]
+            marked[...] = np.isin(self.union_pos[:union],
+                                  self._rows_pos[w, : self._counts[w]])
+        body = message.padded_body
+        body[: self._down_length] = 0
+        codec, flags, self._down_length = encode_sparse_values(
+            self.union_pos, self.union_val, union, d, body, marked=marked)
+        message.set_body(codec, flags, self._down_length)
+        self.step_stats = {"nnz_up": self._counts, "nnz_down": union, "union_size": union}
+
+    # ---------------------------------------------------------- every rank
+    def apply(self, params, body, step, header=None):
+        d = self.num_params
+        marked = self.marked if self.rule == "leader" else None
+        nnz = SPARSE_VALUES.decode_into(body[: header.body_length], d, header.flags,
+                                        self.union_pos, self.union_val, marked,
+                                        what=f"downlink message at step {step}")
+        self.union_nnz = nnz
+        if marked is not None:
+            chosen = self.union_pos[:nnz][marked[:nnz] == 1]
+            if chosen.size > self.capacity:
+                raise WireFormatError(f"downlink at step {step} announces {chosen.size} positions, "
+                                  f"more than K = {self.capacity}")
+            self.announced[: chosen.size] = chosen
+            self.announced_nnz = chosen.size
+        self.aggregate[:] = 0
+        sparse.scatter_values(self.union_pos, self.union_val, nnz, self.aggregate)
+        self.sgd.step(params, self.aggregate)

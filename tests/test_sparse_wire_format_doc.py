@@ -68,8 +68,8 @@ def raw_width(d: int) -> int:
     return max(1, (d - 1).bit_length())
 
 
-def doc_encode_sparse_sign(positions, negative, d: int, coding: int, k: int = 0) -> bytes:
-    w = BitWriter()
+def doc_write_positions(w: BitWriter, positions, d: int, coding: int, k: int = 0) -> None:
+    """The count and the positions (§4.6 fields 1-2), shared by §4.9's sparse-values."""
     w.gamma(len(positions) + 1)
     if coding == RAW:
         for p in positions:
@@ -84,15 +84,17 @@ def doc_encode_sparse_sign(positions, negative, d: int, coding: int, k: int = 0)
             prev = int(p)
             w.bits.extend([1] * (gap >> k) + [0])
             w.put(gap & ((1 << k) - 1), k)
+
+
+def doc_encode_sparse_sign(positions, negative, d: int, coding: int, k: int = 0) -> bytes:
+    w = BitWriter()
+    doc_write_positions(w, positions, d, coding, k)
     w.bits.extend(int(bool(s)) for s in negative)
     return w.body()
 
 
-def doc_decode_sparse_sign(body: bytes, d: int, flags: int) -> np.ndarray:
-    coding, k = flags & 0xFF, flags >> 8
-    if coding not in (RAW, BITMAP, RICE) or (coding != RICE and k):
-        raise DocFormatError("flags")
-    r = BitReader(body)
+def doc_read_positions(r: BitReader, d: int, coding: int, k: int) -> list:
+    """The count and the positions (§4.6 fields 1-2), validated."""
     n = r.gamma() - 1
     if n > d:
         raise DocFormatError("count above d")
@@ -114,6 +116,16 @@ def doc_decode_sparse_sign(body: bytes, d: int, flags: int) -> np.ndarray:
             positions.append(prev)
     if any(p >= d for p in positions):
         raise DocFormatError("position >= d")
+    return positions
+
+
+def doc_decode_sparse_sign(body: bytes, d: int, flags: int) -> np.ndarray:
+    coding, k = flags & 0xFF, flags >> 8
+    if coding not in (RAW, BITMAP, RICE) or (coding != RICE and k):
+        raise DocFormatError("flags")
+    r = BitReader(body)
+    positions = doc_read_positions(r, d, coding, k)
+    n = len(positions)
     signs = [r.bit() for _ in range(n)]
     if math.ceil(r.pos / 8) != len(body):
         raise DocFormatError("body longer than its stream")

@@ -18,7 +18,8 @@ import h5py
 import numpy as np
 import pytest
 from mpirun import run_mpi
-from test_sparse_wire_format_doc import BitReader, BitWriter, raw_width
+from test_sparse_wire_format_doc import (BitReader, BitWriter, doc_read_positions,
+                                         doc_write_positions)
 from test_wire_format_doc import FIELDS, HEADER, HEADER_BYTES, MAGIC, DocFormatError
 
 SPARSE_VALUES = 8
@@ -29,20 +30,7 @@ RAW, BITMAP, RICE = 0, 1, 2
 
 def doc_encode(positions, values, d, coding, k=0, fp16=False, marks=None) -> bytes:
     w = BitWriter()
-    w.gamma(len(positions) + 1)
-    if coding == RAW:
-        for p in positions:
-            w.put(int(p), raw_width(d))
-    elif coding == BITMAP:
-        marked = set(int(p) for p in positions)
-        w.bits.extend(1 if i in marked else 0 for i in range(d))
-    else:
-        prev = -1
-        for p in positions:
-            gap = int(p) - prev - 1
-            prev = int(p)
-            w.bits.extend([1] * (gap >> k) + [0])
-            w.put(gap & ((1 << k) - 1), k)
+    doc_write_positions(w, positions, d, coding, k)
     body = w.body()  # padded to a byte
     body += b"".join(struct.pack("<e" if fp16 else "<f", float(v)) for v in values)
     if marks is not None:
@@ -59,27 +47,8 @@ def doc_decode_sparse_values(body: bytes, d: int, flags: int):
     if flags & ~0x3F33 or coding not in (RAW, BITMAP, RICE) or k > 56 or (coding != RICE and k):
         raise DocFormatError("flags")
     r = BitReader(body)
-    n = r.gamma() - 1
-    if n > d:
-        raise DocFormatError("count above d")
-    if coding == RAW:
-        positions = [r.get(raw_width(d)) for _ in range(n)]
-        if any(b <= a for a, b in zip(positions, positions[1:])):
-            raise DocFormatError("positions do not increase")
-    elif coding == BITMAP:
-        positions = [i for i in range(d) if r.bit()]
-        if len(positions) != n:
-            raise DocFormatError("bitmap count")
-    else:
-        positions, prev = [], -1
-        for _ in range(n):
-            q = 0
-            while r.bit():
-                q += 1
-            prev = prev + 1 + ((q << k) | r.get(k))
-            positions.append(prev)
-    if any(p >= d for p in positions):
-        raise DocFormatError("position >= d")
+    positions = doc_read_positions(r, d, coding, k)
+    n = len(positions)
     h = math.ceil(r.pos / 8)
     if r.pos % 8 and body[h - 1] >> (r.pos % 8):
         raise DocFormatError("padding bits")

@@ -40,6 +40,11 @@ from .kernels import generic, quantize, sparse
 from .kernels.generic import packed_length
 
 
+def segment_offsets(segments) -> np.ndarray:
+    """Start offsets of the tensors in the flat vector, plus the end: (L + 1,) int64."""
+    return np.concatenate([[0], np.cumsum(segments, dtype=np.int64)]).astype(np.int64)
+
+
 def _check_padding_bits(plane: np.ndarray, count: int, what: str) -> None:
     if count % 8 and plane.size and int(plane[packed_length(count) - 1]) >> (count % 8):
         raise WireFormatError(f"{what}: padding bits after element {count - 1} are set")
@@ -222,6 +227,7 @@ class QSGDCodec(Codec):
 
     def __init__(self, segments=None, max_bits: int = MAX_BITS, fp32: bool = True):
         self.segments = None if segments is None else [int(n) for n in segments]
+        self._offsets = None if segments is None else segment_offsets(self.segments)
         self.max_bits, self.fp32 = max_bits, fp32
 
     @staticmethod
@@ -255,6 +261,7 @@ class QSGDCodec(Codec):
         """Decode (validating) into ``out`` (float32, ``count``); ``accumulate`` adds in
         float32 instead.  ``norms``: float32 scratch of one entry per tensor."""
         self.check_flags(flags, what)
+        offsets = self._offsets if not segments and self.segments else None
         segments = segments or self.segments or [count]
         if sum(segments) != count:
             raise WireFormatError(f"{what}: the tensors ({sum(segments)} coordinates) do not "
@@ -276,7 +283,8 @@ class QSGDCodec(Codec):
         if norms is None or norms.size < nseg:
             norms = np.empty(nseg, dtype=np.float32)
         norms[:nseg].view(np.uint8)[...] = body[: 4 * nseg]
-        offsets = np.concatenate([[0], np.cumsum(segments)]).astype(np.int64)
+        if offsets is None:  # segments given per call: tools and tests, not the runtime
+            offsets = segment_offsets(segments)
         code = quantize.dequantize(norms[:nseg], body[4 * nseg:], offsets, bits, out,
                                    accumulate)
         if code < 0:

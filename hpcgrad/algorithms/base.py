@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from ..codecs import Codec
+from ..codecs import Codec, segment_offsets
 
 
 def f32(value) -> np.float32:
@@ -54,6 +54,8 @@ class Algorithm:
         self.num_workers = num_workers
         #: Sizes of the parameter tensors, in flat-vector order (one segment if unknown).
         self.segments = [int(n) for n in segments] if segments is not None else [num_params]
+        #: Where each tensor starts in the flat vector, plus the end (L + 1 int64).
+        self.offsets = segment_offsets(self.segments)
         #: Rank 0, after each server_step: the values of ``step_fields`` for the step.
         self.step_stats = {}
 

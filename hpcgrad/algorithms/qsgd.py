@@ -106,7 +106,6 @@ class QSGD(Algorithm):
                               "supported for it yet")
         self.seed = config.seed
         self.quantize_downlink = bool(config.quantize_downlink)
-        self.offsets = np.concatenate([[0], np.cumsum(self.segments)]).astype(np.int64)
         self.bits = self._first_bits(config)
         widest = self._widest(config)
         self.uplink = QSGDCodec(self.segments, widest, fp32=False)

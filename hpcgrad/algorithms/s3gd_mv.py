@@ -77,9 +77,8 @@ class S3GDMV(Algorithm):
         self.rho = f32(config.residual)
         self.lr, self.wd = f32(config.lr), f32(config.weight_decay)
         band = 0.1
-        offsets = np.concatenate([[0], np.cumsum(self.segments)])
         self.selectors = [TopK(int(o), n, k, config.selection, band)
-                          for o, n, k in zip(offsets, self.segments, self.ks)]
+                          for o, n, k in zip(self.offsets, self.segments, self.ks)]
         # The most entries one uplink may carry: K, or K(1 + band) for threshold selection.
         self.capacity = sum(min(n, int(k * (1 + band)) if config.selection == "threshold" else k)
                             for n, k in zip(self.segments, self.ks))

@@ -86,7 +86,6 @@ class TopKEF(Algorithm):
         self.hint = np.float32(1.0 if config.aggregate_hint is None else config.aggregate_hint)
         self.unbiased = bool(config.unbiased)
         self.seed = config.seed
-        self.offsets = np.concatenate([[0], np.cumsum(self.segments)]).astype(np.int64)
         self.selectors = [TopK(int(o), n, k, "exact")
                           for o, n, k in zip(self.offsets, self.segments, self.ks)]
         self.capacity = self.k_total  # entries of one uplink

@@ -469,6 +469,18 @@ def zero_at(values, positions, start, end):
 # ------------------------------------------------------------ the vote --
 
 @_jit
+def _smallest_head(positions, counts, heads):
+    """The smallest position at the heads of the M sorted lists; -1 when all are spent."""
+    p = -1
+    for w in range(counts.size):
+        if heads[w] < counts[w]:
+            q = positions[w, heads[w]]
+            if p < 0 or q < p:
+                p = q
+    return p
+
+
+@_jit
 def merge_vote(positions, negative, counts, heads, union_out, nonzero_pos, nonzero_neg):
     """Sum the M workers' ternary votes by merging their sorted position lists.
 
@@ -480,13 +492,9 @@ def merge_vote(positions, negative, counts, heads, union_out, nonzero_pos, nonze
     heads[:] = 0
     union = 0
     nnz = 0
-    big = np.int64(1) << 62
     while True:
-        p = big
-        for w in range(m):
-            if heads[w] < counts[w] and positions[w, heads[w]] < p:
-                p = positions[w, heads[w]]
-        if p == big:
+        p = _smallest_head(positions, counts, heads)
+        if p < 0:
             break
         vote = 0
         for w in range(m):
@@ -516,13 +524,9 @@ def merge_sum(positions, values, counts, heads, divisor, union_pos, union_val):
     m = counts.size
     heads[:] = 0
     union = 0
-    big = np.int64(1) << 62
     while True:
-        p = big
-        for w in range(m):
-            if heads[w] < counts[w] and positions[w, heads[w]] < p:
-                p = positions[w, heads[w]]
-        if p == big:
+        p = _smallest_head(positions, counts, heads)
+        if p < 0:
             break
         total = np.float32(0)
         for w in range(m):

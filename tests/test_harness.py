@@ -31,11 +31,20 @@ def test_run_mpi_starts_three_ranks():
     assert seen == [("0", "3"), ("1", "3"), ("2", "3")], result.stdout
 
 
-def test_run_mpi_passes_args_and_env():
-    code = "import os, sys; print(sys.argv[1:], os.environ['OMP_NUM_THREADS'], os.environ['HG_X'])"
-    result = run_mpi(2, ["a", "b c"], code=code, env={"HG_X": "42"}, timeout=60)
+def test_run_mpi_passes_args_and_env(tmp_path):
+    # Each rank reports through its own file: the ranks' merged stdout can interleave even
+    # within one line, which made a stdout-based version of this test flaky.
+    code = (
+        "import os, sys\n"
+        "from mpi4py import MPI\n"
+        "text = f'{sys.argv[1:]} {os.environ[\"OMP_NUM_THREADS\"]} {os.environ[\"HG_X\"]}'\n"
+        "open(os.path.join(os.environ['HG_OUT'], str(MPI.COMM_WORLD.Get_rank())), 'w').write(text)\n"
+    )
+    env = {"HG_X": "42", "HG_OUT": str(tmp_path)}
+    result = run_mpi(2, ["a", "b c"], code=code, env=env, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("['a', 'b c'] 1 42") == 2, result.stdout
+    reports = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    assert reports == {"0": "['a', 'b c'] 1 42", "1": "['a', 'b c'] 1 42"}, reports
 
 
 def test_exception_on_one_rank_aborts_the_job():

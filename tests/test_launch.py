@@ -2,7 +2,6 @@
 mpiexec launches on the CPU (binding visible per rank, a training run, failing ranks)."""
 
 import importlib.util
-import re
 import subprocess
 import sys
 import time
@@ -180,10 +179,12 @@ if mode == "die" and comm.rank == 1:
     os.kill(os.getpid(), 9)
 if mode in ("die", "sleep"):
     time.sleep(120)
-print(f"rank={comm.rank} size={comm.size} "
-      f"cvd={os.environ.get('CUDA_VISIBLE_DEVICES')!r} "
-      f"local={device.node_local_rank(comm)} hydra={os.environ.get('MPI_LOCALRANKID')}",
-      flush=True)
+# A file per rank: mpiexec merges the ranks' stdout in chunks that may split a line.
+with open(os.path.join(os.path.dirname(__file__), f"report.{comm.rank}"), "w") as report:
+    report.write(f"rank={comm.rank} size={comm.size} "
+                 f"cvd={os.environ.get('CUDA_VISIBLE_DEVICES')!r} "
+                 f"local={device.node_local_rank(comm)} "
+                 f"hydra={os.environ.get('MPI_LOCALRANKID')}")
 """
 
 
@@ -194,13 +195,14 @@ def probe(tmp_path):
     return path
 
 
+def probe_reports(probe):
+    return [path.read_text() for path in sorted(probe.parent.glob("report.*"))]
+
+
 def test_each_rank_sees_its_gpu_under_mpiexec(probe):
     result, _ = launch("-n", "3", "--gpus", "5,6", "--script", probe, "report")
     assert result.returncode == 0, result.stderr
-    # Records, not lines: mpiexec forwards the ranks' output in chunks that may interleave.
-    lines = sorted(re.findall(r"rank=\d+ size=\d+ cvd='[^']*' local=\d+ hydra=\d+",
-                              result.stdout))
-    assert lines == [
+    assert probe_reports(probe) == [
         "rank=0 size=3 cvd='' local=0 hydra=0",
         "rank=1 size=3 cvd='5' local=1 hydra=1",
         "rank=2 size=3 cvd='6' local=2 hydra=2",
@@ -210,7 +212,8 @@ def test_each_rank_sees_its_gpu_under_mpiexec(probe):
 def test_gpus_none_hides_every_gpu(probe):
     result, _ = launch("-n", "3", "--gpus", "none", "--script", probe, "report")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("cvd=''") == 3
+    reports = probe_reports(probe)
+    assert len(reports) == 3 and all("cvd=''" in report for report in reports), reports
 
 
 def test_a_cpu_training_run_through_the_launcher(tmp_path):

@@ -16,6 +16,7 @@ import sys
 import traceback
 
 from . import __version__
+from .attacks import ATTACKS
 from .config import (ALGORITHMS, DEVICES, SELECTIONS, TIE_RULES, TOPK_SELECTIONS, TOPK_VALUES,
                      TrainConfig)
 
@@ -64,7 +65,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, metavar="B",
                    help=f"examples per worker per step (default: {d.batch_size})")
     p.add_argument("--hidden", type=int, metavar="H",
-                   help=f"hidden width of the embedded task's MLP (default: {d.hidden})")
+                   help=f"mlp: hidden width; embedding-bag: embedding dimension "
+                        f"(default: {d.hidden})")
     p.add_argument("--eval-every", type=int, metavar="N",
                    help=f"evaluate on held-out data every N steps, 0 = only at the end "
                         f"(default: {d.eval_every})")
@@ -114,10 +116,48 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                          "(default: 1)")
     tk.add_argument("--unbiased", action="store_true", default=None,
                     help="shared-random: scale the values by numel/K and keep no residual")
-    p.add_argument("--partition", metavar="iid|classes:L",
-                   help="how the training set is dealt to workers: iid, or classes:L = each "
-                        "worker sees only L classes, chosen from the seed and its rank "
-                        f"(default: {d.partition})")
+    from .config import BATCH_NORMS, DATASETS, MODELS
+    wl = p.add_argument_group("workload (models, datasets, partitions)",
+                              "nothing is downloaded: file datasets are read from --data-path")
+    wl.add_argument("--model", choices=MODELS,
+                    help="mlp = two hidden layers of --hidden units; cnn = the S3GD-MV "
+                         "authors' MNIST CNN (2 conv + 2 fc, 582,026 parameters on MNIST); "
+                         "resnet20 / resnet56 = CIFAR ResNets (He et al. 2016, option-A "
+                         "shortcuts); embedding-bag = mean of token embeddings + linear, for "
+                         f"text (default: {d.model})")
+    wl.add_argument("--dataset", choices=DATASETS,
+                    help="synthetic = generated from the seed (the embedded task); mnist "
+                         "(IDX files, .gz too), cifar10 / cifar100 (python pickle batches), "
+                         "ag-news (train.csv, test.csv) = your files in --data-path "
+                         f"(default: {d.dataset})")
+    wl.add_argument("--data-path", metavar="DIR",
+                    help="directory of the dataset's files: mnist: train-images-idx3-ubyte "
+                         "etc. (or DIR/MNIST/raw); cifar10: DIR/cifar-10-batches-py or DIR; "
+                         "cifar100: DIR/cifar-100-python or DIR; ag-news: DIR or "
+                         "DIR/ag_news_csv")
+    wl.add_argument("--partition", metavar="iid|classes:L|dirichlet:ALPHA",
+                    help="how the training set is dealt to workers: iid; classes:L = each "
+                         "worker sees only L classes, chosen from the seed and its rank; "
+                         "dirichlet:ALPHA = each class split among the workers in Dir(ALPHA) "
+                         "shares (small ALPHA = skewed) (default: "
+                         f"{d.partition})")
+    wl.add_argument("--batch-norm", choices=BATCH_NORMS,
+                    help="resnet: batch-stats = normalise with each batch's statistics, no "
+                         "running buffers (replicas stay identical); running = PyTorch's "
+                         "running statistics, per replica, not synchronised; none = no "
+                         "normalisation (default: batch-stats)")
+    wl.add_argument("--examples", type=int, metavar="N",
+                    help="training examples: synthetic generates N (and N/8 held out; "
+                         "default 16384); file datasets use their first N (default: all)")
+    wl.add_argument("--features", type=lambda v: int(v) if v.isdigit() else v,
+                    metavar="F|CxHxW",
+                    help="synthetic: inputs per example, or an image shape such as 1x28x28 "
+                         "for cnn / resnet (default: 32)")
+    wl.add_argument("--classes", type=int, metavar="C",
+                    help="synthetic: number of classes (default: 10)")
+    wl.add_argument("--vocab-size", type=int, metavar="V",
+                    help="ag-news: embedding rows: padding, unknown and the V-2 most frequent "
+                         "training tokens (default: 20000)")
     q = p.add_argument_group("qsgd / dq-sgd (quantized gradients, docs/algorithms/dq-sgd.md)")
     q.add_argument("--bits", type=int, metavar="B",
                    help="qsgd: bits per coordinate, a sign bit and B-1 level bits "
@@ -143,6 +183,25 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="dq-sgd: largest width the rule may pick (default: 8)")
     q.add_argument("--dq-window", type=int, metavar="N",
                    help="dq-sgd: average the gradient norm over the last N steps (default: 1)")
+    sa = p.add_argument_group("learning-rate schedule and adversarial workers "
+                              "(hpcgrad/schedule.py, hpcgrad/attacks.py)")
+    sa.add_argument("--lr-schedule", metavar="SCHEDULE",
+                    help="lr of step t: constant; step:EVERY:GAMMA = lr*GAMMA^floor(t/EVERY); "
+                         "cosine = from lr down to 0 over --iterations (after the warm-up); "
+                         "cosine:FLOOR = down to FLOOR*lr, 0 <= FLOOR < 1 "
+                         f"(default: {d.lr_schedule})")
+    sa.add_argument("--warmup", type=int, metavar="N",
+                    help="linear warm-up in front of the schedule: step t < N uses "
+                         f"lr*(t+1)/N (default: {d.warmup})")
+    sa.add_argument("--adversaries", type=int, metavar="K",
+                    help="the last K worker ranks corrupt their uplink after their honest "
+                         "step, 0 <= K <= workers; more than half the workers is allowed, with "
+                         f"a warning (default: {d.adversaries})")
+    sa.add_argument("--attack", choices=ATTACKS,
+                    help="what the adversaries send: invert = the negation of their message "
+                         "(every sign flipped, values negated); random = random signs, or "
+                         "Gaussian values of the same norm, seeded by (seed, step, rank) "
+                         f"(default: {d.attack})")
     p.add_argument("--quiet", action="store_true", default=None,
                    help="print only the final summary")
 
@@ -157,8 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = sub.add_parser(
         "train", help="train the embedded task with a chosen algorithm (under mpiexec/srun)",
-        description="Train a small MLP on generated data (no download) across MPI ranks and "
-                    "write a per-iteration HDF5 traffic log. Run under mpiexec -n N (N >= 2).")
+        description="Train a model (default: a small MLP on generated data, no download; "
+                    "--model and --dataset choose others) across MPI ranks and write a "
+                    "per-iteration HDF5 traffic log. Run under mpiexec -n N (N >= 2).")
     _add_train_options(train)
     train.set_defaults(func=cmd_train)
     from .analysis.cli import register as register_analyze  # parser only: no pandas, no MPI

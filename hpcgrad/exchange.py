@@ -71,6 +71,9 @@ def _capacity_header(codecs, count: int) -> Header:
 class ParameterServerExchange:
     """The parameter-server exchange of one algorithm on one rank."""
 
+    #: An adversarial worker's :class:`hpcgrad.attacks.Attack` (set by the runtime), or None.
+    attack = None
+
     def __init__(self, comm, alg, where, zeros=np.zeros):
         self.alg = alg
         self.where = where
@@ -93,6 +96,8 @@ class ParameterServerExchange:
         if not self.is_server:
             ps.uplink.stamp(step)
             alg.worker_step(grads, self.up, step)
+            if self.attack is not None:  # an adversarial rank (attacks.py)
+                self.attack.corrupt_message(ps.uplink.raw, self.up.padded_body, step)
             where.to_host(self.up.padded_body, ps.uplink.padded_body)
             clock.lap(ENCODE)
         ps.gather(step)
@@ -126,6 +131,9 @@ class ParameterServerExchange:
 class AllreduceExchange:
     """The data-parallel baseline: one fp32 ``Allreduce`` among all ranks."""
 
+    #: An adversarial worker's :class:`hpcgrad.attacks.Attack` (set by the runtime), or None.
+    attack = None
+
     def __init__(self, comm, alg, where, zeros=np.zeros):
         self.alg = alg
         self.where = where
@@ -139,6 +147,8 @@ class AllreduceExchange:
         ar, alg, where = self.transport, self.alg, self.where
         if not self.is_server:
             alg.worker_step(grads, self.send, step)
+            if self.attack is not None:
+                self.attack.corrupt_raw(self.send, step)
             where.to_host(self.send, ar.send)
         clock.lap(ENCODE)
         ar.allreduce()

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from mpi4py import MPI
 
-from . import __version__, algorithms, device, exchange, workloads
+from . import __version__, algorithms, attacks, datasets, device, exchange, models, partitions
+from . import schedule as lr_schedule
 from .agreement import agree
 from .config import TrainConfig
 from .errors import ConfigError, HpcgradError, NonFiniteError
@@ -104,6 +106,7 @@ def _run_metadata(comm, config, num_params, alg, log_path, where) -> dict:
         "numpy_version": np.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "log_path": str(log_path),
+        **attacks.metadata(config.adversaries, config.attack, comm.Get_size()),
     }
 
 
@@ -144,9 +147,11 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     is_server = rank == 0
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
-    data = data or workloads.synthetic(config.seed)
+    if data is None:
+        data = agree(comm, lambda: datasets.load(config), "loading the dataset")
     torch.manual_seed(config.seed)
-    model = model or workloads.mlp(data.num_features, config.hidden, data.num_classes)
+    if model is None:
+        model = agree(comm, lambda: models.build(config, data), "building the model")
     local_rank = device.node_local_rank(comm)  # collective: every rank, before any branch
     where = agree(comm, lambda: device.select(config.device, local_rank, is_server),
                   "selecting the device")
@@ -159,12 +164,17 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     where.to_device(host_params, params)
     alg = agree(comm, lambda: algorithms.create(config, d, workers, flat.numels),
                 "setting up the algorithm")
-    sampler = agree(comm, lambda: None if is_server else workloads.ShardSampler(
+    sampler = agree(comm, lambda: None if is_server else partitions.ShardSampler(
         data, rank - 1, workers, config.batch_size, config.seed,
         partition=config.partition), "sharding the data")
 
     zeros = np.zeros if where.name == "cpu" else device.pinned_zeros
     step_exchange = exchange.create(comm, alg, where, zeros)
+    step_exchange.attack = agree(comm, lambda: attacks.create(config, alg, rank, size),
+                                 "setting up the adversaries")
+    if is_server and attacks.over_half(config.adversaries, workers):
+        print(f"hpcgrad: warning: {attacks.warning(config.adversaries, workers)}",
+              file=sys.stderr, flush=True)
 
     log_path = config.log or default_log_path(config, size)
     log_path = comm.bcast(log_path, root=0)
@@ -172,7 +182,7 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     log = agree(comm, lambda: TrafficLog(log_path, attrs=meta, num_workers=workers,
                                          world_size=size,
                                          record_messages=config.record_messages,
-                                         step_fields=alg.step_fields)
+                                         step_fields={**alg.step_fields, **STEP_FIELDS})
                 if is_server else None, "creating the log")
     try:
         return _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, log,
@@ -205,6 +215,22 @@ class _StepRecords:
             self.total_union += int(stats["union_size"])
 
 
+#: Per-step log columns the runtime adds for every algorithm (docs/log-format.md).
+STEP_FIELDS = {"lr": (False, np.float64)}
+
+
+def progress_line(done: int, iterations: int, eval_loss: float, eval_acc: float,
+                  lr: float | None, steps_timed: int, elapsed: float, examples_per_step: int,
+                  up_per_worker: float, down: float) -> str:
+    """Rank 0's line at an evaluation: where training is, its throughput over the
+    ``steps_timed`` steps run in ``elapsed`` seconds, and the bytes sent so far."""
+    rate = steps_timed / elapsed if elapsed > 0 else float("inf")
+    return (f"step {done:6d}/{iterations}  eval loss {eval_loss:.4f}  accuracy {eval_acc:6.2%}"
+            + (f"  lr {lr:.4g}" if lr is not None else "")
+            + f"  up {up_per_worker / 1e6:9.3f} MB/worker  down {down / 1e6:9.3f} MB"
+            f"  {rate:7.1f} steps/s  {rate * examples_per_step:8.0f} examples/s")
+
+
 def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, log, where):
     rank, size = comm.Get_rank(), comm.Get_size()
     workers, is_server = size - 1, rank == 0
@@ -213,7 +239,9 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
     losses = np.zeros(flush_rows)
     record = np.zeros((flush_rows, 1 + len(PHASES)))
     gathered = np.zeros((size, flush_rows, 1 + len(PHASES))) if is_server else None
-    records = _StepRecords(flush_rows, workers, alg.step_fields) if is_server else None
+    records = (_StepRecords(flush_rows, workers, {**alg.step_fields, **STEP_FIELDS})
+               if is_server else None)
+    schedule = lr_schedule.from_config(config)  # lr of step t: a pure function of t
     model = flat.model
     eval_loss = eval_acc = float("nan")
     first_row = 0
@@ -222,6 +250,9 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
 
     for step in range(config.iterations):
         row = step - first_row
+        lr = schedule.lr_at(step)
+        if not schedule.is_constant:  # a constant run never calls it: bit-identical as before
+            alg.set_lr(lr)
         clock.start(row)
         if not is_server:
             x, y = sampler.next()
@@ -237,7 +268,7 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
             clock.lap(COMPUTE)
         step_exchange.step(grads, params, step, clock)
         if is_server:
-            records.record(row, step_exchange, alg.step_stats)
+            records.record(row, step_exchange, {**alg.step_stats, "lr": float(np.float32(lr))})
             if step < config.record_messages:
                 log.append_messages(step, *step_exchange.messages())
 
@@ -259,10 +290,11 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
             eval_loss, eval_acc = evaluate(model, data)
             log.append_eval(step + 1, eval_loss, eval_acc)
             if not quiet:
-                elapsed = time.perf_counter() - started
-                print(f"step {step + 1:6d}/{config.iterations}  eval loss {eval_loss:.4f}  "
-                      f"accuracy {eval_acc:6.2%}  up {records.total_up / workers / 1e6:9.3f} "
-                      f"MB/worker  {1e3 * elapsed / (step + 1):7.2f} ms/step", flush=True)
+                print(progress_line(step + 1, config.iterations, eval_loss, eval_acc,
+                                    None if schedule.is_constant else float(np.float32(lr)),
+                                    step + 1, time.perf_counter() - started,
+                                    workers * config.batch_size, records.total_up / workers,
+                                    records.total_down), flush=True)
 
     _check_replicas(comm, flat.params.detach().cpu().numpy())
     if not is_server:

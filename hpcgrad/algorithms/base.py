@@ -69,6 +69,25 @@ class Algorithm:
     def downlink_codecs(self) -> tuple:
         return (self.downlink,)
 
+    def set_lr(self, lr: float) -> None:
+        """Every rank, server included, before each step's exchange, with the same value on
+        all ranks: the learning rate of this step (``--lr-schedule``, hpcgrad/schedule.py).
+
+        Stored as float32, as the constructor stores ``config.lr``: ``self.lr`` where the
+        algorithm has one, and ``self.sgd.lr`` where it keeps a :class:`MomentumSGD` (both
+        when it has both).  An algorithm that keeps its lr elsewhere overrides this."""
+        found = False
+        if hasattr(self, "lr"):
+            self.lr = f32(lr)
+            found = True
+        if getattr(self, "sgd", None) is not None:
+            self.sgd.lr = f32(lr)
+            found = True
+        if not found:
+            raise NotImplementedError(f"{self.name} keeps its learning rate neither in "
+                                      "self.lr nor in self.sgd; it must override set_lr to "
+                                      "follow --lr-schedule")
+
     def worker_step(self, grad, message, step: int) -> None:
         raise NotImplementedError
 

@@ -9,7 +9,8 @@
 * ``phase_times.png``             mean ms per step in each phase, stacked, for rank 0 and the
   mean worker of every run;
 * ``step_sizes.png``              every extra per-step dataset (``K``, ``nnz_up``,
-  ``union_size``, ``bits``...) over the steps, one panel each; only when a log has some.
+  ``union_size``, ``bits``, a scheduled ``lr``...) over the steps, one panel each; only
+  when a log has some (a constant ``lr`` does not count).
 
 and returns ``(written paths, notes)``; a note says what was skipped and why.
 """
@@ -190,8 +191,17 @@ def _panels(names):
     return [(title, panels[title]) for title in order]
 
 
+def _informative(log, name) -> bool:
+    """Every log has an ``lr`` column; a constant one is not worth a panel."""
+    if name != "lr":
+        return True
+    values = log.array(name)
+    return bool(values.size) and bool((values != values[0]).any())
+
+
 def plot_step_sizes(logs, path: Path) -> Path | None:
-    names = list(dict.fromkeys(n for log in logs for n in log.extra_step_datasets()))
+    names = list(dict.fromkeys(n for log in logs for n in log.extra_step_datasets()
+                               if _informative(log, n)))
     if not names:
         return None
     panels = _panels(names)

@@ -141,9 +141,9 @@ def main(args) -> int:
         if rank == 0 and tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     if rank == 0:
-        from .. import workloads
-        data = workloads.synthetic(0)
-        model = workloads.mlp(data.num_features, args.hidden, data.num_classes)
+        from .. import datasets, models
+        data = datasets.synthetic(0)
+        model = models.mlp(data.num_features, args.hidden, data.num_classes)
         out = {"world_size": size, "hidden": args.hidden,
                "num_params": sum(p.numel() for p in model.parameters()),
                "algorithms": results, "machine": machine(),

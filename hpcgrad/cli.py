@@ -16,9 +16,13 @@ import sys
 import traceback
 
 from . import __version__
+from .algorithms.ef_sgd import FEEDBACK_MODES
 from .attacks import ATTACKS
+from .compressors import COMPRESSORS
 from .config import (ALGORITHMS, DEVICES, SELECTIONS, TIE_RULES, TOPK_SELECTIONS, TOPK_VALUES,
                      TrainConfig)
+
+COMPRESSOR_NAMES = tuple(COMPRESSORS)
 
 
 def _per_algorithm(setting: str) -> str:
@@ -183,6 +187,33 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="dq-sgd: largest width the rule may pick (default: 8)")
     q.add_argument("--dq-window", type=int, metavar="N",
                    help="dq-sgd: average the gradient norm over the last N steps (default: 1)")
+    ef = p.add_argument_group("ef-sgd (error feedback around a compressor, "
+                              "docs/algorithms/error-feedback.md)")
+    ef.add_argument("--compressor", choices=COMPRESSOR_NAMES,
+                    help="what the workers send: scaled-sign = |v|_1/d * sign(v) over the "
+                         "model; topk / randomk = K_l = ceil(--sparsity * numel_l) entries per "
+                         "tensor, largest or seeded random (scaled numel/K, unbiased); qsgd = "
+                         "--bits stochastic levels; identity = fp32 (default: scaled-sign)")
+    ef.add_argument("--feedback", choices=FEEDBACK_MODES,
+                    help="none = send C(u) of the local momentum-SGD update u; ef = send "
+                         "C(u + e), keep e = u + e - C(u + e); step-ahead = ef with the "
+                         "gradient taken at x - e (default: ef)")
+    ef.add_argument("--error-averaging", type=int, metavar="P",
+                    help="every P steps replace the workers' residuals by their mean (an fp32 "
+                         "Allreduce among the workers, logged as bytes_average and phase "
+                         "average)")
+    ef.add_argument("--server-feedback", action="store_true", default=None,
+                    help="the server compresses its mean back with the same compressor and "
+                         "its own residual, instead of broadcasting fp32")
+    ck = p.add_argument_group("checkpoints (docs/checkpoints.md)")
+    ck.add_argument("--checkpoint-every", type=int, metavar="N",
+                    help="save every rank's state every N steps (needs --checkpoint-dir)")
+    ck.add_argument("--checkpoint-dir", metavar="DIR",
+                    help="where checkpoints go: DIR/step-NNNNNNNN/, one HDF5 file per rank")
+    ck.add_argument("--resume", metavar="DIR",
+                    help="continue from the newest complete checkpoint in DIR (or from DIR, a "
+                         "step-NNNNNNNN directory): same parameters, state and data order, so "
+                         "the run continues exactly as if it had not stopped")
     sa = p.add_argument_group("learning-rate schedule and adversarial workers "
                               "(hpcgrad/schedule.py, hpcgrad/attacks.py)")
     sa.add_argument("--lr-schedule", metavar="SCHEDULE",

@@ -22,6 +22,8 @@ id     name        body
        values      ``sparse-sign`` (no sign bits), padded to a byte, then the
                    values fp32 or fp16 (``flags``), then optionally a
                    membership bitmap over the entries (``flags``)
+9      scaled-     a sign1 plane, then an fp32 scale: the vector
+       sign        ``scale * (+-1)``
 =====  ==========  ==========================================================
 
 Codecs 5 to 8 are variable-length: their length depends on the values (5, 6, 8)
@@ -412,6 +414,43 @@ class SparseValuesCodec(Codec):
         raise NotImplementedError("variable-length: use encode_sparse_values()")
 
 
+class ScaledSignCodec(Codec):
+    """``scale * sign(v)``: a ``sign1`` plane, then the little-endian float32 scale
+    (after the plane, so that the plane starts 8-byte aligned for the word kernels)."""
+
+    id, name = 9, "scaled-sign"
+
+    def body_length(self, count: int) -> int:
+        return packed_length(count) + 4
+
+    def scale(self, body, count: int) -> np.float32:
+        start = packed_length(count)
+        return body[start: start + 4].view("<f4")[0]
+
+    def write_scale(self, padded_body, count: int, scale) -> None:
+        start = packed_length(count)
+        padded_body[start: start + 4].view("<f4")[0] = scale
+
+    def check_scale(self, body, count: int, what: str) -> np.float32:
+        scale = self.scale(body, count)
+        if not (np.isfinite(scale) and scale >= 0):
+            raise WireFormatError(f"{what}: {self.name} scale {scale} is not a finite "
+                                  "number >= 0")
+        return scale
+
+    def encode(self, values, padded_body) -> None:
+        """The scale is the mean magnitude, ``sum|v| / d`` (float64 sum, rounded once)."""
+        count = values.size
+        generic.sign_pack(values, padded_body)
+        self.write_scale(padded_body, count,
+                         np.float32(np.abs(values).sum(dtype=np.float64) / max(count, 1)))
+
+    def decode(self, body, count, flags=0) -> np.ndarray:
+        scale = self.check_scale(body, count, self.name)
+        _check_padding_bits(body, count, self.name)
+        return generic.decode_signs(body, count) * scale
+
+
 FP32 = DenseCodec(1, "fp32", np.float32)
 FP16 = DenseCodec(2, "fp16", np.float16)
 SIGN1 = SignCodec()
@@ -420,9 +459,10 @@ SPARSE_SIGN = SparseSignCodec()
 BASE3 = Base3Codec()
 QSGD = QSGDCodec()
 SPARSE_VALUES = SparseValuesCodec()
+SCALED_SIGN = ScaledSignCodec()
 
 CODECS = {codec.id: codec for codec in (FP32, FP16, SIGN1, TERNARY2, SPARSE_SIGN, BASE3, QSGD,
-                                        SPARSE_VALUES)}
+                                        SPARSE_VALUES, SCALED_SIGN)}
 
 
 def encode_sparse_values(positions, values, nnz: int, count: int, padded_body,

@@ -81,6 +81,14 @@ class TrainConfig:
     min_bits: int | None = None
     max_bits: int | None = None
     dq_window: int | None = None
+    # error feedback (ef-sgd) and checkpoints
+    compressor: str | None = None
+    feedback: str | None = None
+    error_averaging: int | None = None
+    server_feedback: bool = False
+    checkpoint_every: int = 0
+    checkpoint_dir: str | None = None
+    resume: str | None = None
     # schedule and adversaries
     lr_schedule: str = "constant"
     warmup: int = 0
@@ -126,7 +134,7 @@ def _integer(name: str, value, minimum: int) -> None:
 
 #: Settings whose value must be a string (or None where the field allows it).
 _TEXT = ("algorithm", "tie", "device", "selection", "log", "k_per_worker", "topk_selection",
-         "topk_values", "partition")
+         "topk_values", "partition", "compressor", "feedback", "checkpoint_dir", "resume")
 
 
 def _check_types(cfg: TrainConfig) -> None:
@@ -136,7 +144,7 @@ def _check_types(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         _check(value is None or isinstance(value, str),
                f"{name.replace('_', '-')} must be a string, got {value!r}")
-    for name in ("quiet", "quantize_downlink", "unbiased"):
+    for name in ("quiet", "quantize_downlink", "unbiased", "server_feedback"):
         value = getattr(cfg, name, None)
         _check(value is None or isinstance(value, bool),
                f"{name.replace('_', '-')} must be true or false, got {value!r}")
@@ -179,6 +187,8 @@ def validate(cfg: TrainConfig) -> None:
            f"unknown selection {cfg.selection!r}; choose one of: {', '.join(SELECTIONS)}")
     _validate_quantization(cfg)
     _validate_topk(cfg)
+    _validate_feedback(cfg)
+    _validate_checkpoints(cfg)
     _validate_schedule_and_adversaries(cfg)
     partition_classes(cfg.partition)
     _validate_workload(cfg)
@@ -197,6 +207,44 @@ def _validate_schedule_and_adversaries(cfg: TrainConfig) -> None:
     _integer("adversaries", cfg.adversaries, 0)
     _check(isinstance(cfg.attack, str) and cfg.attack in ATTACKS,
            f"unknown attack {cfg.attack!r}; choose one of: {', '.join(ATTACKS)}")
+
+
+def _validate_feedback(cfg: TrainConfig) -> None:
+    """``--compressor/--feedback/--error-averaging/--server-feedback`` (algorithms/ef_sgd.py)."""
+    from .algorithms.ef_sgd import FEEDBACK_MODES
+    from .compressors import COMPRESSORS
+    chosen = [f"--{name.replace('_', '-')}" for name in
+              ("compressor", "feedback", "error_averaging", "server_feedback")
+              if getattr(cfg, name) not in (None, False)]
+    if cfg.algorithm != "ef-sgd":
+        _check(not chosen, f"{' '.join(chosen)}: error feedback wraps the compressors of "
+               f"--algorithm ef-sgd, not {cfg.algorithm}" + (
+                   " (which keeps its own gradient residual, --residual)"
+                   if cfg.algorithm in ("s3gd-mv", "topk") else ""))
+        return
+    _check(cfg.compressor in COMPRESSORS, f"unknown compressor {cfg.compressor!r}; choose "
+           f"one of: {', '.join(COMPRESSORS)}")
+    _check(cfg.feedback in FEEDBACK_MODES, f"unknown feedback {cfg.feedback!r}; choose one "
+           f"of: {', '.join(FEEDBACK_MODES)}")
+    if cfg.error_averaging is not None:
+        _integer("error-averaging", cfg.error_averaging, 1)
+        _check(cfg.feedback != "none", "error-averaging averages the workers' residuals; "
+               "--feedback none keeps none")
+    if cfg.compressor in ("topk", "randomk"):
+        _check(cfg.sparsity < 1, f"{cfg.compressor}: sparsity {cfg.sparsity} selects every "
+               "coordinate; use --compressor identity for no compression")
+    _check(cfg.k_per_worker is None, "ef-sgd: --k-per-worker is an s3gd-mv setting; use "
+           "--sparsity")
+
+
+def _validate_checkpoints(cfg: TrainConfig) -> None:
+    _integer("checkpoint-every", cfg.checkpoint_every, 0)
+    _check(bool(cfg.checkpoint_every) == (cfg.checkpoint_dir is not None),
+           "checkpoints need both --checkpoint-every N (N >= 1) and --checkpoint-dir DIR")
+    for name in ("checkpoint_dir", "resume"):
+        value = getattr(cfg, name)
+        _check(value is None or (isinstance(value, str) and value),
+               f"{name.replace('_', '-')} must be a directory path, got {value!r}")
 
 
 def partition_classes(partition: str) -> int | None:

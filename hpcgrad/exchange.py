@@ -12,9 +12,11 @@ drive this code, so what the benchmark times is what training runs::
     alg.apply(params, downlink)         update   alg.apply(params, downlink)
 
 ``allreduce`` replaces gather/aggregate/bcast by one ``Allreduce`` (timed as
-``gather``).  Every buffer is allocated in the constructor (or by an algorithm
-on its first step); a steady-state step allocates no large arrays, only small
-Python objects such as parsed headers (``tests/bench/test_steady_state.py``).
+``gather``).  Error averaging (``alg.residual_to_average``) follows the update:
+an fp32 ``Allreduce`` on a communicator of the workers only (phase ``average``).
+Every buffer is allocated in the constructor (or by an algorithm on its first
+step); a steady-state step allocates no large arrays, only small Python objects
+such as parsed headers (``tests/bench/test_steady_state.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .tracelog import PHASES
 from .transport import Allreduce, ParameterServer
 from .wire import Header
 
-COMPUTE, ENCODE, GATHER, AGGREGATE, BCAST, DECODE, UPDATE = range(len(PHASES))
+COMPUTE, ENCODE, GATHER, AGGREGATE, BCAST, DECODE, UPDATE, AVERAGE = range(len(PHASES))
 
 
 class PhaseClock:
@@ -68,6 +70,27 @@ def _capacity_header(codecs, count: int) -> Header:
     return Header(codecs[0].id, count, max(c.max_body_length(count) for c in codecs), 0, 0)
 
 
+class ErrorAveraging:
+    """Replace an array by its mean over the workers (ranks 1..N-1), the server idle.
+
+    ``comm.Split`` is collective over every rank of ``comm``: construct this on all of
+    them.  The sum is one ``MPI_Allreduce`` of float32 on the workers' communicator; MPI
+    gives every member the same result, so the workers' arrays end up equal.
+    """
+
+    def __init__(self, comm):
+        from mpi4py import MPI
+        self._mpi = MPI
+        rank = comm.Get_rank()
+        self.workers = comm.Split(MPI.UNDEFINED if rank == 0 else 0, rank)
+        self.count = 0 if rank == 0 else self.workers.Get_size()
+
+    def replace_by_mean(self, array) -> None:
+        MPI = self._mpi
+        self.workers.Allreduce(MPI.IN_PLACE, [array, MPI.FLOAT], op=MPI.SUM)
+        array /= np.float32(self.count)
+
+
 class ParameterServerExchange:
     """The parameter-server exchange of one algorithm on one rank."""
 
@@ -90,6 +113,7 @@ class ParameterServerExchange:
         self.up = None if self.is_server else Outgoing(
             ps.uplink, where.empty_like_host(ps.uplink.padded_body))
         self.down = where.empty_like_host(ps.downlink.padded_body)
+        self.averaging = ErrorAveraging(comm) if alg.average_every else None
 
     def step(self, grads, params, step: int, clock: PhaseClock) -> None:
         ps, alg, where = self.transport, self.alg, self.where
@@ -114,6 +138,11 @@ class ParameterServerExchange:
         alg.apply(params, self.down, step, ps.downlink_header())
         where.synchronize()
         clock.lap(UPDATE)
+        if self.averaging is not None and not self.is_server:
+            residual = alg.residual_to_average(step)
+            if residual is not None:
+                self.averaging.replace_by_mean(residual)
+                clock.lap(AVERAGE)
 
     def bytes_up(self) -> np.ndarray | int:
         """Rank 0: this step's uplink length of every worker (MPI buffer lengths)."""

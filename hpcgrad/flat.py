@@ -27,6 +27,7 @@ class FlatModel:
             raise ValueError(f"hpcgrad trains float32 parameters; the model has {dtypes}")
         self.names = [n for n, _ in named]
         self.numels = [p.numel() for _, p in named]
+        self.shapes = [tuple(p.shape) for _, p in named]
         self.offsets = np.concatenate([[0], np.cumsum(self.numels)]).astype(np.int64)
         count = int(self.offsets[-1])
         device = named[0][1].device

@@ -96,12 +96,22 @@ class ShardSampler:
         self.data, self.batch_size, self.seed, self.worker = data, batch_size, seed, worker
         self.epoch, self.cursor, self.order = -1, len(self.index), None
 
+    def _shuffle(self, epoch: int) -> None:
+        self.epoch = epoch
+        gen = torch.Generator().manual_seed(
+            (self.seed * 1_000_003 + self.worker * 65_537 + epoch) % 2**63)
+        self.order = self.index[torch.randperm(len(self.index), generator=gen)]
+
+    def seek(self, epoch: int, cursor: int) -> None:
+        """Continue from a saved ``(epoch, cursor)`` (a checkpoint): the next batch is the
+        one an uninterrupted sampler would draw."""
+        if epoch >= 0:
+            self._shuffle(epoch)
+        self.epoch, self.cursor = epoch, cursor
+
     def next(self):
         if self.cursor + self.batch_size > len(self.index):
-            self.epoch += 1
-            gen = torch.Generator().manual_seed(
-                (self.seed * 1_000_003 + self.worker * 65_537 + self.epoch) % 2**63)
-            self.order = self.index[torch.randperm(len(self.index), generator=gen)]
+            self._shuffle(self.epoch + 1)
             self.cursor = 0
         rows = self.order[self.cursor:self.cursor + self.batch_size]
         self.cursor += self.batch_size

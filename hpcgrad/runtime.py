@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from mpi4py import MPI
 
-from . import __version__, algorithms, attacks, datasets, device, exchange, models, partitions
+from . import (__version__, algorithms, attacks, checkpoint, datasets, device, exchange, models,
+               partitions)
 from . import schedule as lr_schedule
 from .agreement import agree
 from .config import TrainConfig
@@ -167,6 +168,18 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     sampler = agree(comm, lambda: None if is_server else partitions.ShardSampler(
         data, rank - 1, workers, config.batch_size, config.seed,
         partition=config.partition), "sharding the data")
+    start_step, totals, resumed_from = 0, {}, None
+    if config.resume:
+        resumed_from = str(comm.bcast(agree(comm, lambda: checkpoint.find(config.resume)
+                                            if is_server else None, "finding the checkpoint"),
+                                      root=0))
+        start_step = agree(comm, lambda: checkpoint.check(resumed_from, comm, flat, alg, config),
+                           "checking the checkpoint")
+        totals = agree(comm, lambda: checkpoint.load(resumed_from, comm, flat, alg, sampler),
+                       "loading the checkpoint")
+        host_params = flat.params.detach().cpu().numpy()
+        comm.Bcast([host_params, MPI.FLOAT], root=0)
+        where.to_device(host_params, params)
 
     zeros = np.zeros if where.name == "cpu" else device.pinned_zeros
     step_exchange = exchange.create(comm, alg, where, zeros)
@@ -179,6 +192,8 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     log_path = config.log or default_log_path(config, size)
     log_path = comm.bcast(log_path, root=0)
     meta = {**_run_metadata(comm, config, d, alg, log_path, where), **alg.metadata()}
+    if resumed_from:
+        meta.update(resumed_from=resumed_from, first_step=start_step)
     log = agree(comm, lambda: TrafficLog(log_path, attrs=meta, num_workers=workers,
                                          world_size=size,
                                          record_messages=config.record_messages,
@@ -186,7 +201,7 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
                 if is_server else None, "creating the log")
     try:
         return _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, log,
-                     where)
+                     where, start_step, totals)
     finally:
         if log is not None:
             log.close()
@@ -231,7 +246,8 @@ def progress_line(done: int, iterations: int, eval_loss: float, eval_acc: float,
             f"  {rate:7.1f} steps/s  {rate * examples_per_step:8.0f} examples/s")
 
 
-def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, log, where):
+def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, log, where,
+          start_step=0, totals=None):
     rank, size = comm.Get_rank(), comm.Get_size()
     workers, is_server = size - 1, rank == 0
     flush_rows = config.flush_every
@@ -244,11 +260,15 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
     schedule = lr_schedule.from_config(config)  # lr of step t: a pure function of t
     model = flat.model
     eval_loss = eval_acc = float("nan")
-    first_row = 0
+    first_row = start_step
+    if is_server and totals:  # a resumed run: its summary covers the whole run
+        records.total_up, records.total_down, records.total_union = (
+            totals["total_up"], totals["total_down"], totals["total_union"])
+    every = config.checkpoint_every
     started = time.perf_counter()
     quiet = config.quiet or not is_server
 
-    for step in range(config.iterations):
+    for step in range(start_step, config.iterations):
         row = step - first_row
         lr = schedule.lr_at(step)
         if not schedule.is_constant:  # a constant run never calls it: bit-identical as before
@@ -257,9 +277,11 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
         if not is_server:
             x, y = sampler.next()
             x, y = x.to(where.torch_device), y.to(where.torch_device)
+            alg.before_gradient(params, step)  # step-ahead EF: the gradient at x - e
             flat.zero_grad()
             loss = F.cross_entropy(model(x), y)
             loss.backward()
+            alg.after_gradient(params, step)
             losses[row] = loss.item()
             if not np.isfinite(losses[row]):
                 raise NonFiniteError(f"worker rank {rank}: training loss is {losses[row]} "
@@ -273,7 +295,9 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
                 log.append_messages(step, *step_exchange.messages())
 
         last = step == config.iterations - 1
-        if row == flush_rows - 1 or last:
+        checkpoint_now = every and (step + 1) % every == 0
+        # A checkpoint flushes the log first, so the log covers every step it saved.
+        if row == flush_rows - 1 or last or checkpoint_now:
             rows = row + 1
             record[:, 0] = losses
             record[:, 1:] = clock.times
@@ -292,13 +316,19 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
             if not quiet:
                 print(progress_line(step + 1, config.iterations, eval_loss, eval_acc,
                                     None if schedule.is_constant else float(np.float32(lr)),
-                                    step + 1, time.perf_counter() - started,
+                                    step + 1 - start_step, time.perf_counter() - started,
                                     workers * config.batch_size, records.total_up / workers,
                                     records.total_down), flush=True)
+        if checkpoint_now:
+            checkpoint.save(config.checkpoint_dir, step + 1, comm, flat, alg, sampler,
+                            {"total_up": records.total_up, "total_down": records.total_down,
+                             "total_union": records.total_union} if is_server else {},
+                            config)
 
-    _check_replicas(comm, flat.params.detach().cpu().numpy())
+    digest = _check_replicas(comm, flat.params.detach().cpu().numpy())
     if not is_server:
         return None
+    log.finish(digest)
     n = config.iterations
     fp32 = 4 * flat.count * n
     up_per_worker = records.total_up / workers
@@ -313,8 +343,9 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
                       else None))
 
 
-def _check_replicas(comm, params) -> None:
+def _check_replicas(comm, params) -> str:
     digests = comm.allgather(hashlib.sha256(params.tobytes()).hexdigest())
     bad = [r for r, dg in enumerate(digests) if dg != digests[0]]
     if bad:
         raise HpcgradError(f"model replicas diverged: ranks {bad} differ from rank 0")
+    return digests[0]

@@ -9,6 +9,7 @@ Layout (``docs/log-format.md`` is the full description)::
     /steps/loss       (n, workers)    float64 each worker's training loss
     /steps/time_<phase> (n, ranks)    float64 seconds, phases in attrs["phases"]
     /eval/iteration, /eval/loss, /eval/accuracy   (e,)
+    /final_params_sha256  ()      S64     SHA-256 of the final parameters (empty until the end)
     /messages/...     raw uplink/downlink bytes of the first N iterations (--record-messages)
 
 Rows are appended in batches and flushed, in SWMR mode, so a killed run leaves
@@ -29,7 +30,8 @@ from .errors import ConfigError
 
 FORMAT = "hpcgrad-traffic"
 FORMAT_VERSION = 1
-PHASES = ("compute", "encode", "gather", "aggregate", "bcast", "decode", "update")
+#: ``average``: error averaging among the workers (ef-sgd --error-averaging), else 0.
+PHASES = ("compute", "encode", "gather", "aggregate", "bcast", "decode", "update", "average")
 
 
 def _resizable(group, name, shape_tail, dtype, chunk_rows=256):
@@ -85,6 +87,9 @@ class TrafficLog:
         ev = f.create_group("eval")
         self.eval = {k: _resizable(ev, k, (), np.int64 if k == "iteration" else np.float64, 16)
                      for k in ("iteration", "loss", "accuracy")}
+        # Written once at the end (SWMR allows writing, not creating): the digest every
+        # replica agreed on, so two logs show at a glance whether two runs ended equal.
+        self.final_params = f.create_dataset("final_params_sha256", shape=(), dtype="S64")
         self.record_messages = record_messages
         if record_messages:
             msg = f.create_group("messages")
@@ -127,6 +132,10 @@ class TrafficLog:
         _append(self.down_index, [(self.down_bytes.shape[0], len(downlink))])
         _append(self.down_bytes, downlink)
         _append(self.msg_iteration, [iteration])
+        self.flush()
+
+    def finish(self, params_sha256: str) -> None:
+        self.final_params[()] = params_sha256.encode()
         self.flush()
 
     def flush(self) -> None:

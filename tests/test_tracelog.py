@@ -121,7 +121,8 @@ def test_writer_layout_dtypes_and_attributes(tmp_path):
         assert a["format"] == FORMAT == "hpcgrad-traffic"
         assert a["format_version"] == FORMAT_VERSION == 1
         assert json.loads(a["phases"]) == list(PHASES) == [
-            "compute", "encode", "gather", "aggregate", "bcast", "decode", "update"]
+            "compute", "encode", "gather", "aggregate", "bcast", "decode", "update", "average"]
+        assert f["final_params_sha256"][()] == b""  # written by finish() at the end of a run
         assert a["algorithm"] == "signum-mv" and isinstance(a["algorithm"], str)
         assert a["numpy_str"] == "fp16" and isinstance(a["numpy_str"], str)
         assert a["world_size"] == 3 and a["world_size"].dtype == np.int64
@@ -175,7 +176,7 @@ def test_writer_without_messages_has_no_messages_group(tmp_path):
     log = TrafficLog(tmp_path / "l.h5", attrs={}, num_workers=1, world_size=2)
     log.close()
     with h5py.File(tmp_path / "l.h5", "r") as f:
-        assert sorted(f) == ["eval", "steps"]
+        assert sorted(f) == ["eval", "final_params_sha256", "steps"]
         assert f["steps/bytes_up"].shape == (0, 1) and f["steps/time_update"].shape == (0, 2)
 
 
@@ -347,8 +348,10 @@ def test_same_seed_same_log_other_seed_other_losses(runs):
     again = read_all(runs.get(3, "signum-mv", tag="-again"))
     other = read_all(runs.get(3, "signum-mv", seed=1))
     for name in ("steps/iteration", "steps/bytes_up", "steps/bytes_down", "steps/loss",
-                 "eval/iteration", "eval/loss", "eval/accuracy"):
+                 "eval/iteration", "eval/loss", "eval/accuracy", "final_params_sha256"):
         np.testing.assert_array_equal(first[name], again[name], err_msg=name)
+    assert len(first["final_params_sha256"]) == 64  # the same model, not only the same losses
+    assert first["final_params_sha256"] != other["final_params_sha256"]
     configs = [json.loads(run["attrs"]["config"]) for run in (first, again)]
     for config in configs:
         config.pop("log")

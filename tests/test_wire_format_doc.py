@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import math
 import struct
 import subprocess
 import sys
@@ -48,7 +49,7 @@ class DocFormatError(ValueError):
 HEADER = struct.Struct("<4sBBHQQIHH")  # section 2, little-endian, 32 bytes
 HEADER_BYTES = 32
 MAGIC = b"HPCG"
-FP32, FP16, SIGN1, TERNARY2 = 1, 2, 3, 4
+FP32, FP16, SIGN1, TERNARY2, SCALED_SIGN = 1, 2, 3, 4, 9
 FIELDS = ("magic", "version", "codec", "flags", "count", "body_length", "step", "sender",
           "reserved")
 
@@ -64,7 +65,8 @@ def roundup8(n: int) -> int:
 def doc_body_length(codec: int, d: int) -> int:
     """Section 3."""
     b = planes_bytes(d)
-    lengths = {FP32: 4 * d, FP16: 2 * d, SIGN1: b, TERNARY2: roundup8(b) + b}
+    lengths = {FP32: 4 * d, FP16: 2 * d, SIGN1: b, TERNARY2: roundup8(b) + b,
+               SCALED_SIGN: b + 4}
     if codec not in lengths:
         raise DocFormatError(f"unknown codec id {codec}")
     return lengths[codec]
@@ -96,6 +98,9 @@ def doc_encode(codec: int, values, step: int, sender: int) -> bytes:
             body = v.astype("<f2").tobytes()
     elif codec == SIGN1:
         body = _pack_plane([x < 0 for x in v])
+    elif codec == SCALED_SIGN:  # section 4.10: the sign1 plane, then float32(sum|v| / d)
+        scale = sum(abs(float(x)) for x in v) / d if d else 0.0
+        body = _pack_plane([x < 0 for x in v]) + struct.pack("<f", scale)
     elif codec == TERNARY2:
         nonzero = _pack_plane([x != 0 for x in v])
         negative = _pack_plane([x < 0 for x in v])
@@ -132,6 +137,14 @@ def doc_decode(message) -> tuple[dict, np.ndarray]:
         values = np.frombuffer(body, dtype="<f2").astype(np.float32)
     elif codec == SIGN1:
         values = np.array([-1.0 if bit else 1.0 for bit in _unpack_plane(body, d, "sign1")],
+                          dtype=np.float32)
+    elif codec == SCALED_SIGN:
+        b = planes_bytes(d)
+        (scale,) = struct.unpack_from("<f", body, b)
+        if not (math.isfinite(scale) and scale >= 0):
+            raise DocFormatError("scale")
+        values = np.array([-scale if bit else scale
+                           for bit in _unpack_plane(body[:b], d, "scaled-sign")],
                           dtype=np.float32)
     else:
         b = planes_bytes(d)
@@ -188,7 +201,8 @@ def _train(workdir: Path, extra: list) -> dict:
         }
 
 
-RUNS = {"signum": [], "signum-zero": ["--tie", "zero"], "fp32-ps": ["--algorithm", "fp32-ps"]}
+RUNS = {"signum": [], "signum-zero": ["--tie", "zero"], "fp32-ps": ["--algorithm", "fp32-ps"],
+        "ef-scaled-sign": ["--algorithm", "ef-sgd", "--compressor", "scaled-sign"]}
 
 
 @pytest.fixture(scope="module")
@@ -297,6 +311,20 @@ def test_fp32_ps_messages(runs):
         np.testing.assert_array_equal(down.view(np.uint32), mean.view(np.uint32))
 
 
+def test_ef_sgd_scaled_sign_messages(runs):
+    run = runs["ef-scaled-sign"].result()
+    assert run["attrs"]["uplink_codec"] == "scaled-sign"
+    d = int(run["attrs"]["num_params"])
+    assert message_length(SCALED_SIGN, d) == 32 + -(-d // 8) + 4
+    for _, uplinks, (_, down), _ in _check_run(run, SCALED_SIGN, FP32):
+        mean = uplinks[0][2].copy()
+        for _, _, values in uplinks[1:]:
+            assert len(set(np.abs(values).tolist())) == 1  # one magnitude per message
+            mean = (mean + values).astype(np.float32)
+        mean = (mean / np.float32(len(uplinks))).astype(np.float32)
+        np.testing.assert_array_equal(down.view(np.uint32), mean.view(np.uint32))
+
+
 # =========================================================================== codecs vs the doc
 
 from hpcgrad import codecs as hp_codecs  # noqa: E402  (only the cross-checks use hpcgrad)
@@ -304,7 +332,7 @@ from hpcgrad import wire as hp_wire  # noqa: E402
 from hpcgrad.errors import WireFormatError  # noqa: E402
 
 HP = {FP32: hp_codecs.FP32, FP16: hp_codecs.FP16, SIGN1: hp_codecs.SIGN1,
-      TERNARY2: hp_codecs.TERNARY2}
+      TERNARY2: hp_codecs.TERNARY2, SCALED_SIGN: hp_codecs.SCALED_SIGN}
 
 
 def hp_message(codec: int, values: np.ndarray, step: int = 0, sender: int = 0) -> bytes:
@@ -326,6 +354,9 @@ def expected_values(codec: int, v: np.ndarray) -> np.ndarray:
             return v.astype(np.float16).astype(np.float32)
     if codec == SIGN1:
         return np.where(v < 0, -1.0, 1.0).astype(np.float32)
+    if codec == SCALED_SIGN:
+        scale = np.float32(np.abs(v).sum(dtype=np.float64) / v.size) if v.size else 0
+        return np.where(v < 0, -scale, scale).astype(np.float32)
     return np.where(v < 0, -1.0, np.where(v > 0, 1.0, 0.0)).astype(np.float32)
 
 
@@ -338,7 +369,7 @@ vectors = hnp.arrays(
     np.float32, st.integers(0, 200),
     elements=st.one_of(st.sampled_from([0.0, -0.0, 1.0, -1.0]),
                        st.floats(width=32, allow_nan=False)))
-codec_ids = st.sampled_from([FP32, FP16, SIGN1, TERNARY2])
+codec_ids = st.sampled_from([FP32, FP16, SIGN1, TERNARY2, SCALED_SIGN])
 fast = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 few = settings(fast, max_examples=50)
@@ -348,6 +379,8 @@ few = settings(fast, max_examples=50)
 @given(codec=codec_ids, values=vectors, step=st.integers(0, 2**32 - 1),
        sender=st.integers(0, 2**16 - 1))
 def test_codecs_match_the_document(codec, values, step, sender):
+    if codec == SCALED_SIGN:  # the runtime sends finite values only (section 4.1)
+        assume(np.isfinite(values).all())
     message = hp_message(codec, values, step, sender)
     assert message == doc_encode(codec, values, step, sender)  # byte for byte
     header, mine = doc_decode(message)
@@ -377,8 +410,11 @@ def test_worked_examples_of_the_document():
     fp16 = hp_message(FP16, np.array([1.0, -2.5, 0.1], np.float32), 3, 1)
     assert fp32[32:] == bytes.fromhex("0000803f000020c0") and len(fp32) == 40
     assert fp16[32:] == bytes.fromhex("003c00c1662e")
+    scaled = hp_message(SCALED_SIGN, np.array([1, -2, 0, 3, -0.5], np.float32))
+    assert scaled[32:] == bytes.fromhex("126666a63f") == \
+        doc_encode(SCALED_SIGN, [1, -2, 0, 3, -0.5], 0, 0)[32:]
     for hexbytes in ("8a 00", "d5 01 00 00 00 00 00 00", "44 01", "00 00 80 3f 00 00 20 c0",
-                     "00 3c 00 c1 66 2e"):
+                     "00 3c 00 c1 66 2e", "12 66 66 a6 3f"):
         assert hexbytes in text, f"the document no longer shows {hexbytes}"
 
 
@@ -404,7 +440,7 @@ GOOD = hp_message(SIGN1, np.array([1, -1, 2, -3, 0, 5, -6, 7, 8, -9, 1], np.floa
     (lambda m: b"HPCX" + m[4:], r"magic"),
     (lambda m: _patch(m, 4, "<B", 2), r"version 2"),
     (lambda m: _patch(m, 4, "<B", 0), r"version 0"),
-    (lambda m: _patch(m, 5, "<B", 9), r"unknown codec id 9"),
+    (lambda m: _patch(m, 5, "<B", 10), r"unknown codec id 10"),
     (lambda m: _patch(m, 5, "<B", 0), r"unknown codec id 0"),
     (lambda m: _patch(m, 6, "<H", 1), r"flags"),
     (lambda m: _patch(m, 16, "<Q", 3), r"body_length 3"),
@@ -416,7 +452,7 @@ GOOD = hp_message(SIGN1, np.array([1, -1, 2, -3, 0, 5, -6, 7, 8, -9, 1], np.floa
     (lambda m: m[:31], r"shorter than the 32-byte header"),
     (lambda m: b"", r"shorter than the 32-byte header"),
     (lambda m: m[:-1] + bytes([m[-1] | 0x80]), r"padding bits"),
-], ids=["magic", "version2", "version0", "codec9", "codec0", "flags", "body_length+1",
+], ids=["magic", "version2", "version0", "codec10", "codec0", "flags", "body_length+1",
         "body_length-1", "count", "reserved", "truncated", "trailing", "short", "empty",
         "sign-padding"])
 def test_corrupt_messages_are_rejected(corrupt, pattern):
@@ -426,10 +462,12 @@ def test_corrupt_messages_are_rejected(corrupt, pattern):
 
 
 @few
-@given(codec=st.sampled_from([SIGN1, TERNARY2]), values=vectors, data=st.data())
+@given(codec=st.sampled_from([SIGN1, TERNARY2, SCALED_SIGN]), values=vectors, data=st.data())
 def test_set_padding_bits_are_rejected(codec, values, data):
     d = values.size
     assume(d % 8)
+    if codec == SCALED_SIGN:
+        assume(np.isfinite(values).all())
     message = bytearray(hp_message(codec, values))
     bit = data.draw(st.integers(d % 8, 7), label="padding bit")
     b = planes_bytes(d)
@@ -438,6 +476,12 @@ def test_set_padding_bits_are_rejected(codec, values, data):
         last += roundup8(b)
     message[last] |= 1 << bit
     _rejected(bytes(message), r"padding bits")
+
+
+@pytest.mark.parametrize("scale", [-1.0, float("inf"), float("nan")])
+def test_a_scaled_sign_scale_that_is_not_a_magnitude_is_rejected(scale):
+    message = hp_message(SCALED_SIGN, np.array([1, -2, 0, 3, -0.5], np.float32))
+    _rejected(_patch(message, len(message) - 4, "<f", scale), r"scale")
 
 
 @few

@@ -18,6 +18,7 @@ from .base import Algorithm, MomentumSGD, f32
 class AllreduceSGD(Algorithm):
     name = "allreduce"
     topology = "allreduce"
+    state_names = ("sgd.buffer",)
     uplink = downlink = FP32
 
     def __init__(self, config, num_params, num_workers, segments=None):

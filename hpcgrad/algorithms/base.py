@@ -47,6 +47,11 @@ class Algorithm:
     variable_length = False
     #: Extra per-step log datasets: name -> (one column per worker?, dtype).
     step_fields: dict = {}
+    #: The state a checkpoint saves: attribute paths ("residual", "sgd.buffer") whose
+    #: values are arrays, numbers, or None before first use (hpcgrad/checkpoint.py).
+    state_names: tuple = ()
+    #: Error averaging every this many steps (0: never; see residual_to_average).
+    average_every = 0
 
     def __init__(self, config, num_params: int, num_workers: int, segments=None):
         self.config = config
@@ -88,6 +93,18 @@ class Algorithm:
                                       "self.lr nor in self.sgd; it must override set_lr to "
                                       "follow --lr-schedule")
 
+    def before_gradient(self, params, step: int) -> None:
+        """Workers, before the forward pass: the point the gradient is taken at may move
+        (step-ahead error feedback); :meth:`after_gradient` puts ``params`` back."""
+
+    def after_gradient(self, params, step: int) -> None:
+        """Workers, after the backward pass: undo :meth:`before_gradient`."""
+
+    def residual_to_average(self, step: int):
+        """Workers, after the update: an array to replace by the workers' mean, or None
+        (error averaging; the exchange runs the Allreduce among the workers)."""
+        return None
+
     def worker_step(self, grad, message, step: int) -> None:
         raise NotImplementedError
 
@@ -111,8 +128,9 @@ class MomentumSGD:
 
     def step(self, params, grad) -> None:
         xp = kernels.array_module(params)
-        if self.buffer is None:
+        if self.buffer is None:  # a checkpoint may have restored it already
             self.buffer = xp.zeros_like(params)
+        if self.scratch is None:
             self.scratch = xp.empty_like(params)
         xp.multiply(params, self.wd, out=self.scratch)
         self.scratch += grad

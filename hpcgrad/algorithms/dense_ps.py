@@ -17,6 +17,7 @@ from .base import Algorithm, MomentumSGD, f32
 
 class DensePS(Algorithm):
     codec = FP32
+    state_names = ("sgd.buffer",)
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)

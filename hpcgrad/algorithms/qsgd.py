@@ -98,6 +98,7 @@ class QSGD(Algorithm):
     step_fields = {"bits": (False, np.int64), "bits_down": (False, np.int64),
                    "grad_norm": (False, np.float64)}
     dynamic = False
+    state_names = ("sgd.buffer",)
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)
@@ -201,6 +202,7 @@ class DQSGD(QSGD):
                 "dq_horizon": lambda cfg: cfg.iterations, "dq_start_bits": 4,
                 "min_bits": 2, "max_bits": 8, "dq_window": 1}
     dynamic = True
+    state_names = ("sgd.buffer", "bits", "schedule.history", "schedule.seen", "schedule.lam")
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)

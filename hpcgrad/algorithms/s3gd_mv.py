@@ -65,6 +65,7 @@ class S3GDMV(Algorithm):
     step_fields = {"nnz_up": (True, np.int64), "nnz_down": (False, np.int64),
                    "union_size": (False, np.int64), "coding_up": (True, np.uint8),
                    "coding_down": (False, np.uint8)}
+    state_names = ("residual", "sgd.buffer")
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)

@@ -35,6 +35,7 @@ class SignumMV(Algorithm):
     name = "signum-mv"
     # A sign step moves every coordinate by lr: far smaller than SGD's lr.
     defaults = {"lr": 0.001, "momentum": 0.9}
+    state_names = ("momentum",)
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)

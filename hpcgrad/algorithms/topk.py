@@ -71,6 +71,9 @@ class TopKEF(Algorithm):
     variable_length = True
     step_fields = {"nnz_up": (True, np.int64), "nnz_down": (False, np.int64),
                    "union_size": (False, np.int64)}
+    # The previous downlink (U_prev, a_prev, the leader's announcement) steers selection.
+    state_names = ("residual", "sgd.buffer", "union_pos", "union_val", "union_nnz", "marked",
+                   "announced", "announced_nnz", "aggregate")
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)

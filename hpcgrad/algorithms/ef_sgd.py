@@ -1,0 +1,154 @@
+"""Error feedback around any compressor: EF, step-ahead EF and error averaging
+(Xu, Huo and Huang, AAAI 2021; ``docs/algorithms/error-feedback.md``).
+
+Worker m, step t (``--feedback``; C is ``--compressor``, :mod:`hpcgrad.compressors`)::
+
+    g = grad f_m(x)                 none, ef
+    g = grad f_m(x - e)             step-ahead: the gradient at the error-corrected point
+    b <- mu*b + (g + wd*x)          local momentum SGD (mu = --momentum, wd = --weight-decay)
+    u = lr*b                        the local update, in parameter units
+    d = u + e                       (d = u for none)
+    send C(d);  e <- d - C(d)       (e stays 0 for none)
+
+every P steps (``--error-averaging P``), after the update: e <- mean over workers of e,
+an fp32 ``MPI_Allreduce`` on a communicator of the workers only.
+
+Server: a = (C(d_1) + ... + C(d_M)) / M in float32, worker order; broadcast a in fp32,
+or with ``--server-feedback`` C(a + e_s) with its own residual e_s <- a + e_s - C(a + e_s).
+Every rank: x <- x - (the decoded downlink).
+
+State (``state_names``, saved by checkpoints): the residual e, the momentum b and e_s.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import compressors
+from ..errors import ConfigError
+from .base import Algorithm, f32
+
+FEEDBACK_MODES = ("none", "ef", "step-ahead")
+
+
+class ErrorFeedbackSGD(Algorithm):
+    name = "ef-sgd"
+    defaults = {"lr": 0.1, "momentum": 0.9, "compressor": "scaled-sign", "feedback": "ef",
+                "sparsity": 0.01, "bits": 4}
+    step_fields = {"bytes_average": (True, np.int64)}
+    state_names = ("residual", "momentum", "server_residual")
+
+    def __init__(self, config, num_params, num_workers, segments=None):
+        super().__init__(config, num_params, num_workers, segments)
+        if config.device != "cpu":
+            raise ConfigError("ef-sgd compresses on the host; --device cuda is not supported "
+                              "for it yet")
+        self.compressor = compressors.create(config, self.segments, self.offsets)
+        self.feedback = config.feedback
+        self.average_every = config.error_averaging or 0
+        self.server_feedback = bool(config.server_feedback)
+        self.variable_length = self.compressor.variable_length
+        self.uplink = self.compressor.codec
+        #: What the downlink carries: C(a + e_s), or the mean a itself in fp32.
+        self.down_compressor = self.compressor if self.server_feedback else \
+            compressors.Identity(config, self.segments, self.offsets)
+        self.downlink = self.down_compressor.codec
+        self.lr, self.mu = f32(config.lr), f32(config.momentum)
+        self.wd = f32(config.weight_decay)
+        d = num_params
+        self.residual = np.zeros(d, dtype=np.float32) if self.feedback != "none" else None
+        self.server_residual = np.zeros(d, dtype=np.float32) if self.server_feedback else None
+        self.momentum = None  # workers: allocated on the first step
+        self.update = np.zeros(d, dtype=np.float32)   # d = u + e, then the aggregate a
+        self.decoded = np.zeros(d, dtype=np.float32)  # C(d) as the receiver decodes it
+        self._params = self._saved = None
+
+    def metadata(self) -> dict:
+        return {"compressor": self.compressor.name, "feedback": self.feedback,
+                "error_averaging": self.average_every,
+                "server_feedback": self.server_feedback}
+
+    def uplink_codecs(self):
+        return self.compressor.codecs()
+
+    def downlink_codecs(self):
+        return self.down_compressor.codecs()
+
+    # ---------------------------------------------------------------- worker
+    def before_gradient(self, params, step):
+        self._params = params
+        if self.feedback == "step-ahead":
+            if self._saved is None:
+                self._saved = np.empty_like(params)
+            self._saved[...] = params
+            params -= self.residual
+
+    def after_gradient(self, params, step):
+        if self.feedback == "step-ahead":
+            params[...] = self._saved  # a copy back: x - e + e need not round to x
+
+    def worker_step(self, grad, message, step):
+        if self.momentum is None:
+            self.momentum = np.zeros_like(grad)
+        d = self.update
+        # The local momentum-SGD step in MomentumSGD's order of float32 operations, so
+        # that one worker with the identity compressor is fp32-ps bit for bit.
+        if self.wd:
+            if self._params is None:
+                raise RuntimeError("ef-sgd with weight decay needs before_gradient(params) "
+                                   "before worker_step: the decay term is wd*x")
+            np.multiply(self._params, self.wd, out=d)
+            d += grad
+        else:
+            d[...] = grad
+        self.momentum *= self.mu
+        self.momentum += d
+        np.multiply(self.momentum, self.lr, out=d)
+        if self.residual is not None:
+            d += self.residual
+        sender = getattr(message, "host", message).header.sender
+        self.compressor.compress(d, message, step, sender)
+        if self.residual is not None:
+            self.compressor.decompress(message.padded_body, _declared(message), self.decoded,
+                                       what=f"own uplink at step {step}")
+            np.subtract(d, self.decoded, out=self.residual)
+
+    def residual_to_average(self, step: int):
+        """The array to replace by the workers' mean after this step's update, or None."""
+        if self.average_every and self.residual is not None \
+                and (step + 1) % self.average_every == 0:
+            return self.residual
+        return None
+
+    # ---------------------------------------------------------------- server
+    def server_step(self, uplinks, message, step):
+        a = self.update
+        for w in range(self.num_workers):
+            self.compressor.decompress(uplinks.rows[w], uplinks.header(w + 1), a,
+                                       accumulate=w > 0,
+                                       what=f"uplink message from rank {w + 1} at step {step}")
+        a /= f32(self.num_workers)
+        if self.server_feedback:
+            a += self.server_residual
+        self.down_compressor.compress(a, message, step, 0)
+        if self.server_feedback:
+            self.compressor.decompress(message.padded_body, _declared(message), self.decoded,
+                                       what=f"downlink at step {step}")
+            np.subtract(a, self.decoded, out=self.server_residual)
+        # What each worker passes to the error-averaging Allreduce (config: feedback on).
+        bytes_average = 4 * self.num_params if self.average_every \
+            and (step + 1) % self.average_every == 0 else 0
+        self.step_stats = {"bytes_average": np.full(self.num_workers, bytes_average)}
+
+    # ---------------------------------------------------------- every rank
+    def apply(self, params, body, step, header=None):
+        self.down_compressor.decompress(body, header, self.decoded,
+                                        what=f"downlink message at step {step}")
+        params -= self.decoded
+
+
+def _declared(message):
+    """The header a receiver would parse for what ``message`` holds now."""
+    from ..wire import read_header
+    host = getattr(message, "host", message)
+    return read_header(host.raw)

@@ -1,0 +1,196 @@
+"""Compressors ``C``: a float32 vector in, one message body out, and back.
+
+The compressor role of GRACE's split (compressor / memory / communicator):
+stateless given ``(seed, step, sender)``, so the error-feedback layer
+(:mod:`hpcgrad.algorithms.ef_sgd`) can wrap any of them, and a new one is
+one small class here.  Each writes a body of a documented codec
+(``docs/wire-format.md``) and reads one back, validating it:
+
+``identity``     ``fp32``: the vector itself (C(v) = v; for the identities in tests).
+``scaled-sign``  ``scaled-sign``: ``(|v|_1 / d) * sign(v)`` over the whole model, as
+                 the SAEF authors use it; sign(0) = +1 as in ``sign1``.
+``topk``         ``sparse-values``: per tensor l the ``K_l`` entries of largest |v|
+                 (exact selection, ties in index order), values in fp32.
+``randomk``      ``sparse-values``: per tensor ``K_l`` positions drawn without
+                 replacement from ``default_rng([seed, step, sender, l])``, values
+                 scaled by ``numel_l / K_l`` (unbiased: E[C(v)] = v).
+``qsgd``         ``qsgd`` at ``--bits``: per-tensor norm and stochastic levels, coins
+                 keyed by ``(seed, step, sender)`` (unbiased).
+
+``K_l = ceil(sparsity * numel_l)`` as for the ``topk`` algorithm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels
+from .codecs import (FP32, SCALED_SIGN, SPARSE_VALUES, QSGDCodec, _check_padding_bits,
+                     encode_qsgd, encode_sparse_values)
+from .errors import WireFormatError
+from .kernels import quantize
+from .selection import TopK
+
+
+class Compressor:
+    """``compress`` writes ``C(values)`` as a message body; ``decompress`` reads one."""
+
+    name = ""
+    codec = FP32
+    #: Whether the body length depends on the values (then messages are variable-length).
+    variable_length = False
+
+    def __init__(self, config, segments, offsets):
+        self.segments, self.offsets = segments, offsets
+        self.count = int(offsets[-1])
+        self.seed = config.seed
+
+    def codecs(self) -> tuple:
+        return (self.codec,)
+
+    def compress(self, values, message, step: int, sender: int) -> None:
+        """Write ``C(values)`` into ``message.padded_body`` and declare it (``set_body``)."""
+        raise NotImplementedError
+
+    def decompress(self, padded_body, header, out, *, accumulate=False,
+                   what="message") -> None:
+        """``out <- C(v)`` (or ``out += C(v)``) from a body whose header was checked."""
+        raise NotImplementedError
+
+
+class Identity(Compressor):
+    name = "identity"
+
+    def compress(self, values, message, step, sender):
+        FP32.encode(values, message.padded_body)
+        message.set_body(FP32.id, 0, FP32.body_length(self.count))
+
+    def decompress(self, padded_body, header, out, *, accumulate=False, what="message"):
+        FP32.check_flags(header.flags, what)
+        values = padded_body[: 4 * self.count].view("<f4")
+        if accumulate:
+            out += values
+        else:
+            out[...] = values
+
+
+class ScaledSign(Compressor):
+    name = "scaled-sign"
+    codec = SCALED_SIGN
+
+    def compress(self, values, message, step, sender):
+        body = message.padded_body
+        kernels.for_array(values).sign_pack(values, body)  # writes whole 8-byte words
+        scale = np.float32(np.abs(values).sum(dtype=np.float64) / self.count)
+        SCALED_SIGN.write_scale(body, self.count, scale)
+        message.set_body(SCALED_SIGN.id, 0, SCALED_SIGN.body_length(self.count))
+
+    def decompress(self, padded_body, header, out, *, accumulate=False, what="message"):
+        SCALED_SIGN.check_flags(header.flags, what)
+        scale = SCALED_SIGN.check_scale(padded_body, self.count, what)
+        _check_padding_bits(padded_body, self.count, what)
+        if not accumulate:
+            out[...] = 0
+        # x - lr*(s + 0*x) with lr = -scale is x + scale*s: the sign kernel, no temporaries.
+        kernels.for_array(out).apply_sign_update(out, padded_body, -scale, np.float32(0))
+
+
+class _Sparse(Compressor):
+    """Both sparse compressors: K_l positions per tensor, fp32 values, ``sparse-values``."""
+
+    codec = SPARSE_VALUES
+    variable_length = True
+
+    def __init__(self, config, segments, offsets):
+        super().__init__(config, segments, offsets)
+        from .algorithms.topk import k_per_segment
+        self.ks = k_per_segment(segments, config.sparsity)
+        k = sum(self.ks)
+        self.positions = np.zeros(k, dtype=np.int64)
+        self.values = np.zeros(k, dtype=np.float32)
+        # Decoding scratch: a downlink of the server's compress-back has at most K too.
+        self._pos = np.zeros(k, dtype=np.int64)
+        self._val = np.zeros(k, dtype=np.float32)
+        self._length = 0
+
+    def _choose(self, values, step, sender) -> int:
+        raise NotImplementedError
+
+    def compress(self, values, message, step, sender):
+        nnz = self._choose(values, step, sender)
+        body = message.padded_body
+        body[: self._length] = 0
+        codec, flags, self._length = encode_sparse_values(
+            self.positions, self.values, nnz, self.count, body)
+        message.set_body(codec, flags, self._length)
+
+    def decompress(self, padded_body, header, out, *, accumulate=False, what="message"):
+        nnz = SPARSE_VALUES.decode_into(padded_body[: header.body_length], self.count,
+                                        header.flags, self._pos, self._val, what=what)
+        if not accumulate:
+            out[...] = 0
+        out[self._pos[:nnz]] += self._val[:nnz]  # positions are distinct within a message
+
+
+class TopKCompressor(_Sparse):
+    name = "topk"
+
+    def __init__(self, config, segments, offsets):
+        super().__init__(config, segments, offsets)
+        self.selectors = [TopK(int(o), n, k, "exact")
+                          for o, n, k in zip(offsets, segments, self.ks)]
+        self._negative = np.zeros(sum(self.ks), dtype=np.uint8)  # TopK's sign output, unused
+
+    def _choose(self, values, step, sender):
+        end = 0
+        for sel in self.selectors:
+            end = sel.select(values[sel.offset: sel.offset + sel.size], self.positions,
+                             self._negative, end)
+        np.take(values, self.positions[:end], out=self.values[:end])
+        return end
+
+
+class RandomK(_Sparse):
+    name = "randomk"
+
+    def _choose(self, values, step, sender):
+        end = 0
+        for l, (o, n, k) in enumerate(zip(self.offsets, self.segments, self.ks)):
+            rng = np.random.default_rng([self.seed, step, sender, l])
+            pos = self.positions[end: end + k]
+            pos[...] = np.sort(rng.choice(n, size=k, replace=False)) + o
+            np.multiply(values[pos], np.float32(n / k), out=self.values[end: end + k])
+            end += k
+        return end
+
+
+class QSGDCompressor(Compressor):
+    name = "qsgd"
+    variable_length = True  # the qsgd codec's length depends on its width
+
+    def __init__(self, config, segments, offsets):
+        super().__init__(config, segments, offsets)
+        self.bits = int(config.bits)
+        self.codec = QSGDCodec(segments, self.bits, fp32=False)
+        self._norms = np.zeros(len(segments), dtype=np.float32)
+
+    def compress(self, values, message, step, sender):
+        key = quantize.stream_key(self.seed, step, sender)
+        length = encode_qsgd(values, self.offsets, self.bits, key, message.padded_body,
+                             self._norms)
+        message.set_body(QSGDCodec.id, QSGDCodec.flags(self.bits), length)
+
+    def decompress(self, padded_body, header, out, *, accumulate=False, what="message"):
+        if QSGDCodec.split_flags(header.flags) != (self.bits, 0):
+            raise WireFormatError(f"{what}: qsgd flags {header.flags:#06x}, expected width "
+                                  f"{self.bits} and no next width")
+        self.codec.decode_into(padded_body[: header.body_length], self.count, header.flags,
+                               out, accumulate=accumulate, norms=self._norms, what=what)
+
+
+COMPRESSORS = {cls.name: cls for cls in (Identity, ScaledSign, TopKCompressor, RandomK,
+                                         QSGDCompressor)}
+
+
+def create(config, segments, offsets) -> Compressor:
+    return COMPRESSORS[config.compressor](config, segments, offsets)

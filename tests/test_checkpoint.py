@@ -1,0 +1,104 @@
+"""Checkpoints from the command line: the layout on disk, and resume refusing (exit 2, every
+rank, one clear message) a checkpoint of another world size, model, algorithm or setting, or a
+damaged one.  Exact resume is tested in tests/test_feedback_mpi.py."""
+
+import shutil
+
+import h5py
+import pytest
+
+from hpcgrad import checkpoint
+from mpirun import run_mpi
+
+QUICK = ["--iterations", "12", "--quiet", "--hidden", "16", "--eval-every", "0",
+         "--algorithm", "ef-sgd", "--compressor", "topk"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A 3-rank run that checkpointed after steps 5 and 10."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    result = run_mpi(3, ["train", *QUICK, "--log", str(root / "run.h5"),
+                         "--checkpoint-every", "5", "--checkpoint-dir", str(root / "ck")],
+                     timeout=120)
+    assert result.returncode == 0, result.stderr
+    return root / "ck"
+
+
+def resume(tmp_path, directory, *options, n=3):
+    return run_mpi(n, ["train", *QUICK, "--log", str(tmp_path / "resumed.h5"),
+                       "--resume", str(directory), *options], timeout=120)
+
+
+def test_layout_one_file_per_rank_per_step(saved):
+    assert sorted(p.name for p in saved.iterdir()) == ["step-00000005", "step-00000010"]
+    files = sorted(p.name for p in (saved / "step-00000010").iterdir())
+    assert files == ["rank-00000.h5", "rank-00001.h5", "rank-00002.h5"]
+    with h5py.File(saved / "step-00000010" / "rank-00001.h5", "r") as f:
+        assert f.attrs["format"] == "hpcgrad-checkpoint" and f.attrs["step"] == 10
+        assert f.attrs["world_size"] == 3 and f.attrs["algorithm"] == "ef-sgd"
+        # vectors of the model's length are stored per parameter name
+        assert set(f["state/residual"]) == {"0.weight", "0.bias", "2.weight", "2.bias",
+                                            "4.weight", "4.bias"}
+        assert f["state/residual/0.weight"].shape == (16, 32)
+        assert "params" not in f  # rank 0 holds the parameters
+    with h5py.File(saved / "step-00000010" / "rank-00000.h5", "r") as f:
+        assert f["params/0.weight"].shape == (16, 32)
+
+
+def test_resume_takes_the_newest_complete_checkpoint(saved, tmp_path):
+    copy = tmp_path / "ck"
+    shutil.copytree(saved, copy)
+    (copy / ".step-00000011.partial").mkdir()  # a job killed while writing
+    assert checkpoint.find(copy) == copy / "step-00000010"
+    assert checkpoint.find(copy / "step-00000005") == copy / "step-00000005"
+    result = resume(tmp_path, copy)
+    assert result.returncode == 0, result.stderr
+    with h5py.File(tmp_path / "resumed.h5", "r") as f:
+        assert list(f["steps/iteration"][...]) == [10, 11]
+
+
+@pytest.mark.parametrize("options, n, message", [
+    ([], 4, "world size: checkpoint 3, now 4"),
+    (["--hidden", "17"], 3, "model: checkpoint has 6 tensors"),
+    (["--lr", "0.2"], 3, "lr: checkpoint 0.1, now 0.2"),
+    (["--compressor", "randomk"], 3, "compressor: checkpoint 'topk', now 'randomk'"),
+    (["--algorithm", "fp32-ps", "--compressor", "identity"], 3, None),
+])
+def test_a_checkpoint_of_another_run_is_refused(saved, tmp_path, options, n, message):
+    if options[:2] == ["--algorithm", "fp32-ps"]:
+        # the settings check comes first: ef-sgd options on fp32-ps are refused as such
+        options, message = ["--algorithm", "fp32-ps"], "algorithm: checkpoint ef-sgd, now fp32-ps"
+        result = run_mpi(n, ["train", "--iterations", "12", "--quiet", "--hidden", "16",
+                             "--algorithm", "fp32-ps", "--resume", str(saved),
+                             "--log", str(tmp_path / "r.h5")], timeout=120)
+    else:
+        result = resume(tmp_path, saved, *options, n=n)
+    assert result.returncode == 2, result.stderr
+    assert "does not match this run" in result.stderr and message in result.stderr, \
+        result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_damaged_checkpoint_is_refused_before_training(saved, tmp_path):
+    copy = tmp_path / "ck"
+    shutil.copytree(saved / "step-00000010", copy)
+    (copy / "rank-00002.h5").write_bytes(b"not hdf5 at all")
+    result = resume(tmp_path, copy)
+    assert result.returncode == 2
+    assert "rank-00002.h5" in result.stderr and "cannot be read" in result.stderr
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing", "no such directory"),
+    (lambda d: d, "no complete checkpoint in it"),
+])
+def test_resume_from_a_directory_without_checkpoints(tmp_path, make, message):
+    result = resume(tmp_path, make(tmp_path))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_resume_past_the_last_iteration_is_refused(saved, tmp_path):
+    result = run_mpi(3, ["train", *QUICK[2:], "--iterations", "10", "--quiet",
+                         "--log", str(tmp_path / "r.h5"), "--resume", str(saved)], timeout=120)
+    assert result.returncode == 2 and "leaves nothing to run" in result.stderr, result.stderr

@@ -61,6 +61,8 @@ class RunSummary:
     seconds: float
     #: Mean over the steps of |U| / K (algorithms that log ``union_size`` and have a K).
     union_over_k: float | None = None
+    #: ef-sgd --error-averaging: bytes each worker passed to the averaging Allreduce.
+    bytes_average_per_worker: int | None = None
 
     def text(self) -> str:
         mb = 1e6
@@ -74,6 +76,8 @@ class RunSummary:
             f"{self.compression_down:.1f}x down",
             *([f"  union of the workers' positions: mean |U|/K = {self.union_over_k:.3f}"]
               if self.union_over_k is not None else []),
+            *([f"  error averaging: {self.bytes_average_per_worker / mb:.3f} MB per worker"]
+              if self.bytes_average_per_worker else []),
             f"  log: {self.log_path}",
         ])
 
@@ -218,6 +222,7 @@ class _StepRecords:
         self.total_up = 0
         self.total_down = 0
         self.total_union = 0
+        self.total_average = 0
 
     def record(self, row: int, step_exchange, stats: dict) -> None:
         self.bytes_up[row] = step_exchange.bytes_up()
@@ -228,6 +233,13 @@ class _StepRecords:
             column[row] = stats[name]
         if "union_size" in self.extra:
             self.total_union += int(stats["union_size"])
+        if "bytes_average" in self.extra:
+            self.total_average += int(stats["bytes_average"].sum())
+
+    def totals(self) -> dict:
+        """What a checkpoint keeps so that a resumed run's summary covers the whole run."""
+        return {"total_up": self.total_up, "total_down": self.total_down,
+                "total_union": self.total_union, "total_average": self.total_average}
 
 
 #: Per-step log columns the runtime adds for every algorithm (docs/log-format.md).
@@ -262,8 +274,8 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
     eval_loss = eval_acc = float("nan")
     first_row = start_step
     if is_server and totals:  # a resumed run: its summary covers the whole run
-        records.total_up, records.total_down, records.total_union = (
-            totals["total_up"], totals["total_down"], totals["total_union"])
+        for name, value in totals.items():
+            setattr(records, name, value)
     every = config.checkpoint_every
     started = time.perf_counter()
     quiet = config.quiet or not is_server
@@ -321,8 +333,7 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
                                     records.total_down), flush=True)
         if checkpoint_now:
             checkpoint.save(config.checkpoint_dir, step + 1, comm, flat, alg, sampler,
-                            {"total_up": records.total_up, "total_down": records.total_down,
-                             "total_union": records.total_union} if is_server else {},
+                            records.totals() if is_server else {},
                             config)
 
     digest = _check_replicas(comm, flat.params.detach().cpu().numpy())
@@ -338,6 +349,7 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
         bytes_up_per_worker=round(up_per_worker), bytes_down=records.total_down,
         compression_up=fp32 / up_per_worker, compression_down=fp32 / records.total_down,
         seconds=time.perf_counter() - started,
+        bytes_average_per_worker=round(records.total_average / workers),
         union_over_k=(records.total_union / n / alg.k_total
                       if "union_size" in records.extra and getattr(alg, "k_total", None)
                       else None))

@@ -51,6 +51,7 @@ def test_every_feedback_mode_trains(comm, mpi_tmp_path, compressor, feedback, av
             averaged[averaging - 1::averaging] = True
         np.testing.assert_array_equal(logged["bytes_average"],
                                       np.where(averaged, 4 * d, 0)[:, None].repeat(workers, 1))
+        assert summary.bytes_average_per_worker == 4 * d * averaged.sum()
 
 
 def _residuals(directory, workers):
@@ -106,6 +107,7 @@ def test_a_resumed_run_continues_exactly(comm, mpi_tmp_path, settings):
         # the summary of the resumed run covers the whole run
         assert resumed.bytes_up_per_worker == whole.bytes_up_per_worker
         assert resumed.bytes_down == whole.bytes_down
+        assert resumed.bytes_average_per_worker == whole.bytes_average_per_worker
         with h5py.File(second, "r") as f:
             assert f.attrs["first_step"] == 10
             assert f.attrs["resumed_from"].endswith("step-00000010")

@@ -46,6 +46,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                         "topk = each worker's top-K values with error feedback, mean over the "
                         "union; qsgd = per-tensor norm + b-bit stochastic levels, mean; "
                         "dq-sgd = qsgd with a width chosen by the server every step; "
+                        "ef-sgd = error feedback (ef, step-ahead, error averaging) around "
+                        "a --compressor; "
                         "fp32-ps / "
                         "fp16-ps = uncompressed parameter server; allreduce = MPI_Allreduce "
                         "data parallel, no server role")

@@ -16,12 +16,11 @@ compressor.  A run that diverges (NaN loss: the job stops) is listed as such.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import h5py
+from common import launch, mpiexec_train
 
 COMPRESSORS = {"scaled-sign": [], "topk": ["--sparsity", "{sparsity}"]}
 MODES = {
@@ -41,14 +40,13 @@ def log_path(compressor, mode, args) -> Path:
 
 
 def command(compressor, mode, args) -> list[str]:
-    bindir = Path(sys.executable).parent
     fill = {"sparsity": args.sparsity, "averaging": args.averaging}
     extra = [a.format(**fill) for a in COMPRESSORS[compressor] + MODES[mode]]
-    return [str(bindir / "mpiexec"), "-n", str(args.ranks), str(bindir / "hpcgrad"), "train",
+    return mpiexec_train(args.ranks, [
             "--algorithm", "ef-sgd", "--compressor", compressor, *extra,
             "--lr", str(args.lr), "--momentum", str(args.momentum),
             "--iterations", str(args.iterations), "--seed", str(args.seed),
-            "--eval-every", "25", "--quiet", "--log", str(log_path(compressor, mode, args))]
+            "--eval-every", "25", "--quiet", "--log", str(log_path(compressor, mode, args))])
 
 
 def read(path: Path):
@@ -100,17 +98,11 @@ def main() -> int:
     p.add_argument("--averaging", type=int, default=20)
     p.add_argument("--table-only", action="store_true")
     args = p.parse_args()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     Path("runs/issue6").mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         for compressor in COMPRESSORS:
             for mode in MODES:
-                cmd = command(compressor, mode, args)
-                print("$", " ".join(cmd), flush=True)
-                done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True)
-                if done.returncode:
-                    print(f"  failed: {done.stderr.strip().splitlines()[0]}", flush=True)
+                launch(command(compressor, mode, args))
     print("| compressor | feedback | final accuracy | final loss | MB up / worker | MB down "
           "| MB averaging / worker |")
     print("|---|---|---:|---:|---:|---:|---:|")

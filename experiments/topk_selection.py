@@ -15,12 +15,11 @@ logs.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import h5py
+from common import launch, mpiexec_train
 
 RULES = {
     "local": ["--topk-selection", "local"],
@@ -38,13 +37,12 @@ def log_path(rule, partition, args) -> Path:
 
 
 def command(rule, partition, args) -> list[str]:
-    bindir = Path(sys.executable).parent
-    return [str(bindir / "mpiexec"), "-n", str(args.ranks), str(bindir / "hpcgrad"), "train",
+    return mpiexec_train(args.ranks, [
             "--algorithm", "topk", "--sparsity", str(args.sparsity), *RULES[rule],
             "--partition", PARTITIONS[partition], "--iterations", str(args.iterations),
             "--seed", str(args.seed), "--eval-every", "100", "--quiet",
             *(["--lr", str(args.lr)] if args.lr is not None else []),
-            "--log", str(log_path(rule, partition, args))]
+            "--log", str(log_path(rule, partition, args))])
 
 
 def row(path: Path):
@@ -76,17 +74,11 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--table-only", action="store_true")
     args = p.parse_args()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     Path("runs/issue4").mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         for partition in PARTITIONS:
             for rule in RULES:
-                cmd = command(rule, partition, args)
-                print("$", " ".join(cmd), flush=True)
-                done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True)
-                if done.returncode:
-                    print(f"  failed: {done.stderr.strip().splitlines()[0]}", flush=True)
+                launch(command(rule, partition, args))
     print("| partition | rule | workers | K | mean |U|/K | max |U|/K | MB up / worker "
           "| MB down | final accuracy |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -439,11 +439,12 @@ class ScaledSignCodec(Codec):
         return scale
 
     def encode(self, values, padded_body) -> None:
-        """The scale is the mean magnitude, ``sum|v| / d`` (float64 sum, rounded once)."""
+        """The scale is the mean magnitude, ``sum|v| / d`` (float64, in index order,
+        rounded once)."""
         count = values.size
         generic.sign_pack(values, padded_body)
         self.write_scale(padded_body, count,
-                         np.float32(np.abs(values).sum(dtype=np.float64) / max(count, 1)))
+                         np.float32(generic.magnitude_sum(values) / max(count, 1)))
 
     def decode(self, body, count, flags=0) -> np.ndarray:
         scale = self.check_scale(body, count, self.name)

@@ -80,8 +80,9 @@ class ScaledSign(Compressor):
 
     def compress(self, values, message, step, sender):
         body = message.padded_body
-        kernels.for_array(values).sign_pack(values, body)  # writes whole 8-byte words
-        scale = np.float32(np.abs(values).sum(dtype=np.float64) / self.count)
+        k = kernels.for_array(values)
+        k.sign_pack(values, body)  # writes whole 8-byte words: the scale goes in after
+        scale = np.float32(k.magnitude_sum(values) / self.count)
         SCALED_SIGN.write_scale(body, self.count, scale)
         message.set_body(SCALED_SIGN.id, 0, SCALED_SIGN.body_length(self.count))
 
@@ -129,7 +130,7 @@ class _Sparse(Compressor):
                                         header.flags, self._pos, self._val, what=what)
         if not accumulate:
             out[...] = 0
-        out[self._pos[:nnz]] += self._val[:nnz]  # positions are distinct within a message
+        np.add.at(out, self._pos[:nnz], self._val[:nnz])  # in place: no K-sized temporaries
 
 
 class TopKCompressor(_Sparse):

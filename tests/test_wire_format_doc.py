@@ -355,7 +355,7 @@ def expected_values(codec: int, v: np.ndarray) -> np.ndarray:
     if codec == SIGN1:
         return np.where(v < 0, -1.0, 1.0).astype(np.float32)
     if codec == SCALED_SIGN:
-        scale = np.float32(np.abs(v).sum(dtype=np.float64) / v.size) if v.size else 0
+        scale = np.float32(sum(abs(float(x)) for x in v) / v.size) if v.size else 0
         return np.where(v < 0, -scale, scale).astype(np.float32)
     return np.where(v < 0, -1.0, np.where(v > 0, 1.0, 0.0)).astype(np.float32)
 

@@ -22,7 +22,7 @@ from .generic import TIE_POSITIVE, TIE_RANDOM, TIE_ZERO, packed_length
 __all__ = [
     "TIE_POSITIVE", "TIE_RANDOM", "TIE_ZERO", "packed_length", "sign_pack",
     "momentum_sign_pack", "ternary_pack", "momentum_ternary_pack", "majority_vote",
-    "ternary_vote", "apply_sign_update", "apply_ternary_update", "warm_up",
+    "ternary_vote", "apply_sign_update", "apply_ternary_update", "magnitude_sum", "warm_up",
 ]
 
 _jit = njit(cache=True, nogil=True, boundscheck=False)
@@ -321,6 +321,15 @@ def apply_sign_update(params, packed, lr, weight_decay) -> None:
     _sign_update(params, _words(packed), lr, weight_decay)
 
 
+@_jit
+def magnitude_sum(values):
+    """``sum |v_i|`` in float64, added in index order (the ``scaled-sign`` scale)."""
+    total = 0.0
+    for i in range(values.size):
+        total += abs(np.float64(values[i]))
+    return total
+
+
 def apply_ternary_update(params, nonzero, negative, lr, weight_decay) -> None:
     _ternary_update(params, _words(nonzero), _words(negative), lr, weight_decay)
 
@@ -331,6 +340,7 @@ def warm_up() -> None:
     padded = np.zeros(8, dtype=np.uint8)
     other = np.zeros(8, dtype=np.uint8)
     sign_pack(values, padded)
+    magnitude_sum(values)
     ternary_pack(values, padded, other)
     momentum_ternary_pack(values, values.copy(), np.float32(0.5), np.float32(0.5), padded, other)
     ternary_vote(np.zeros((3, 16), dtype=np.uint8), values.size, 8, padded, other)

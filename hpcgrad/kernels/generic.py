@@ -132,6 +132,15 @@ def decode_ternary(nonzero, negative, count, dtype=np.float32):
     return (nz * (1 - 2 * neg)).astype(dtype)
 
 
+def magnitude_sum(values) -> float:
+    """``sum |v_i|`` in float64, added in index order (a running sum: NumPy's ``sum``
+    adds pairwise, which may round differently)."""
+    xp = _xp(values)
+    if values.size == 0:
+        return 0.0
+    return float(xp.cumsum(xp.abs(values), dtype=xp.float64)[-1])
+
+
 def apply_direction(params, direction, lr, weight_decay) -> None:
     """``params <- params - lr*(direction + weight_decay*params)`` in float32."""
     step = weight_decay * params

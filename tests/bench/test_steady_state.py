@@ -51,7 +51,8 @@ def _steady_state_growth(comm, name, settings=None):
 
 
 @pytest.mark.mpi(min_size=3)
-@pytest.mark.parametrize("name", ["signum-mv", "fp32-ps", "fp16-ps", "allreduce"])
+@pytest.mark.parametrize("name", ["signum-mv", "fp32-ps", "fp16-ps", "allreduce", "ef-sgd",
+                                  "ef-sgd-topk"])
 def test_steady_state_steps_allocate_no_large_arrays(comm, name):
     growth, where = _steady_state_growth(comm, name)
     assert growth <= LIMIT, (f"rank {comm.Get_rank()}: {name} steps grew the traced peak by "

@@ -35,6 +35,15 @@ def test_sign_pack_matches_reference(n):
     assert not a[(n + 7) // 8:].any()
 
 
+@pytest.mark.parametrize("n", LENGTHS)
+def test_magnitude_sum_adds_in_index_order_in_float64(n):
+    x = values(n) * np.float32(1e3)
+    running = 0.0
+    for v in x.tolist():
+        running += abs(v)
+    assert cpu.magnitude_sum(x) == generic.magnitude_sum(x) == running
+
+
 def test_sign_layout_is_lsb_first_one_is_negative():
     x = np.array([0.5, -1, 0, -2, 3, -0.0, 7, -8, 1], dtype=np.float32)
     out = padded(x.size)

@@ -46,6 +46,8 @@ ALGORITHMS = {
     "ef-sgd": {"compressor": "scaled-sign", "feedback": "ef"},
     "ef-sgd-topk": {"algorithm": "ef-sgd", "compressor": "topk", "sparsity": 0.01,
                     "feedback": "ef"},
+    "ef-sgd-server": {"algorithm": "ef-sgd", "compressor": "scaled-sign", "feedback": "ef",
+                      "server_feedback": True},
     "fp16-ps": {},
     "fp32-ps": {},
     "allreduce": {},

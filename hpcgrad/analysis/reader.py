@@ -201,9 +201,15 @@ class RunLog:
         return "allreduce" if self.algorithm == "allreduce" else "ps"
 
     @property
+    def first_step(self) -> int:
+        """The first logged iteration: 0, or the checkpoint's step for a resumed run."""
+        return int(self.meta.get("first_step", 0))
+
+    @property
     def complete(self) -> bool:
-        """All requested steps are logged (a finished run; a live or killed one is not)."""
-        return self.n >= self.iterations_requested
+        """All requested steps are logged (a finished run; a live or killed one is not).
+        A resumed run's log holds the steps from its checkpoint on."""
+        return self.first_step + self.n >= self.iterations_requested
 
     def extra_step_datasets(self) -> list[str]:
         """``/steps`` datasets beyond format version 1's (e.g. ``nnz_up``), in file order."""

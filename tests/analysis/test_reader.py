@@ -83,6 +83,16 @@ def test_empty_log_has_empty_tables(tmp_path):
             log.require_steps()
 
 
+def test_a_resumed_runs_log_is_complete_from_its_first_step(tmp_path):
+    path = make_log(tmp_path / "resumed.h5", n=10, iterations=40)
+    with open_log(path) as log:
+        assert log.first_step == 0 and not log.complete
+    with h5py.File(path, "a") as f:  # as runtime.train writes it after --resume
+        f.attrs["first_step"] = 30
+    with open_log(path) as log:
+        assert log.first_step == 30 and log.complete
+
+
 def _expect(path, fragment):
     with pytest.raises(LogError) as info:
         open_log(path)

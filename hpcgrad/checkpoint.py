@@ -41,11 +41,11 @@ from .errors import ConfigError, HpcgradError
 FORMAT = "hpcgrad-checkpoint"
 FORMAT_VERSION = 1
 #: Settings a resumed run may change: they do not change the trajectory.  (``iterations``
-#: may grow to extend a run, unless an lr schedule is spread over it; settings derived
-#: from it, such as DQ-SGD's horizon, are compared as resolved.)
+#: may grow to extend a run, unless a cosine lr schedule is spread over it; settings
+#: derived from it, such as DQ-SGD's horizon, are compared as resolved.)
 IGNORED = {"iterations", "log", "quiet", "eval_every", "flush_every", "record_messages",
            "checkpoint_every", "checkpoint_dir", "resume"}
-_STEP_DIR = re.compile(r"^step-(\d{8})$")
+_STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
 
 def rank_file(directory: Path, rank: int) -> Path:
@@ -54,29 +54,40 @@ def rank_file(directory: Path, rank: int) -> Path:
 
 def _trajectory_settings(config) -> dict:
     settings = json.loads(config.to_json())
-    ignored = IGNORED - ({"iterations"} if settings.get("lr_schedule", "constant") != "constant"
-                         else set())
+    spread = str(settings.get("lr_schedule", "constant")).startswith("cosine")
+    ignored = IGNORED - ({"iterations"} if spread else set())
     return {k: v for k, v in settings.items() if k not in ignored}
 
 
 def _get(obj, path: str):
+    """``alg.sgd.buffer`` for ``"sgd.buffer"``; None where a part is missing or None (an
+    algorithm without momentum has no ``sgd``)."""
     for part in path.split("."):
         obj = getattr(obj, part, None)
     return obj
 
 
-def _set(obj, path: str, value) -> None:
+def _set(obj, path: str, value, xp=np) -> None:
+    """Restore one state entry; arrays go to the array module ``xp`` of the run's
+    parameters (NumPy, or CuPy on a GPU rank)."""
     *parents, last = path.split(".")
     for part in parents:
-        obj = getattr(obj, part)
+        obj = getattr(obj, part, None)
+        if obj is None:
+            if value is None:
+                return  # not kept by this run, not saved by the checkpoint
+            raise ConfigError(f"the checkpoint holds {path}, which this run's algorithm does "
+                              "not keep")
     current = getattr(obj, last, None)
-    if isinstance(current, np.ndarray) and isinstance(value, np.ndarray) \
+    if isinstance(value, np.ndarray) and hasattr(current, "shape") \
             and current.shape == value.shape and current.dtype == value.dtype:
-        current[...] = value  # in place: other objects may hold views of it
-    elif isinstance(current, np.ndarray) or value is None or isinstance(value, np.ndarray):
-        setattr(obj, last, value)
+        current[...] = xp.asarray(value)  # in place: other objects may hold views of it
+    elif isinstance(value, np.ndarray):
+        setattr(obj, last, xp.asarray(value))
+    elif value is None or current is None:
+        setattr(obj, last, value if value is None else value.item())
     else:
-        setattr(obj, last, type(current)(value) if current is not None else value.item())
+        setattr(obj, last, type(current)(value))
 
 
 # ----------------------------------------------------------------------- save
@@ -164,7 +175,8 @@ def find(path) -> Path:
         raise ConfigError(f"--resume {str(path)!r}: no such directory")
     if rank_file(path, 0).exists():
         return path
-    steps = sorted(p for p in path.iterdir() if _STEP_DIR.match(p.name) and p.is_dir())
+    steps = sorted((p for p in path.iterdir() if _STEP_DIR.match(p.name) and p.is_dir()),
+                   key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
     if not steps:
         raise ConfigError(f"--resume {str(path)!r}: no complete checkpoint in it (expected "
                           "step-NNNNNNNN/rank-NNNNN.h5 as --checkpoint-dir writes)")
@@ -224,9 +236,10 @@ def _first_difference(saved, now) -> str:
     return ""
 
 
-def load(directory, comm, flat, alg, sampler) -> dict:
+def load(directory, comm, flat, alg, sampler, xp=np) -> dict:
     """Restore this rank's state from a checkpoint that :func:`check` accepted; rank 0
-    also loads the parameters (the caller broadcasts them).  Returns rank 0's totals."""
+    also loads the parameters (the caller broadcasts them).  Arrays are restored into the
+    array module ``xp`` (CuPy on a GPU rank).  Returns rank 0's totals."""
     rank = comm.Get_rank()
     path = rank_file(directory, rank)
     totals = {}
@@ -241,18 +254,18 @@ def load(directory, comm, flat, alg, sampler) -> dict:
             state = f["state"]
             for key in alg.state_names:
                 if key not in state:
-                    _set(alg, key, None)
+                    _set(alg, key, None, xp)
                 elif isinstance(state[key], h5py.Group):
                     value = np.concatenate([state[key][name][...].reshape(-1)
                                             for name in flat.names])
-                    _set(alg, key, value)
+                    _set(alg, key, value, xp)
                 else:
                     value = state[key][...]
-                    _set(alg, key, value if value.ndim else value[()])
+                    _set(alg, key, value if value.ndim else value[()], xp)
             if sampler is not None:
                 s = f["sampler"].attrs
                 sampler.seek(int(s["epoch"]), int(s["cursor"]))
             torch.set_rng_state(torch.from_numpy(f["torch_rng_state"][...]))
-    except (OSError, KeyError) as exc:
+    except (OSError, KeyError, ValueError, TypeError) as exc:
         raise ConfigError(f"checkpoint file {str(path)!r} is damaged: {exc}") from None
     return totals

@@ -233,8 +233,17 @@ def _validate_feedback(cfg: TrainConfig) -> None:
     if cfg.compressor in ("topk", "randomk"):
         _check(cfg.sparsity < 1, f"{cfg.compressor}: sparsity {cfg.sparsity} selects every "
                "coordinate; use --compressor identity for no compression")
-    _check(cfg.k_per_worker is None, "ef-sgd: --k-per-worker is an s3gd-mv setting; use "
-           "--sparsity")
+    for ignored, why in ((cfg.k_per_worker is not None, "--k-per-worker is an s3gd-mv setting; "
+                          "use --sparsity"),
+                         (cfg.selection != "exact", "--selection is s3gd-mv's; the topk "
+                          "compressor always selects exactly"),
+                         (cfg.topk_values != "fp32", "--topk-values is the topk algorithm's; "
+                          "the topk compressor sends fp32 values"),
+                         (cfg.residual is not None, "--residual is s3gd-mv's; ef-sgd keeps its "
+                          "residual with --feedback"),
+                         (cfg.quantize_downlink, "--quantize-downlink is qsgd's; use "
+                          "--server-feedback to compress the downlink")):
+        _check(not ignored, f"ef-sgd: {why}")
 
 
 def _validate_checkpoints(cfg: TrainConfig) -> None:

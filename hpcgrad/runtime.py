@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from mpi4py import MPI
 
-from . import (__version__, algorithms, attacks, checkpoint, datasets, device, exchange, models,
-               partitions)
+from . import (__version__, algorithms, attacks, checkpoint, datasets, device, exchange, kernels,
+               models, partitions)
 from . import schedule as lr_schedule
 from .agreement import agree
 from .config import TrainConfig
@@ -123,6 +123,20 @@ def evaluate(model, data) -> tuple[float, float]:
     return loss, accuracy
 
 
+def _broadcast_params(comm, flat, params, where) -> None:
+    """Every replica takes rank 0's parameters."""
+    host_params = flat.params.detach().cpu().numpy()
+    comm.Bcast([host_params, MPI.FLOAT], root=0)
+    where.to_device(host_params, params)
+
+
+def _check_new_log(path) -> None:
+    if Path(path).exists():
+        raise ConfigError(f"--log {str(path)!r} exists: a resumed run writes a new log and "
+                          "would overwrite it (it may hold the steps before the checkpoint); "
+                          "give the resumed run another --log")
+
+
 def _check_world(comm, config) -> None:
     size = comm.Get_size()
     if size < 2:
@@ -164,9 +178,7 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     d = flat.count
     params, grads = where.array(flat.params), where.array(flat.grads)
     # Replicas start from rank 0's parameters, whatever the caller's model init did.
-    host_params = flat.params.detach().cpu().numpy()
-    comm.Bcast([host_params, MPI.FLOAT], root=0)
-    where.to_device(host_params, params)
+    _broadcast_params(comm, flat, params, where)
     alg = agree(comm, lambda: algorithms.create(config, d, workers, flat.numels),
                 "setting up the algorithm")
     sampler = agree(comm, lambda: None if is_server else partitions.ShardSampler(
@@ -179,11 +191,10 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
                                       root=0))
         start_step = agree(comm, lambda: checkpoint.check(resumed_from, comm, flat, alg, config),
                            "checking the checkpoint")
-        totals = agree(comm, lambda: checkpoint.load(resumed_from, comm, flat, alg, sampler),
+        totals = agree(comm, lambda: checkpoint.load(resumed_from, comm, flat, alg, sampler,
+                                                     kernels.array_module(params)),
                        "loading the checkpoint")
-        host_params = flat.params.detach().cpu().numpy()
-        comm.Bcast([host_params, MPI.FLOAT], root=0)
-        where.to_device(host_params, params)
+        _broadcast_params(comm, flat, params, where)  # rank 0 read them from its file
 
     zeros = np.zeros if where.name == "cpu" else device.pinned_zeros
     step_exchange = exchange.create(comm, alg, where, zeros)
@@ -195,6 +206,9 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
 
     log_path = config.log or default_log_path(config, size)
     log_path = comm.bcast(log_path, root=0)
+    if resumed_from:
+        agree(comm, lambda: _check_new_log(log_path) if is_server else None,
+              "choosing the log of the resumed run")
     meta = {**_run_metadata(comm, config, d, alg, log_path, where), **alg.metadata()}
     if resumed_from:
         meta.update(resumed_from=resumed_from, first_step=start_step)

@@ -102,3 +102,12 @@ def test_resume_past_the_last_iteration_is_refused(saved, tmp_path):
     result = run_mpi(3, ["train", *QUICK[2:], "--iterations", "10", "--quiet",
                          "--log", str(tmp_path / "r.h5"), "--resume", str(saved)], timeout=120)
     assert result.returncode == 2 and "leaves nothing to run" in result.stderr, result.stderr
+
+
+def test_a_resumed_run_does_not_overwrite_an_existing_log(saved, tmp_path):
+    first = saved.parent / "run.h5"  # the log of the run that wrote the checkpoints
+    before = first.read_bytes()
+    result = run_mpi(3, ["train", *QUICK, "--log", str(first), "--resume", str(saved)],
+                     timeout=120)
+    assert result.returncode == 2 and "exists: a resumed run writes a new log" in result.stderr
+    assert first.read_bytes() == before

@@ -87,7 +87,9 @@ def test_error_averaging_leaves_every_worker_with_the_mean_residual(comm, mpi_tm
     dict(algorithm="topk", topk_selection="leader"),
     dict(algorithm="dq-sgd", dq_horizon=16),  # T defaults to --iterations, which differ here
     dict(algorithm="signum-mv", partition="classes:3"),
-], ids=["ef-topk-averaging", "ef-qsgd-server", "topk-leader", "dq-sgd", "signum-non-iid"])
+    dict(algorithm="s3gd-mv", lr_schedule="step:6:0.5"),  # no momentum: no sgd object
+], ids=["ef-topk-averaging", "ef-qsgd-server", "topk-leader", "dq-sgd", "signum-non-iid",
+        "s3gd-step-schedule"])
 def test_a_resumed_run_continues_exactly(comm, mpi_tmp_path, settings):
     name = settings["algorithm"] + "-" + "-".join(str(v) for v in settings.values())
     full, first, second = (mpi_tmp_path / f"{name}-{part}.h5"

@@ -211,6 +211,10 @@ def test_a_corrupt_scaled_sign_scale_is_rejected():
     (dict(algorithm="ef-sgd", error_averaging=4, feedback="none"), "keeps none"),
     (dict(algorithm="ef-sgd", compressor="topk", sparsity=1.0), "selects every coordinate"),
     (dict(algorithm="ef-sgd", checkpoint_every=5), "need both --checkpoint-every"),
+    (dict(algorithm="ef-sgd", topk_values="fp16"), "the topk compressor sends fp32"),
+    (dict(algorithm="ef-sgd", selection="threshold"), "always selects exactly"),
+    (dict(algorithm="ef-sgd", residual=0.5), "keeps its residual with --feedback"),
+    (dict(algorithm="ef-sgd", quantize_downlink=True), "use --server-feedback"),
 ])
 def test_bad_settings_are_refused(settings, message):
     with pytest.raises(ConfigError, match=message):

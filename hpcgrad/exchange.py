@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from .tracelog import PHASES
-from .transport import Allreduce, ParameterServer
+from .transport import Allreduce, ParameterServer, WorkerMean
 from .wire import Header
 
 COMPUTE, ENCODE, GATHER, AGGREGATE, BCAST, DECODE, UPDATE, AVERAGE = range(len(PHASES))
@@ -70,27 +70,6 @@ def _capacity_header(codecs, count: int) -> Header:
     return Header(codecs[0].id, count, max(c.max_body_length(count) for c in codecs), 0, 0)
 
 
-class ErrorAveraging:
-    """Replace an array by its mean over the workers (ranks 1..N-1), the server idle.
-
-    ``comm.Split`` is collective over every rank of ``comm``: construct this on all of
-    them.  The sum is one ``MPI_Allreduce`` of float32 on the workers' communicator; MPI
-    gives every member the same result, so the workers' arrays end up equal.
-    """
-
-    def __init__(self, comm):
-        from mpi4py import MPI
-        self._mpi = MPI
-        rank = comm.Get_rank()
-        self.workers = comm.Split(MPI.UNDEFINED if rank == 0 else 0, rank)
-        self.count = 0 if rank == 0 else self.workers.Get_size()
-
-    def replace_by_mean(self, array) -> None:
-        MPI = self._mpi
-        self.workers.Allreduce(MPI.IN_PLACE, [array, MPI.FLOAT], op=MPI.SUM)
-        array /= np.float32(self.count)
-
-
 class ParameterServerExchange:
     """The parameter-server exchange of one algorithm on one rank."""
 
@@ -113,7 +92,7 @@ class ParameterServerExchange:
         self.up = None if self.is_server else Outgoing(
             ps.uplink, where.empty_like_host(ps.uplink.padded_body))
         self.down = where.empty_like_host(ps.downlink.padded_body)
-        self.averaging = ErrorAveraging(comm) if alg.average_every else None
+        self.averaging = WorkerMean(comm) if alg.average_every else None
 
     def step(self, grads, params, step: int, clock: PhaseClock) -> None:
         ps, alg, where = self.transport, self.alg, self.where

@@ -184,3 +184,21 @@ class Allreduce:
 
     def allreduce(self) -> None:
         self.comm.Allreduce([self.send, MPI.FLOAT], [self.recv, MPI.FLOAT], op=MPI.SUM)
+
+
+class WorkerMean:
+    """Replace an array by its mean over the workers (ranks 1..N-1); rank 0 takes no part.
+
+    Construct it on every rank of ``comm``: ``MPI_Comm_split`` is collective.  The sum is
+    one ``MPI_Allreduce`` of float32 on the workers' communicator, which gives every
+    member the same result, so the workers' arrays end up equal (error averaging).
+    """
+
+    def __init__(self, comm: MPI.Comm):
+        rank = comm.Get_rank()
+        self.workers = comm.Split(MPI.UNDEFINED if rank == 0 else 0, rank)
+        self.count = 0 if rank == 0 else self.workers.Get_size()
+
+    def replace_by_mean(self, array) -> None:
+        self.workers.Allreduce(MPI.IN_PLACE, [array, MPI.FLOAT], op=MPI.SUM)
+        array /= np.float32(self.count)

@@ -126,15 +126,26 @@ class MomentumSGD:
         self.lr, self.mu, self.wd = f32(lr), f32(momentum), f32(weight_decay)
         self.buffer = self.scratch = None  # allocated on first use, where params live
 
-    def step(self, params, grad) -> None:
-        xp = kernels.array_module(params)
+    def update(self, params, grad, out) -> None:
+        """``buf <- mu*buf + (g + wd*x)``, then ``out <- lr*buf``: the step ``x -= out``
+        without taking it (error feedback sends it).  ``params`` may be None when the
+        weight decay is 0 (a benchmark's exchange, which has no model)."""
+        xp = kernels.array_module(grad)
         if self.buffer is None:  # a checkpoint may have restored it already
-            self.buffer = xp.zeros_like(params)
-        if self.scratch is None:
-            self.scratch = xp.empty_like(params)
-        xp.multiply(params, self.wd, out=self.scratch)
-        self.scratch += grad
+            self.buffer = xp.zeros_like(grad)
+        if params is None:
+            if self.wd:
+                raise ValueError("momentum SGD with weight decay needs the parameters")
+            out[...] = grad
+        else:
+            xp.multiply(params, self.wd, out=out)
+            out += grad
         self.buffer *= self.mu
-        self.buffer += self.scratch
-        xp.multiply(self.buffer, self.lr, out=self.scratch)
+        self.buffer += out
+        xp.multiply(self.buffer, self.lr, out=out)
+
+    def step(self, params, grad) -> None:
+        if self.scratch is None:
+            self.scratch = kernels.array_module(params).empty_like(params)
+        self.update(params, grad, self.scratch)
         params -= self.scratch

@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import compressors
 from ..errors import ConfigError
-from .base import Algorithm, f32
+from .base import Algorithm, MomentumSGD, f32
 
 FEEDBACK_MODES = ("none", "ef", "step-ahead")
 
@@ -36,7 +36,7 @@ class ErrorFeedbackSGD(Algorithm):
     defaults = {"lr": 0.1, "momentum": 0.9, "compressor": "scaled-sign", "feedback": "ef",
                 "sparsity": 0.01, "bits": 4}
     step_fields = {"bytes_average": (True, np.int64)}
-    state_names = ("residual", "momentum", "server_residual")
+    state_names = ("residual", "sgd.buffer", "server_residual")
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)
@@ -53,12 +53,11 @@ class ErrorFeedbackSGD(Algorithm):
         self.down_compressor = self.compressor if self.server_feedback else \
             compressors.Identity(config, self.segments, self.offsets)
         self.downlink = self.down_compressor.codec
-        self.lr, self.mu = f32(config.lr), f32(config.momentum)
-        self.wd = f32(config.weight_decay)
+        # The workers' local momentum SGD: its update u = lr*b is sent, not applied.
+        self.sgd = MomentumSGD(num_params, config.lr, config.momentum, config.weight_decay)
         d = num_params
         self.residual = np.zeros(d, dtype=np.float32) if self.feedback != "none" else None
         self.server_residual = np.zeros(d, dtype=np.float32) if self.server_feedback else None
-        self.momentum = None  # workers: allocated on the first step
         self.update = np.zeros(d, dtype=np.float32)   # d = u + e, then the aggregate a
         self.decoded = np.zeros(d, dtype=np.float32)  # C(d) as the receiver decodes it
         self._params = self._saved = None
@@ -88,22 +87,8 @@ class ErrorFeedbackSGD(Algorithm):
             params[...] = self._saved  # a copy back: x - e + e need not round to x
 
     def worker_step(self, grad, message, step):
-        if self.momentum is None:
-            self.momentum = np.zeros_like(grad)
         d = self.update
-        # The local momentum-SGD step in MomentumSGD's order of float32 operations, so
-        # that one worker with the identity compressor is fp32-ps bit for bit.
-        if self.wd:
-            if self._params is None:
-                raise RuntimeError("ef-sgd with weight decay needs before_gradient(params) "
-                                   "before worker_step: the decay term is wd*x")
-            np.multiply(self._params, self.wd, out=d)
-            d += grad
-        else:
-            d[...] = grad
-        self.momentum *= self.mu
-        self.momentum += d
-        np.multiply(self.momentum, self.lr, out=d)
+        self.sgd.update(self._params, grad, d)  # before_gradient handed over x
         if self.residual is not None:
             d += self.residual
         sender = getattr(message, "host", message).header.sender

@@ -17,9 +17,9 @@ import traceback
 
 from . import __version__
 from .algorithms.ef_sgd import FEEDBACK_MODES
-from .attacks import ATTACKS
-from .compressors import COMPRESSORS
-from .config import (ALGORITHMS, DEVICES, SELECTIONS, TIE_RULES, TOPK_SELECTIONS, TOPK_VALUES,
+from .training.attacks import ATTACKS
+from .compression.compressors import COMPRESSORS
+from .training.config import (ALGORITHMS, DEVICES, SELECTIONS, TIE_RULES, TOPK_SELECTIONS, TOPK_VALUES,
                      TrainConfig)
 
 COMPRESSOR_NAMES = tuple(COMPRESSORS)
@@ -122,7 +122,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                          "(default: 1)")
     tk.add_argument("--unbiased", action="store_true", default=None,
                     help="shared-random: scale the values by numel/K and keep no residual")
-    from .config import BATCH_NORMS, DATASETS, MODELS
+    from .workloads.catalog import BATCH_NORMS, DATASETS, MODELS
     wl = p.add_argument_group("workload (models, datasets, partitions)",
                               "nothing is downloaded: file datasets are read from --data-path")
     wl.add_argument("--model", choices=MODELS,
@@ -217,7 +217,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                          "step-NNNNNNNN directory): same parameters, state and data order, so "
                          "the run continues exactly as if it had not stopped")
     sa = p.add_argument_group("learning-rate schedule and adversarial workers "
-                              "(hpcgrad/schedule.py, hpcgrad/attacks.py)")
+                              "(hpcgrad/training/schedule.py, hpcgrad/training/attacks.py)")
     sa.add_argument("--lr-schedule", metavar="SCHEDULE",
                     help="lr of step t: constant; step:EVERY:GAMMA = lr*GAMMA^floor(t/EVERY); "
                          "cosine = from lr down to 0 over --iterations (after the warm-up); "
@@ -266,23 +266,12 @@ def _cli_settings(args) -> dict:
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
-def _abort(comm, rank: int, exc: BaseException) -> None:
-    from .errors import HpcgradError
-    if isinstance(exc, HpcgradError):
-        detail = f"{type(exc).__name__}: {exc}"
-    else:
-        detail = "".join(traceback.format_exception(exc)).rstrip()
-    print(f"hpcgrad: error on rank {rank}: {detail}\nhpcgrad: aborting all "
-          f"{comm.Get_size()} ranks", file=sys.stderr, flush=True)
-    comm.Abort(1)
-
-
 def cmd_train(args) -> int:
     from mpi4py import MPI
 
-    from . import config as configuration
-    from .agreement import SetupError, agree
-    from .runtime import train
+    from .training import config as configuration
+    from .comm.agreement import SetupError, abort_job, agree
+    from .training.runtime import train
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
@@ -297,7 +286,7 @@ def cmd_train(args) -> int:
             print(f"hpcgrad: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except BaseException as exc:  # noqa: BLE001 -- any failure must take the whole job down
-        _abort(comm, rank, exc)
+        abort_job(comm, rank, exc)
         return 1
     if summary is not None:
         print(summary.text(), flush=True)

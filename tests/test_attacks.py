@@ -1,4 +1,4 @@
-"""Adversarial workers (hpcgrad/attacks.py): the corruption of each codec's body, the
+"""Adversarial workers (hpcgrad/training/attacks.py): the corruption of each codec's body, the
 settings, and whole runs under mpiexec -n 5 (tests/mpirun.py)."""
 
 import json
@@ -7,11 +7,12 @@ import h5py
 import numpy as np
 import pytest
 
-from hpcgrad import attacks, codecs
+from hpcgrad.training import attacks
+from hpcgrad.wire import codecs
 from hpcgrad.algorithms import create
-from hpcgrad.codecs import (FP16, FP32, QSGD, SIGN1, SPARSE_SIGN, SPARSE_VALUES, TERNARY2,
+from hpcgrad.wire.codecs import (FP16, FP32, QSGD, SIGN1, SPARSE_SIGN, SPARSE_VALUES, TERNARY2,
                             encode_qsgd, encode_sparse_ternary, encode_sparse_values)
-from hpcgrad.config import TrainConfig
+from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import ConfigError
 from hpcgrad.kernels import quantize
 from hpcgrad.wire import HEADER_SIZE, read_header, round_up
@@ -363,7 +364,8 @@ def test_every_algorithm_runs_with_an_adversary(comm, mpi_tmp_path, algorithm, s
     """The server decodes (and so validates) the corrupted uplinks; replicas stay equal."""
     import hashlib
 
-    from hpcgrad import runtime, workloads
+    from hpcgrad.training import runtime
+    from hpcgrad import workloads
 
     config = TrainConfig(algorithm=algorithm, adversaries=1, attack=attack, iterations=6,
                          eval_every=0, quiet=True, sparsity=0.05, **settings,

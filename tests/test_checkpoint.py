@@ -7,7 +7,7 @@ import shutil
 import h5py
 import pytest
 
-from hpcgrad import checkpoint
+from hpcgrad.training import checkpoint
 from mpirun import run_mpi
 
 QUICK = ["--iterations", "12", "--quiet", "--hidden", "16", "--eval-every", "0",

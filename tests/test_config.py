@@ -1,7 +1,7 @@
 import pytest
 
 from hpcgrad import algorithms
-from hpcgrad.config import ALGORITHMS, TrainConfig, build, load_file
+from hpcgrad.training.config import ALGORITHMS, TrainConfig, build, load_file
 from hpcgrad.errors import ConfigError
 
 

@@ -1,5 +1,5 @@
 """Dataset readers on small files the tests write in the real formats, the synthetic task,
-and the workload settings' validation (hpcgrad/datasets.py, hpcgrad/config.py)."""
+and the workload settings' validation (hpcgrad/workloads/datasets.py, hpcgrad/training/config.py)."""
 
 import gzip
 import os
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from hpcgrad import datasets, workloads
-from hpcgrad.config import TrainConfig
+from hpcgrad.workloads import datasets
+from hpcgrad import workloads
+from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import ConfigError
 
 from workload_files import (cifar_dict, idx_bytes, write_ag_news, write_cifar10, write_cifar100,
@@ -327,7 +328,7 @@ def test_workload_settings_are_checked_before_training(settings, message):
 
 
 def test_a_config_file_names_the_workload_settings(tmp_path):
-    from hpcgrad import config as configuration
+    from hpcgrad.training import config as configuration
     path = tmp_path / "run.toml"
     path.write_text('model = "resnet20"\ndataset = "cifar10"\ndata-path = "/data"\n'
                     'batch-norm = "none"\nexamples = 100\npartition = "dirichlet:0.5"\n')

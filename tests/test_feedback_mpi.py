@@ -9,8 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from hpcgrad import checkpoint, runtime, workloads
-from hpcgrad.config import TrainConfig
+from hpcgrad.training import checkpoint, runtime
+from hpcgrad import workloads
+from hpcgrad.training.config import TrainConfig
 
 pytestmark = pytest.mark.mpi(min_size=3)
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcgrad import runtime
-from hpcgrad.config import TrainConfig
+from hpcgrad.training import runtime
+from hpcgrad.training.config import TrainConfig
 
 pytestmark = pytest.mark.mpi(min_size=3)
 

@@ -172,7 +172,7 @@ def test_help_describes_the_options():
 PROBE = """\
 import os, sys, time
 from mpi4py import MPI
-from hpcgrad import device
+from hpcgrad.comm import device
 comm = MPI.COMM_WORLD
 mode = sys.argv[1]
 if mode == "die" and comm.rank == 1:

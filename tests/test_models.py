@@ -1,4 +1,4 @@
-"""Models (hpcgrad/models.py): sizes, inputs, batch norm without buffers, and every model and
+"""Models (hpcgrad/workloads/models.py): sizes, inputs, batch norm without buffers, and every model and
 dataset pair training under ``mpiexec -n 5`` on small files in the real formats."""
 
 import re
@@ -6,10 +6,11 @@ import re
 import pytest
 import torch
 
-from hpcgrad import datasets, models, workloads
-from hpcgrad.config import TrainConfig
+from hpcgrad.workloads import datasets, models
+from hpcgrad import workloads
+from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import ConfigError
-from hpcgrad.flat import FlatModel
+from hpcgrad.training.flat import FlatModel
 
 from mpirun import run_mpi
 from workload_files import write_ag_news, write_cifar10, write_cifar100, write_mnist

@@ -1,12 +1,13 @@
-"""Partitions of the training set among workers (hpcgrad/partitions.py): iid and classes:L as
+"""Partitions of the training set among workers (hpcgrad/workloads/partitions.py): iid and classes:L as
 before, dirichlet:alpha deterministic and covering, and the sampler's epochs."""
 
 import numpy as np
 import pytest
 import torch
 
-from hpcgrad import datasets, partitions, workloads
-from hpcgrad.config import parse_partition, partition_classes
+from hpcgrad.workloads import datasets, partitions
+from hpcgrad import workloads
+from hpcgrad.training.config import parse_partition, partition_classes
 from hpcgrad.errors import ConfigError
 
 DATA = datasets.synthetic(0, train=3000, test=16)

@@ -1,6 +1,6 @@
 """docs/wire-format.md §4.8 (``qsgd``) and its §6 rules are precise enough to write a codec
 from: this file is that codec, written from the document alone (``struct``, plain Python
-integers and NumPy; nothing from ``hpcgrad.kernels`` or ``hpcgrad.codecs``).
+integers and NumPy; nothing from ``hpcgrad.kernels`` or ``hpcgrad.wire.codecs``).
 
 The tests decode every message that real 5-rank ``qsgd`` and ``dq-sgd`` runs recorded,
 recompute the server's mean bit for bit, re-encode the quantized downlink from the documented
@@ -230,7 +230,7 @@ def test_recorded_messages_decode_to_the_server_mean_and_the_logged_figures(runs
 
 # ============================================================ hpcgrad == the document
 
-from hpcgrad import codecs as hp_codecs  # noqa: E402
+from hpcgrad.wire import codecs as hp_codecs  # noqa: E402
 from hpcgrad.errors import WireFormatError  # noqa: E402
 from hpcgrad.kernels import quantize as hp_quantize  # noqa: E402
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from hpcgrad import runtime, workloads
-from hpcgrad.config import TrainConfig
+from hpcgrad.training import runtime
+from hpcgrad import workloads
+from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import WireFormatError
-from hpcgrad.transport import ParameterServer
+from hpcgrad.comm.transport import ParameterServer
 from hpcgrad.wire import HEADER_SIZE, Header
 
 pytestmark = pytest.mark.mpi(min_size=3)

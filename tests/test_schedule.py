@@ -1,4 +1,4 @@
-"""Learning-rate schedules (hpcgrad/schedule.py), their settings, and Algorithm.set_lr."""
+"""Learning-rate schedules (hpcgrad/training/schedule.py), their settings, and Algorithm.set_lr."""
 
 import json
 import sys
@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcgrad import schedule
+from hpcgrad.training import schedule
 from hpcgrad.algorithms import REGISTRY, create
-from hpcgrad.config import TrainConfig
+from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import ConfigError
-from hpcgrad.runtime import progress_line
+from hpcgrad.training.runtime import progress_line
 from hpcgrad.wire import read_header
 
 sys.path.insert(0, str(Path(__file__).parent / "algorithms"))
@@ -166,7 +166,8 @@ def test_progress_line_shows_throughput_and_bytes_both_ways():
 def test_a_scheduled_run_logs_the_lr_of_every_step(comm, mpi_tmp_path, algorithm):
     import h5py
 
-    from hpcgrad import runtime, workloads
+    from hpcgrad.training import runtime
+    from hpcgrad import workloads
 
     log = str(mpi_tmp_path / f"schedule-{algorithm}.h5")
     config = TrainConfig(algorithm=algorithm, iterations=12, lr_schedule="step:4:0.5",
@@ -187,7 +188,8 @@ def test_a_scheduled_run_logs_the_lr_of_every_step(comm, mpi_tmp_path, algorithm
 def test_a_constant_run_logs_its_constant_lr(comm, mpi_tmp_path):
     import h5py
 
-    from hpcgrad import runtime, workloads
+    from hpcgrad.training import runtime
+    from hpcgrad import workloads
 
     log = str(mpi_tmp_path / "constant.h5")
     config = TrainConfig(iterations=4, eval_every=0, quiet=True, log=log).resolved()

@@ -58,7 +58,7 @@ def test_sweep_array_range_matches_its_configs():
 
 
 def test_sweep_configs_name_known_algorithms():
-    from hpcgrad.config import ALGORITHMS
+    from hpcgrad.training.config import ALGORITHMS
     for words in sweep_configs():
         assert words[0] in ALGORITHMS, f"sweep line {' '.join(words)!r}: unknown algorithm"
 
@@ -116,7 +116,7 @@ def _wrapper(tmp: Path) -> Path:
 LOCAL_RANK_PROBE = """\
 import os
 from mpi4py import MPI
-from hpcgrad import device
+from hpcgrad.comm import device
 comm = MPI.COMM_WORLD
 local = device.node_local_rank(comm)
 print(f"probe rank={comm.rank} size={comm.size} local={local} "

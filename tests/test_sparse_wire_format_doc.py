@@ -215,7 +215,7 @@ def test_recorded_s3gd_messages_decode_to_the_sent_signs_and_the_server_vote(run
 
 # ============================================================ hpcgrad == the document
 
-from hpcgrad import codecs as hp_codecs  # noqa: E402
+from hpcgrad.wire import codecs as hp_codecs  # noqa: E402
 from hpcgrad.errors import WireFormatError  # noqa: E402
 from hpcgrad.kernels import sparse as hp_sparse  # noqa: E402
 

@@ -150,7 +150,7 @@ def test_recorded_topk_downlink_is_the_mean_of_the_decoded_uplinks(run):
 @pytest.mark.parametrize("marked", [False, True])
 @pytest.mark.parametrize("d, n", [(1, 1), (20, 3), (97, 40), (1000, 5), (5000, 60), (64, 64)])
 def test_sparse_values_bytes_match_the_document(d, n, fp16, marked):
-    from hpcgrad import codecs
+    from hpcgrad.wire import codecs
     rng = np.random.default_rng(d * 7 + n)
     positions = np.sort(rng.choice(d, size=n, replace=False)).astype(np.int64)
     values = rng.standard_normal(n).astype(np.float32)
@@ -178,7 +178,7 @@ def test_sparse_values_bytes_match_the_document(d, n, fp16, marked):
 
 
 def test_worked_example_of_the_document():
-    from hpcgrad import codecs
+    from hpcgrad.wire import codecs
     pos = np.array([2, 3, 11], dtype=np.int64)
     vals = np.array([0.5, -1.25, 2.0], dtype=np.float32)
     out = np.zeros(64, dtype=np.uint8)

@@ -1,4 +1,4 @@
-"""The HDF5 traffic log (``hpcgrad.tracelog``, written by ``hpcgrad.runtime``).
+"""The HDF5 traffic log (``hpcgrad.training.tracelog``, written by ``hpcgrad.training.runtime``).
 
 ``docs/log-format.md`` is the normative description these tests hold the code to.
 
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import mpirun  # tests/mpirun.py; conftest.py puts tests/ on sys.path
-from hpcgrad.tracelog import FORMAT, FORMAT_VERSION, PHASES, TrafficLog
+from hpcgrad.training.tracelog import FORMAT, FORMAT_VERSION, PHASES, TrafficLog
 
 HEADER = 32
 ITERATIONS = 25
@@ -183,7 +183,7 @@ def test_writer_without_messages_has_no_messages_group(tmp_path):
 _WRITER = r"""
 import sys
 import numpy as np
-from hpcgrad.tracelog import PHASES, TrafficLog
+from hpcgrad.training.tracelog import PHASES, TrafficLog
 
 log = TrafficLog(sys.argv[1], attrs={"algorithm": "fp32-ps"}, num_workers=2, world_size=3)
 done = 0
@@ -317,7 +317,7 @@ def test_real_run_log(runs, ranks, algorithm, record):
 
 def test_recorded_messages_are_the_wire_messages(runs):
     """--record-messages: message i of worker w sliced as the docs say is a valid wire message."""
-    from hpcgrad.codecs import decode_message
+    from hpcgrad.wire.codecs import decode_message
 
     path = runs.get(3, "fp16-ps", record_messages=3)
     with h5py.File(path, "r") as f:

@@ -1,7 +1,7 @@
 """docs/wire-format.md is precise enough to write a decoder from: this file is that decoder.
 
 ``doc_encode`` / ``doc_decode`` below were written from the document alone (``struct`` and
-NumPy; nothing from ``hpcgrad.wire``, ``hpcgrad.codecs`` or ``hpcgrad.kernels``).  The tests
+NumPy; nothing from ``hpcgrad.wire``, ``hpcgrad.wire.codecs`` or ``hpcgrad.kernels``).  The tests
 
 * decode every message a real 5-rank run recorded in its log (signum-mv with the default tie
   rule and with ``--tie zero``, fp32-ps), check each header, recompute the server's downlink
@@ -327,7 +327,7 @@ def test_ef_sgd_scaled_sign_messages(runs):
 
 # =========================================================================== codecs vs the doc
 
-from hpcgrad import codecs as hp_codecs  # noqa: E402  (only the cross-checks use hpcgrad)
+from hpcgrad.wire import codecs as hp_codecs  # noqa: E402  (only the cross-checks use hpcgrad)
 from hpcgrad import wire as hp_wire  # noqa: E402
 from hpcgrad.errors import WireFormatError  # noqa: E402
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..codecs import FP32
+from ..wire.codecs import FP32
 from .base import Algorithm, MomentumSGD, f32
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from ..codecs import Codec, segment_offsets
+from ..wire.codecs import Codec, segment_offsets
 
 
 def f32(value) -> np.float32:
@@ -48,7 +48,7 @@ class Algorithm:
     #: Extra per-step log datasets: name -> (one column per worker?, dtype).
     step_fields: dict = {}
     #: The state a checkpoint saves: attribute paths ("residual", "sgd.buffer") whose
-    #: values are arrays, numbers, or None before first use (hpcgrad/checkpoint.py).
+    #: values are arrays, numbers, or None before first use (hpcgrad/training/checkpoint.py).
     state_names: tuple = ()
     #: Error averaging every this many steps (0: never; see residual_to_average).
     average_every = 0
@@ -76,7 +76,7 @@ class Algorithm:
 
     def set_lr(self, lr: float) -> None:
         """Every rank, server included, before each step's exchange, with the same value on
-        all ranks: the learning rate of this step (``--lr-schedule``, hpcgrad/schedule.py).
+        all ranks: the learning rate of this step (``--lr-schedule``, hpcgrad/training/schedule.py).
 
         Stored as float32, as the constructor stores ``config.lr``: ``self.lr`` where the
         algorithm has one, and ``self.sgd.lr`` where it keeps a :class:`MomentumSGD` (both

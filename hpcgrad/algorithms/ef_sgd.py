@@ -1,7 +1,7 @@
 """Error feedback around any compressor: EF, step-ahead EF and error averaging
 (Xu, Huo and Huang, AAAI 2021; ``docs/algorithms/error-feedback.md``).
 
-Worker m, step t (``--feedback``; C is ``--compressor``, :mod:`hpcgrad.compressors`)::
+Worker m, step t (``--feedback``; C is ``--compressor``, :mod:`hpcgrad.compression.compressors`)::
 
     g = grad f_m(x)                 none, ef
     g = grad f_m(x - e)             step-ahead: the gradient at the error-corrected point
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import compressors
+from ..compression import compressors
 from ..errors import ConfigError
 from .base import Algorithm, MomentumSGD, f32
 

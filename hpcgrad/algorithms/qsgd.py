@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from ..codecs import FP32, QSGDCodec, encode_qsgd
+from ..wire.codecs import FP32, QSGDCodec, encode_qsgd
 from ..errors import ConfigError, WireFormatError
 from ..kernels import quantize
 from .base import Algorithm, MomentumSGD, f32

@@ -30,11 +30,11 @@ import math
 
 import numpy as np
 
-from ..codecs import BASE3, SPARSE_SIGN, by_id, encode_sparse_ternary
+from ..wire.codecs import BASE3, SPARSE_SIGN, by_id, encode_sparse_ternary
 from ..errors import ConfigError
 from ..kernels import cpu, sparse
 from ..kernels.generic import packed_length
-from ..selection import TopK
+from ..compression.selection import TopK
 from ..wire import round_up
 from .base import Algorithm, MomentumSGD, f32
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from ..codecs import SIGN1, TERNARY2
+from ..wire.codecs import SIGN1, TERNARY2
 from ..kernels.generic import TIE_POSITIVE, TIE_RANDOM, TIE_ZERO
 from ..wire import round_up
 from .base import Algorithm, f32

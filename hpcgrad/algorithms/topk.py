@@ -45,23 +45,13 @@ Step 0 of ``union-boost`` / ``aggregate-hint`` has no previous downlink: ``local
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ..codecs import SPARSE_VALUES, encode_sparse_values
+from ..wire.codecs import SPARSE_VALUES, encode_sparse_values
 from ..errors import ConfigError, WireFormatError
 from ..kernels import sparse
-from ..selection import TopK
+from ..compression.selection import TopK, k_per_segment
 from .base import Algorithm, MomentumSGD
-
-
-def k_per_segment(numels, sparsity) -> list[int]:
-    ks = [max(1, math.ceil(sparsity * n)) for n in numels]
-    if sum(ks) >= sum(numels):
-        raise ConfigError(f"topk: --sparsity {sparsity} selects K = {sum(ks)} of "
-                          f"d = {sum(numels)} coordinates; top-K needs K < d")
-    return [min(k, n) for k, n in zip(ks, numels)]
 
 
 class TopKEF(Algorithm):

@@ -35,7 +35,7 @@ import pandas as pd
 
 from ..errors import HpcgradError
 
-FORMAT = "hpcgrad-traffic"  # == hpcgrad.tracelog.FORMAT (not imported: keep start-up light)
+FORMAT = "hpcgrad-traffic"  # == hpcgrad.training.tracelog.FORMAT (not imported: keep start-up light)
 SUPPORTED_VERSIONS = (1,)
 REQUIRED_STEPS = ("iteration", "bytes_up", "bytes_down", "loss")
 JSON_ATTRS = ("phases", "config", "hostnames", "devices")

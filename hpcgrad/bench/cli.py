@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     e = sub.add_parser(
         "exchange", help="per-phase times of every algorithm's exchange vs a fp32 Allreduce "
                          "(run under mpiexec -n P, P >= 2)",
-        description="Times one iteration's exchange (hpcgrad.exchange, as in training) of "
+        description="Times one iteration's exchange (hpcgrad.training.exchange, as in training) of "
                     "every registered algorithm with synthetic gradients, against a fp32 "
                     "MPI_Allreduce of the same d, plus the pack / vote / decode kernels against "
                     "np.copyto on rank 0. Example: mpiexec -n 5 hpcgrad bench exchange "
@@ -122,7 +122,7 @@ def run(args) -> int:
 def _abort(exc: BaseException) -> None:
     from mpi4py import MPI
 
-    from ..cli import _abort as abort_job
+    from ..comm.agreement import abort_job
     comm = MPI.COMM_WORLD
     abort_job(comm, comm.Get_rank(), exc)
 

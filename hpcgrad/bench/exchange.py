@@ -2,8 +2,8 @@
 
 Runs under ``mpiexec -n P`` (P >= 2).  For each algorithm of :data:`ALGORITHMS`
 registered in :data:`hpcgrad.algorithms.REGISTRY`, every rank builds the
-algorithm from a :class:`~hpcgrad.config.TrainConfig` and the exchange with
-:func:`hpcgrad.exchange.create` -- the objects training runs -- and drives
+algorithm from a :class:`~hpcgrad.training.config.TrainConfig` and the exchange with
+:func:`hpcgrad.training.exchange.create` -- the objects training runs -- and drives
 ``exchange.step`` with a synthetic random gradient: ``warmup`` untimed steps,
 then ``repeat`` timed ones, each started after a barrier.  ``PhaseClock``
 times the phases on every rank; rank 0 collects them.
@@ -85,7 +85,7 @@ def selected(names=None) -> list[str]:
 
 def config_for(label: str, iterations: int):
     """A resolved TrainConfig for the table entry ``label`` (or a plain algorithm name)."""
-    from ..config import TrainConfig
+    from ..training.config import TrainConfig
     settings = dict(ALGORITHMS.get(label, {}))
     algorithm = settings.pop("algorithm", label)
     fields = set(TrainConfig.__dataclass_fields__)
@@ -122,9 +122,10 @@ def check_memory(comm, d: int, micro_workers=()) -> None:
 
 
 def _measure(comm, name: str, d: int, warmup: int, repeat: int, seed: int) -> dict:
-    from .. import algorithms, exchange
-    from ..device import Host
-    from ..exchange import PhaseClock
+    from .. import algorithms
+    from ..training import exchange
+    from ..comm.device import Host
+    from ..training.exchange import PhaseClock
     from ..kernels import cpu
 
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -166,7 +167,7 @@ def _measure(comm, name: str, d: int, warmup: int, repeat: int, seed: int) -> di
 def run(comm, d: int, names=None, warmup: int = 2, repeat: int = 10, micro_repeat: int = 7,
         with_micro: bool = True, seed: int = 0) -> dict | None:
     """Measure; rank 0 returns the figures, the other ranks ``None``."""
-    from ..agreement import agree
+    from ..comm.agreement import agree
     size, rank = comm.Get_size(), comm.Get_rank()
     workers = size - 1
     names = agree(comm, lambda: selected(names), "choosing the algorithms")
@@ -236,7 +237,7 @@ def main(args) -> int:
     """``hpcgrad bench exchange`` on every rank (see :mod:`hpcgrad.bench.cli`)."""
     from mpi4py import MPI
 
-    from ..agreement import SetupError, agree
+    from ..comm.agreement import SetupError, agree
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     try:

@@ -1,6 +1,6 @@
 """``hpcgrad bench overhead``: what the runtime adds per step outside compute, codec and MPI.
 
-Every rank runs :func:`hpcgrad.runtime.train` with a tiny model: once to warm
+Every rank runs :func:`hpcgrad.training.runtime.train` with a tiny model: once to warm
 up (imports, Numba cache, torch), then ``pairs`` times with N1 = N/3 and with N
 iterations, timing the wall clock around each call.  The log gives every
 rank's phase times (compute, encode, gather, aggregate, bcast, decode, update)
@@ -32,8 +32,8 @@ DEFAULT_ALGORITHMS = ("signum-mv", "fp32-ps")
 
 
 def _train_once(comm, algorithm: str, iterations: int, hidden: int, log: str) -> float:
-    from ..config import TrainConfig
-    from ..runtime import train
+    from ..training.config import TrainConfig
+    from ..training.runtime import train
     config = TrainConfig(algorithm=algorithm, iterations=iterations, hidden=hidden,
                          eval_every=0, quiet=True, log=log).resolved()
     comm.Barrier()
@@ -46,7 +46,7 @@ def _phase_sums(log: str, ranks: int):
     """Per rank: total seconds in all phases over the run; and mean ms per phase."""
     import h5py
 
-    from ..tracelog import PHASES
+    from ..training.tracelog import PHASES
     with h5py.File(log, "r") as f:
         times = np.stack([f[f"steps/time_{p}"][...] for p in PHASES], axis=-1)  # n x ranks x P
     return times.sum(axis=(0, 2)), {p: 1e3 * float(times[:, :, i].max(axis=1).mean())
@@ -110,7 +110,7 @@ def report(out: dict) -> str:
 def main(args) -> int:
     from mpi4py import MPI
 
-    from ..agreement import SetupError, agree
+    from ..comm.agreement import SetupError, agree
     from .exchange import selected
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -141,7 +141,7 @@ def main(args) -> int:
         if rank == 0 and tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     if rank == 0:
-        from .. import datasets, models
+        from ..workloads import datasets, models
         data = datasets.synthetic(0)
         model = models.mlp(data.num_features, args.hidden, data.num_classes)
         out = {"world_size": size, "hidden": args.hidden,

@@ -91,7 +91,7 @@ def main(args) -> int:
     from mpi4py import MPI
 
     from ..kernels import cpu
-    from ..agreement import SetupError, agree
+    from ..comm.agreement import SetupError, agree
     from ..wire import round_up
     from .exchange import check_memory
     comm = MPI.COMM_WORLD

@@ -26,9 +26,9 @@ def entropy_bits(d: int, k: int) -> float:
 def measure(d: int, density: float, repeat: int, seed: int = 0) -> dict:
     import torch
 
-    from .. import codecs
+    from ..wire import codecs
     from ..kernels import sparse
-    from ..selection import TopK
+    from ..compression.selection import TopK
 
     k = max(1, int(round(density * d)))
     rng = np.random.default_rng(seed)

@@ -13,7 +13,7 @@ kernels stay readable Python next to their NumPy reference.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from .jit import njit
 from numpy.lib.stride_tricks import as_strided
 
 from . import unrolled_vote

@@ -17,7 +17,7 @@ step, rank) and runs repeat exactly.
 
 Every function is allocation-free: outputs go to caller-provided arrays.
 Decoders return a negative error code instead of raising (Numba); the codec
-in :mod:`hpcgrad.codecs` turns codes into messages with :data:`ERRORS`.
+in :mod:`hpcgrad.wire.codecs` turns codes into messages with :data:`ERRORS`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from .jit import njit
 
 _jit = njit(cache=True, nogil=True, boundscheck=False)
 

@@ -12,13 +12,13 @@
 
 Every function is allocation-free: outputs go to caller-provided arrays.
 Decoders return a negative error code instead of raising (Numba); the codecs
-in :mod:`hpcgrad.codecs` turn codes into messages with :data:`ERRORS`.
+in :mod:`hpcgrad.wire.codecs` turn codes into messages with :data:`ERRORS`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from .jit import njit
 
 _jit = njit(cache=True, nogil=True, boundscheck=False)
 

@@ -20,7 +20,7 @@ kernels.  Output bytes equal :func:`hpcgrad.kernels.generic.majority_vote`
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from .jit import njit
 
 from .generic import TIE_RANDOM, TIE_ZERO
 

@@ -6,10 +6,10 @@ is tested under mpiexec in tests/test_feedback_mpi.py."""
 import numpy as np
 import pytest
 
-from hpcgrad import codecs
+from hpcgrad.wire import codecs
 from hpcgrad.algorithms import create
-from hpcgrad.compressors import COMPRESSORS
-from hpcgrad.config import TrainConfig
+from hpcgrad.compression.compressors import COMPRESSORS
+from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import ConfigError, WireFormatError
 from hpcgrad.wire import read_header
 from without_mpi import exchange

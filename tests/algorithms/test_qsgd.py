@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from hpcgrad import codecs
+from hpcgrad.wire import codecs
 from hpcgrad.algorithms import create
 from hpcgrad.algorithms.qsgd import WidthSchedule, calibration_levels, width_for
-from hpcgrad.config import TrainConfig
+from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import ConfigError, NonFiniteError, WireFormatError
 from hpcgrad.kernels import quantize
 from hpcgrad.wire import HEADER_SIZE, read_header

@@ -6,13 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from hpcgrad import codecs
+from hpcgrad.wire import codecs
 from hpcgrad.algorithms import create
 from hpcgrad.algorithms.s3gd_mv import k_per_segment
-from hpcgrad.config import TrainConfig
+from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import ConfigError, WireFormatError
-from hpcgrad.selection import TopK
-from hpcgrad.transport import Uplinks
+from hpcgrad.compression.selection import TopK
+from hpcgrad.comm.transport import Uplinks
 from hpcgrad.wire import HEADER_SIZE, Header, MessageBuffer, read_header
 from without_mpi import downlink_buffer, exchange, uplink_buffer
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from hpcgrad import codecs
+from hpcgrad.wire import codecs
 from hpcgrad.algorithms import create
-from hpcgrad.config import TrainConfig
+from hpcgrad.training.config import TrainConfig
 from hpcgrad.kernels.generic import decode_signs
 from hpcgrad.wire import Header, MessageBuffer, round_up
 

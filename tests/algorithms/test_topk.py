@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from hpcgrad import codecs, workloads
+from hpcgrad.wire import codecs
+from hpcgrad import workloads
 from hpcgrad.algorithms import create
-from hpcgrad.config import TrainConfig
+from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import ConfigError, WireFormatError
 from hpcgrad.wire import read_header
 from without_mpi import exchange

@@ -5,7 +5,7 @@ tested under mpiexec (tests/test_runtime_mpi.py)."""
 
 import numpy as np
 
-from hpcgrad.transport import Uplinks
+from hpcgrad.comm.transport import Uplinks
 from hpcgrad.wire import HEADER_SIZE, Header, MessageBuffer
 
 

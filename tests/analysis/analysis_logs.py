@@ -1,6 +1,6 @@
 """Helpers of the analysis tests: synthetic logs and running ``hpcgrad analyze``.
 
-``make_log`` writes a log directly with :class:`hpcgrad.tracelog.TrafficLog`, the writer the
+``make_log`` writes a log directly with :class:`hpcgrad.training.tracelog.TrafficLog`, the writer the
 runtime uses, with chosen sizes, phase times and optional extra ``/steps`` datasets.
 """
 
@@ -15,7 +15,7 @@ import traceback
 import h5py
 import numpy as np
 
-from hpcgrad.tracelog import PHASES, TrafficLog
+from hpcgrad.training.tracelog import PHASES, TrafficLog
 
 
 def attrs_for(algorithm="fp32-ps", workers=2, d=1000, iterations=None, **more) -> dict:

@@ -11,7 +11,7 @@ import pytest
 from analysis_logs import analyze, assert_clean_error, make_log
 from hpcgrad.analysis import open_log
 from hpcgrad.analysis import projection as P
-from hpcgrad.tracelog import PHASES
+from hpcgrad.training.tracelog import PHASES
 
 M = P.CostModel(alpha=1e-6, beta=1e-9, gamma=5e-10)
 

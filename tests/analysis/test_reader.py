@@ -13,7 +13,7 @@ import pytest
 from analysis_logs import make_log
 from hpcgrad.analysis import LogError, open_log
 from hpcgrad.errors import HpcgradError
-from hpcgrad.tracelog import PHASES
+from hpcgrad.training.tracelog import PHASES
 
 
 @pytest.mark.parametrize("name", ["signum-mv", "signum-mv-tie-zero", "s3gd-mv", "qsgd",

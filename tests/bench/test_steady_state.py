@@ -1,6 +1,6 @@
 """Steady-state exchange steps allocate no large arrays (issue 11, part 4).
 
-Every rank builds the exchange training uses (``hpcgrad.exchange.create``) for d ~ 1M,
+Every rank builds the exchange training uses (``hpcgrad.training.exchange.create``) for d ~ 1M,
 runs warm-up steps, then traces three more with ``tracemalloc`` (NumPy reports its
 array allocations to it): the traced peak may not grow by more than 64 KiB on any rank.
 """
@@ -15,10 +15,11 @@ D = 1_000_003  # odd: the tail word and padding paths run too
 
 
 def _steady_state_growth(comm, name, settings=None):
-    from hpcgrad import algorithms, exchange
+    from hpcgrad import algorithms
+    from hpcgrad.training import exchange
     from hpcgrad.bench.exchange import config_for
-    from hpcgrad.device import Host
-    from hpcgrad.exchange import PhaseClock
+    from hpcgrad.comm.device import Host
+    from hpcgrad.training.exchange import PhaseClock
 
     rank = comm.Get_rank()
     config = config_for(name, 10)

@@ -16,7 +16,7 @@ from mpi4py import MPI
 
 from hpcgrad import cli
 from hpcgrad.algorithms import REGISTRY
-from hpcgrad.flat import FlatModel
+from hpcgrad.training.flat import FlatModel
 from hpcgrad.wire import MessageBuffer
 
 mode, bad_rank = sys.argv[1], int(sys.argv[2])

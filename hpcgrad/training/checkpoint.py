@@ -35,8 +35,8 @@ import h5py
 import numpy as np
 import torch
 
-from . import __version__
-from .errors import ConfigError, HpcgradError
+from .. import __version__
+from ..errors import ConfigError, HpcgradError
 
 FORMAT = "hpcgrad-checkpoint"
 FORMAT_VERSION = 1

@@ -26,12 +26,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .phases import PHASES
 
 FORMAT = "hpcgrad-traffic"
 FORMAT_VERSION = 1
-#: ``average``: error averaging among the workers (ef-sgd --error-averaging), else 0.
-PHASES = ("compute", "encode", "gather", "aggregate", "bcast", "decode", "update", "average")
 
 
 def _resizable(group, name, shape_tail, dtype, chunk_rows=256):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import NonFiniteError
+from ..errors import NonFiniteError
 
 
 class FlatModel:

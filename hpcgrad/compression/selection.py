@@ -25,9 +25,12 @@ preallocated arrays, both skipping exact zeros (sign(0) = 0 sends nothing):
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .kernels import sparse
+from ..errors import ConfigError
+from ..kernels import sparse
 
 SELECTIONS = ("exact", "threshold")
 
@@ -121,3 +124,13 @@ class TopK:
             self.fallbacks += 1
             return self._exact(values, positions, negative, start)
         return sparse.take_top(values, threshold, count, self.offset, positions, negative, start)
+
+
+def k_per_segment(numels, sparsity) -> list[int]:
+    """K_l = ceil(sparsity * numel_l), at least 1 and at most numel_l, for each tensor; the
+    total must stay below d (top-K of every coordinate is no compression)."""
+    ks = [max(1, math.ceil(sparsity * n)) for n in numels]
+    if sum(ks) >= sum(numels):
+        raise ConfigError(f"topk: --sparsity {sparsity} selects K = {sum(ks)} of "
+                          f"d = {sum(numels)} coordinates; top-K needs K < d")
+    return [min(k, n) for k, n in zip(ks, numels)]

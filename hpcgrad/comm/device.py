@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def node_local_rank(comm) -> int:

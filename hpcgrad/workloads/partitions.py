@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def dirichlet_shards(labels: torch.Tensor, perm: torch.Tensor, num_classes: int, workers: int,
@@ -55,7 +55,7 @@ class ShardSampler:
 
     def __init__(self, data, worker: int, workers: int, batch_size: int, seed: int,
                  partition: str = "iid"):
-        from .config import parse_partition
+        from .catalog import parse_partition
         perm = torch.randperm(len(data.train_y), generator=torch.Generator().manual_seed(seed))
         kind, value = parse_partition(partition)
         if kind == "iid":

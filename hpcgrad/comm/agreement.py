@@ -10,7 +10,10 @@ benchmarks use it too.
 
 from __future__ import annotations
 
-from .errors import HpcgradError
+import sys
+import traceback
+
+from ..errors import HpcgradError
 
 
 class SetupError(HpcgradError):
@@ -30,3 +33,16 @@ def agree(comm, action, what: str):
         rank, msg = failed[0]
         raise SetupError(f"{what} failed on rank {rank}: {msg}")
     return result
+
+
+def abort_job(comm, rank: int, exc: BaseException) -> None:
+    """After setup, a failure on one rank ends the whole job: print it, naming the rank (a
+    traceback unless it is one of hpcgrad's own errors), then ``MPI_Abort`` with status 1,
+    so that no other rank is left waiting in a collective."""
+    if isinstance(exc, HpcgradError):
+        detail = f"{type(exc).__name__}: {exc}"
+    else:
+        detail = "".join(traceback.format_exception(exc)).rstrip()
+    print(f"hpcgrad: error on rank {rank}: {detail}\nhpcgrad: aborting all "
+          f"{comm.Get_size()} ranks", file=sys.stderr, flush=True)
+    comm.Abort(1)

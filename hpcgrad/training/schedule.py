@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 KINDS = ("constant", "step", "cosine")
 SYNTAX = "constant, step:EVERY:GAMMA or cosine[:FLOOR]"
@@ -116,6 +116,6 @@ def parse(text: str) -> dict:
 
 
 def from_config(config) -> Schedule:
-    """The schedule of a resolved :class:`hpcgrad.config.TrainConfig`."""
+    """The schedule of a resolved :class:`hpcgrad.training.config.TrainConfig`."""
     return Schedule(lr=float(config.lr), iterations=int(config.iterations),
                     warmup=int(config.warmup), **parse(config.lr_schedule))

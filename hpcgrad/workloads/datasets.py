@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import parse_features
-from .errors import ConfigError
+from .catalog import parse_features
+from ..errors import ConfigError
 
 #: Defaults of the synthetic task (the embedded default run).
 SYNTHETIC_EXAMPLES, SYNTHETIC_FEATURES, SYNTHETIC_CLASSES = 16384, 32, 10

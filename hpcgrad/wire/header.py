@@ -9,7 +9,7 @@ Header, little-endian, 32 bytes::
     offset size field        meaning
          0    4 magic        b"HPCG"
          4    1 version      1
-         5    1 codec        body layout id (hpcgrad.codecs)
+         5    1 codec        body layout id (hpcgrad.wire.codecs)
          6    2 flags        codec-specific, 0 for every v1 codec
          8    8 count        number of coordinates the message describes (d)
         16    8 body_length  bytes after the header
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import WireFormatError
+from ..errors import WireFormatError
 
 if sys.byteorder != "little":  # the body kernels view bytes as little-endian words
     raise ImportError("hpcgrad's wire kernels need a little-endian host")

@@ -20,7 +20,7 @@
   ``--hidden`` dimensions, padding id 0 excluded) then a linear layer.
 
 Any ``torch.nn.Module`` taking a batch of ``train_x`` rows and returning logits can be trained
-instead through :func:`hpcgrad.runtime.train` (``model=...``).
+instead through :func:`hpcgrad.training.runtime.train` (``model=...``).
 
 Large evaluation batches (the runtime evaluates the whole test set in one call) run through
 the convolutional models in chunks of :data:`EVAL_CHUNK` examples to bound memory.
@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import BATCH_NORMS, MODEL_INPUTS, MODEL_NEEDS, MODELS
-from .errors import ConfigError
+from .catalog import BATCH_NORMS, MODEL_INPUTS, MODEL_NEEDS, MODELS
+from ..errors import ConfigError
 
 #: Examples per forward pass when a convolutional model runs without autograd.
 EVAL_CHUNK = 1024

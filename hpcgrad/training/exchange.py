@@ -25,9 +25,9 @@ import time
 
 import numpy as np
 
-from .tracelog import PHASES
-from .transport import Allreduce, ParameterServer, WorkerMean
-from .wire import Header
+from .phases import PHASES
+from ..comm.transport import Allreduce, ParameterServer, WorkerMean
+from ..wire import Header
 
 COMPUTE, ENCODE, GATHER, AGGREGATE, BCAST, DECODE, UPDATE, AVERAGE = range(len(PHASES))
 
@@ -73,7 +73,7 @@ def _capacity_header(codecs, count: int) -> Header:
 class ParameterServerExchange:
     """The parameter-server exchange of one algorithm on one rank."""
 
-    #: An adversarial worker's :class:`hpcgrad.attacks.Attack` (set by the runtime), or None.
+    #: An adversarial worker's :class:`hpcgrad.training.attacks.Attack` (set by the runtime), or None.
     attack = None
 
     def __init__(self, comm, alg, where, zeros=np.zeros):
@@ -139,7 +139,7 @@ class ParameterServerExchange:
 class AllreduceExchange:
     """The data-parallel baseline: one fp32 ``Allreduce`` among all ranks."""
 
-    #: An adversarial worker's :class:`hpcgrad.attacks.Attack` (set by the runtime), or None.
+    #: An adversarial worker's :class:`hpcgrad.training.attacks.Attack` (set by the runtime), or None.
     attack = None
 
     def __init__(self, comm, alg, where, zeros=np.zeros):

@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import schedule
-from .algorithms import REGISTRY
+from ..workloads.catalog import (BATCH_NORMS, DATASETS, MODEL_INPUTS, MODEL_NEEDS, MODELS,
+                                 check_workload, parse_features, parse_partition,
+                                 partition_classes)
+from ..algorithms import REGISTRY
 from .attacks import ATTACKS
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,7 +65,7 @@ class TrainConfig:
     unbiased: bool = False
     # data
     partition: str = "iid"
-    # workload (hpcgrad/models.py, hpcgrad/datasets.py; None = the default described there)
+    # workload (hpcgrad/workloads/models.py, hpcgrad/workloads/datasets.py; None = the default described there)
     model: str = "mlp"
     dataset: str = "synthetic"
     data_path: str | None = None
@@ -191,15 +194,15 @@ def validate(cfg: TrainConfig) -> None:
     _validate_checkpoints(cfg)
     _validate_schedule_and_adversaries(cfg)
     partition_classes(cfg.partition)
-    _validate_workload(cfg)
+    check_workload(cfg)
     _check(not (cfg.algorithm == "allreduce" and cfg.record_messages),
            "record-messages: allreduce sends raw fp32 buffers, not hpcgrad messages; "
            "there is nothing to record")
 
 
 def _validate_schedule_and_adversaries(cfg: TrainConfig) -> None:
-    """``--lr-schedule``/``--warmup`` (hpcgrad/schedule.py) and ``--adversaries``/``--attack``
-    (hpcgrad/attacks.py; adversaries <= workers is checked once the world size is known)."""
+    """``--lr-schedule``/``--warmup`` (hpcgrad/training/schedule.py) and ``--adversaries``/``--attack``
+    (hpcgrad/training/attacks.py; adversaries <= workers is checked once the world size is known)."""
     schedule.parse(cfg.lr_schedule)
     _integer("warmup", cfg.warmup, 0)
     _check(cfg.warmup <= cfg.iterations,
@@ -211,8 +214,8 @@ def _validate_schedule_and_adversaries(cfg: TrainConfig) -> None:
 
 def _validate_feedback(cfg: TrainConfig) -> None:
     """``--compressor/--feedback/--error-averaging/--server-feedback`` (algorithms/ef_sgd.py)."""
-    from .algorithms.ef_sgd import FEEDBACK_MODES
-    from .compressors import COMPRESSORS
+    from ..algorithms.ef_sgd import FEEDBACK_MODES
+    from ..compression.compressors import COMPRESSORS
     chosen = [f"--{name.replace('_', '-')}" for name in
               ("compressor", "feedback", "error_averaging", "server_feedback")
               if getattr(cfg, name) not in (None, False)]
@@ -254,100 +257,6 @@ def _validate_checkpoints(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         _check(value is None or (isinstance(value, str) and value),
                f"{name.replace('_', '-')} must be a directory path, got {value!r}")
-
-
-def partition_classes(partition: str) -> int | None:
-    """``None`` for ``iid`` and ``dirichlet:alpha``; L for ``classes:L`` (L >= 1; the sampler
-    checks L <= classes)."""
-    kind, value = parse_partition(partition)
-    return value if kind == "classes" else None
-
-
-def parse_partition(partition: str) -> tuple:
-    """``("iid", None)``, ``("classes", L)`` or ``("dirichlet", alpha)`` (hpcgrad/partitions.py)."""
-    if partition == "iid":
-        return "iid", None
-    head, _, tail = partition.partition(":")
-    if head == "dirichlet":
-        try:
-            alpha = float(tail)
-        except ValueError:
-            alpha = math.nan
-        _check(math.isfinite(alpha) and alpha > 0, "partition dirichlet:alpha needs a number "
-               f"alpha > 0 (e.g. dirichlet:0.5; smaller = more skewed), got {partition!r}")
-        return "dirichlet", alpha
-    _check(head == "classes" and tail.isdigit() and int(tail) >= 1,
-           f"partition must be 'iid', 'classes:L' with L an integer >= 1 (each worker sees "
-           f"L classes) or 'dirichlet:alpha' with alpha > 0, got {partition!r}")
-    return "classes", int(tail)
-
-
-#: --model, --dataset and --batch-norm choices (hpcgrad/models.py, hpcgrad/datasets.py).
-MODELS = ("mlp", "cnn", "resnet20", "resnet56", "embedding-bag")
-DATASETS = ("synthetic", "mnist", "cifar10", "cifar100", "ag-news")
-BATCH_NORMS = ("batch-stats", "running", "none")
-#: The inputs each model takes and each file dataset gives (synthetic: by --features).
-MODEL_INPUTS = {"mlp": ("vector", "image"), "cnn": ("image",), "resnet20": ("image",),
-                "resnet56": ("image",), "embedding-bag": ("tokens",)}
-MODEL_NEEDS = {("vector", "image"): "feature vectors or images",
-               ("image",): "images (C x H x W: --dataset mnist, cifar10, cifar100, or "
-                           "synthetic with --features CxHxW, e.g. 1x28x28)",
-               ("tokens",): "token ids (--dataset ag-news)"}
-_DATASET_INPUTS = {"mnist": ("image", "1x28x28 images"), "cifar10": ("image", "3x32x32 images"),
-                   "cifar100": ("image", "3x32x32 images"),
-                   "ag-news": ("tokens", "token-id sequences")}
-
-
-def parse_features(features) -> tuple:
-    """``--features``: ``None`` -> ``(32,)``; ``64`` -> ``(64,)``; ``"3x32x32"`` -> ``(3, 32, 32)``
-    (image-shaped synthetic inputs)."""
-    if features is None:
-        return (32,)
-    dims: tuple = ()
-    if isinstance(features, int) and not isinstance(features, bool):
-        dims = (features,)
-    elif isinstance(features, str) and all(v.isdigit() for v in features.split("x")):
-        dims = tuple(int(v) for v in features.split("x"))
-    _check(len(dims) in (1, 3) and min(dims) >= 1, "features must be an integer >= 1 or an "
-           f"image shape CxHxW (e.g. 1x28x28), got {features!r}")
-    return dims
-
-
-def _validate_workload(cfg: TrainConfig) -> None:
-    for name in ("model", "dataset", "data_path", "batch_norm"):
-        value = getattr(cfg, name)
-        _check(value is None or isinstance(value, str),
-               f"{name.replace('_', '-')} must be a string, got {value!r}")
-    _check(cfg.model in MODELS,
-           f"unknown model {cfg.model!r}; choose one of: {', '.join(MODELS)}")
-    _check(cfg.dataset in DATASETS,
-           f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS)}")
-    for name, minimum in (("examples", 1), ("classes", 2), ("vocab_size", 3)):
-        if getattr(cfg, name) is not None:
-            _integer(name.replace("_", "-"), getattr(cfg, name), minimum)
-    shape = parse_features(cfg.features)
-    synthetic = cfg.dataset == "synthetic"
-    _check(synthetic or (cfg.features is None and cfg.classes is None),
-           f"features and classes shape the generated data of --dataset synthetic; dataset "
-           f"{cfg.dataset} has its own")
-    _check(not synthetic or cfg.data_path is None, "data-path: --dataset synthetic is "
-           f"generated and reads no files; choose the files' format with --dataset "
-           f"({', '.join(DATASETS[1:])})")
-    _check(synthetic or bool(cfg.data_path), f"dataset {cfg.dataset} is read from files you "
-           "already have: pass their directory with --data-path DIR (nothing is downloaded)")
-    _check(cfg.vocab_size is None or cfg.dataset == "ag-news",
-           "vocab-size is the vocabulary cap of --dataset ag-news")
-    if cfg.batch_norm is not None:
-        _check(cfg.batch_norm in BATCH_NORMS, f"unknown batch-norm {cfg.batch_norm!r}; "
-               f"choose one of: {', '.join(BATCH_NORMS)}")
-        _check(cfg.model in ("resnet20", "resnet56"),
-               f"batch-norm: only resnet20 and resnet56 have batch norm, not {cfg.model}")
-    kind, described = _DATASET_INPUTS.get(cfg.dataset, (
-        ("image", "x".join(map(str, shape)) + " images") if len(shape) == 3
-        else ("vector", f"{shape[0]}-feature vectors")))
-    needs = MODEL_INPUTS[cfg.model]
-    _check(kind in needs, f"model {cfg.model} needs {MODEL_NEEDS[needs]}, but dataset "
-           f"{cfg.dataset} has {described}")
 
 
 def _validate_topk(cfg: TrainConfig) -> None:

@@ -42,11 +42,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels, wire
-from .codecs import TERNARY2, CODECS
-from .errors import ConfigError, WireFormatError
-from .kernels import quantize, sparse
-from .kernels.generic import packed_length
+from .. import kernels, wire
+from ..wire.codecs import TERNARY2, CODECS
+from ..errors import ConfigError, WireFormatError
+from ..kernels import quantize, sparse
+from ..kernels.generic import packed_length
 
 ATTACKS = ("invert", "random")
 #: Fourth word of the attack's random stream key, apart from other seeded streams.

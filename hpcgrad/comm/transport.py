@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from .errors import WireFormatError
-from .wire import HEADER_SIZE, Header, MessageBuffer, expect_header, read_header, round_up
+from ..errors import WireFormatError
+from ..wire import HEADER_SIZE, Header, MessageBuffer, expect_header, read_header, round_up
 
 SERVER = 0
 

@@ -33,16 +33,18 @@ import torch
 import torch.nn.functional as F
 from mpi4py import MPI
 
-from . import (__version__, algorithms, attacks, checkpoint, datasets, device, exchange, kernels,
-               models, partitions)
+from .. import __version__, algorithms, kernels
+from ..comm import device
+from ..workloads import datasets, models, partitions
+from . import attacks, checkpoint, exchange
 from . import schedule as lr_schedule
-from .agreement import agree
+from ..comm.agreement import agree
 from .config import TrainConfig
-from .errors import ConfigError, HpcgradError, NonFiniteError
+from ..errors import ConfigError, HpcgradError, NonFiniteError
 from .exchange import COMPUTE, PhaseClock
 from .flat import FlatModel
 from .tracelog import PHASES, TrafficLog
-from .wire import HEADER_SIZE
+from ..wire import HEADER_SIZE
 
 
 @dataclass

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
-from .codecs import (FP32, SCALED_SIGN, SPARSE_VALUES, QSGDCodec, _check_padding_bits,
+from .. import kernels
+from ..wire.codecs import (FP32, SCALED_SIGN, SPARSE_VALUES, QSGDCodec, _check_padding_bits,
                      encode_qsgd, encode_sparse_values)
-from .errors import WireFormatError
-from .kernels import quantize
-from .selection import TopK
+from ..errors import WireFormatError
+from ..kernels import quantize
+from .selection import TopK, k_per_segment
 
 
 class Compressor:
@@ -104,7 +104,6 @@ class _Sparse(Compressor):
 
     def __init__(self, config, segments, offsets):
         super().__init__(config, segments, offsets)
-        from .algorithms.topk import k_per_segment
         self.ks = k_per_segment(segments, config.sparsity)
         k = sum(self.ks)
         self.positions = np.zeros(k, dtype=np.int64)

@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import wire
-from .errors import WireFormatError
-from .kernels import generic, quantize, sparse
-from .kernels.generic import packed_length
+from .. import wire
+from ..errors import WireFormatError
+from ..kernels import generic, quantize, sparse
+from ..kernels.generic import packed_length
 
 
 def segment_offsets(segments) -> np.ndarray:
@@ -310,7 +310,7 @@ def encode_qsgd(values, offsets, bits: int, key, padded_body, norms) -> int:
     ``norms`` a float32 scratch of one entry per tensor.  Raises
     :class:`hpcgrad.errors.NonFiniteError` if a tensor's norm overflows float32.
     """
-    from .errors import NonFiniteError
+    from ..errors import NonFiniteError
     nseg = offsets.size - 1
     length = 4 * nseg + sum(quantize.section_lengths(np.diff(offsets), bits))
     if length > padded_body.size:  # the kernel does not bound-check: never write past the end

@@ -1,7 +1,7 @@
 """Error feedback (``ef-sgd``) through the algorithm objects: the worked EF / SAEF example of
 the notes, the identities (identity compressor = momentum SGD; sent + residual = d), every
 compressor's wire format and bad settings.  Multi-rank behaviour (error averaging, resume)
-is tested under mpiexec in tests/test_feedback_mpi.py."""
+is tested under mpiexec in tests/algorithms/test_ef_sgd_mpi.py."""
 
 import numpy as np
 import pytest

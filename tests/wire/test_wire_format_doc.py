@@ -36,7 +36,7 @@ try:  # tests/mpirun.py (on sys.path through tests/conftest.py)
 except ImportError:  # pragma: no cover - fallback when the helper is absent
     run_mpi = None
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "wire-format.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "wire-format.md"
 
 
 # =========================================================================== the decoder

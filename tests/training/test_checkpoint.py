@@ -1,6 +1,6 @@
 """Checkpoints from the command line: the layout on disk, and resume refusing (exit 2, every
 rank, one clear message) a checkpoint of another world size, model, algorithm or setting, or a
-damaged one.  Exact resume is tested in tests/test_feedback_mpi.py."""
+damaged one.  Exact resume is tested in tests/algorithms/test_ef_sgd_mpi.py."""
 
 import shutil
 

@@ -10,7 +10,7 @@ import pytest
 
 from mpirun import run_mpi
 
-SCRIPT = str(Path(__file__).parent / "scripts" / "faulty_run.py")
+SCRIPT = str(Path(__file__).parents[1] / "scripts" / "faulty_run.py")
 QUICK = ["--iterations", "40", "--quiet", "--flush-every", "2"]
 
 

@@ -14,7 +14,7 @@ from hpcgrad.errors import ConfigError
 from hpcgrad.training.runtime import progress_line
 from hpcgrad.wire import read_header
 
-sys.path.insert(0, str(Path(__file__).parent / "algorithms"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "algorithms"))
 from without_mpi import exchange  # noqa: E402
 
 

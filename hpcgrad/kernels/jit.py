@@ -50,6 +50,17 @@ def materialize() -> None:
     global _numba_njit
     if _numba_njit is None:
         from numba import njit as numba_njit
+        from numba.core import types
+        from numba.core.typing.typeof import typeof_impl
+
+        @typeof_impl.register(LazyKernel)
+        def _typeof_lazy_kernel(kernel, context):
+            # A kernel held elsewhere than a module global of hpcgrad (a script's own
+            # ``from hpcgrad.kernels.quantize import uniform``) types as its dispatcher.
+            if kernel.dispatcher is None:
+                materialize()
+            return types.Dispatcher(kernel.dispatcher)
+
         _numba_njit = numba_njit
     made = _pending[:]
     _pending.clear()

@@ -1,7 +1,7 @@
 """One parameter-server step without MPI, for algorithm tests: worker messages are built in
 real message buffers and copied into a real receive buffer (``transport.Uplinks``), as
 ``Gatherv`` would place them; the server then aggregates.  The MPI transport itself is
-tested under mpiexec (tests/training/test_runtime_mpi.py)."""
+tested under mpiexec (tests/comm/test_transport.py)."""
 
 import numpy as np
 

@@ -1,7 +1,6 @@
 """S3GD-MV through the algorithm object: the worked example of ../shared/docs/algorithms.md §2,
-the signSGD-MV identity, selection rules and bad settings."""
-
-import math
+the signSGD-MV identity, per-tensor K and bad settings.  The top-K selection rules themselves
+are tested in tests/compression/test_selection.py."""
 
 import numpy as np
 import pytest
@@ -11,7 +10,6 @@ from hpcgrad.algorithms import create
 from hpcgrad.algorithms.s3gd_mv import k_per_segment
 from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import ConfigError, WireFormatError
-from hpcgrad.compression.selection import TopK
 from hpcgrad.comm.transport import Uplinks
 from hpcgrad.wire import HEADER_SIZE, Header, MessageBuffer, read_header
 from without_mpi import downlink_buffer, exchange, uplink_buffer
@@ -111,35 +109,6 @@ def test_k_per_worker_auto_is_c_d_over_m():
         k_per_segment([1000], None, "auto", 6.0, 4)
 
 
-def test_exact_selection_breaks_ties_by_index_and_skips_zeros():
-    values = np.array([0, 2, -2, 1, 2, 0, 0], dtype=np.float32)
-    pos = np.zeros(7, dtype=np.int64)
-    neg = np.zeros(7, dtype=np.uint8)
-    end = TopK(0, 7, 2).select(values, pos, neg, 0)
-    np.testing.assert_array_equal(pos[:end], [1, 2])
-    end = TopK(0, 7, 6).select(values, pos, neg, 0)  # K reaches the zeros: not sent
-    np.testing.assert_array_equal(pos[:end], [1, 2, 3, 4])
-    np.testing.assert_array_equal(neg[:end], [0, 1, 0, 0])
-
-
-@pytest.mark.parametrize("n, k", [(200_000, 200), (200_000, 2_000), (200_000, 20_000),
-                                  (50_000, 5_000), (1000, 10)])
-def test_threshold_selection_agrees_with_exact_within_the_band(n, k):
-    rng = np.random.default_rng(n + k)
-    magnitudes = rng.permutation(np.arange(1, n + 1)) ** 2.0  # distinct, skewed: no ties
-    values = (magnitudes * rng.choice([-1.0, 1.0], n)).astype(np.float32)
-    assert np.unique(np.abs(values)).size == n
-    pos_e, neg_e = np.zeros(n, np.int64), np.zeros(n, np.uint8)
-    pos_t, neg_t = np.zeros(n, np.int64), np.zeros(n, np.uint8)
-    exact = set(pos_e[: TopK(0, n, k).select(values, pos_e, neg_e, 0)])
-    end = TopK(0, n, k, rule="threshold", band=0.1).select(values, pos_t, neg_t, 0)
-    fast = set(pos_t[:end])
-    assert math.floor(0.9 * k) <= len(fast) <= math.ceil(1.1 * k)
-    assert (exact <= fast) if len(fast) >= k else (fast <= exact)
-    assert np.all(np.diff(pos_t[:end]) > 0)
-    np.testing.assert_array_equal(neg_t[:end], values[pos_t[:end]] < 0)
-
-
 def test_a_message_with_more_entries_than_the_run_allows_is_refused():
     small = algorithm(100, 2, sparsity=0.05, residual=0.0)
     big = algorithm(100, 2, sparsity=0.5, residual=0.0)
@@ -170,29 +139,3 @@ def test_bad_settings_are_named(settings, pattern):
 def test_cuda_is_refused_with_a_reason():
     with pytest.raises(ConfigError, match="--device cuda is not supported"):
         algorithm(10, 2, device="cuda")
-
-
-def test_threshold_selection_falls_back_to_exact_when_ties_defeat_the_band():
-    n, k = 100_000, 1000
-    values = np.ones(n, dtype=np.float32)  # every magnitude ties: no threshold splits them
-    values[::3] = -1
-    pos, neg = np.zeros(n, np.int64), np.zeros(n, np.uint8)
-    sel = TopK(0, n, k, rule="threshold")
-    end = sel.select(values, pos, neg, 0)
-    assert end == k and sel.fallbacks == 1
-    np.testing.assert_array_equal(pos[:end], np.arange(k))  # ties in index order
-
-
-@pytest.mark.parametrize("magnitudes", ["distinct", "ties"])
-def test_exact_selection_by_candidate_filtering_equals_a_full_sort(magnitudes):
-    n, k = 300_000, 3_000  # large enough for the candidate-filtering path
-    rng = np.random.default_rng(7)
-    if magnitudes == "ties":  # 50 distinct magnitudes: the K-th is tied many times over
-        values = rng.integers(1, 51, n).astype(np.float32)
-    else:
-        values = rng.standard_normal(n).astype(np.float32)
-    values *= rng.choice([-1, 1], n).astype(np.float32)
-    pos, neg = np.zeros(n, np.int64), np.zeros(n, np.uint8)
-    end = TopK(0, n, k).select(values, pos, neg, 0)
-    order = np.lexsort((np.arange(n), -np.abs(values)))  # by |v| down, then index up
-    np.testing.assert_array_equal(pos[:end], np.sort(order[:k]))

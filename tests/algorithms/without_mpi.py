@@ -1,12 +1,13 @@
-"""One parameter-server step without MPI, for algorithm tests: worker messages are built in
-real message buffers and copied into a real receive buffer (``transport.Uplinks``), as
-``Gatherv`` would place them; the server then aggregates.  The MPI transport itself is
-tested under mpiexec (tests/training/test_runtime_mpi.py)."""
+"""One exchange without MPI, for algorithm tests: worker messages are built in real message
+buffers and copied into a real receive buffer (``transport.Uplinks``), as ``Gatherv`` would
+place them; the server then aggregates.  :func:`iteration` runs a whole step on every rank
+of either topology (parameter server or allreduce).  The MPI transport itself is tested
+under mpiexec (tests/comm/test_transport.py)."""
 
 import numpy as np
 
 from hpcgrad.comm.transport import Uplinks
-from hpcgrad.wire import HEADER_SIZE, Header, MessageBuffer
+from hpcgrad.wire import HEADER_SIZE, Header, MessageBuffer, read_header
 
 
 def _capacity(codecs, d):
@@ -40,4 +41,31 @@ def exchange(workers, server, grads, step=0, tamper=None):
     down = downlink_buffer(server)
     down.stamp(step)
     server.server_step(up, down, step)
+    return up, down
+
+
+def iteration(ranks, params, grads, step=0):
+    """One whole step on every rank: ``ranks[r]`` is rank r's algorithm object (rank 0 the
+    server), ``params[r]`` its flat parameters (updated in place), ``grads`` one gradient per
+    worker.  Returns what went over the wire:
+
+    * parameter server: ``(uplinks, downlink)`` as :func:`exchange` returns them;
+    * allreduce: ``(sends, total)``, every rank's send buffer (rank 0's zeros) and their
+      float32 sum, added in rank order (one order MPI may use; MPI does not fix it).
+    """
+    if ranks[0].topology == "allreduce":
+        d = ranks[0].num_params
+        sends = [np.zeros(d, np.float32)]
+        for rank, (alg, grad) in enumerate(zip(ranks[1:], grads), start=1):
+            sends.append(np.zeros(d, np.float32))
+            alg.worker_step(np.asarray(grad, dtype=np.float32), sends[rank], step)
+        total = sends[0].copy()
+        for send in sends[1:]:
+            total += send
+        for alg, p in zip(ranks, params):
+            alg.apply(p, total.copy(), step)  # each rank owns its receive buffer
+        return sends, total
+    up, down = exchange(ranks[1:], ranks[0], grads, step)
+    for alg, p in zip(ranks, params):
+        alg.apply(p, down.padded_body, step, read_header(down.wire))
     return up, down

@@ -16,7 +16,7 @@ import sys
 import traceback
 
 from . import __version__
-from .options import add_arguments
+from .options import add_arguments, owners_text
 from .training.config import TrainConfig
 
 
@@ -48,11 +48,7 @@ def _default_text(settings):
         owners = settings.OWNERS.get(option.name, ())
         if len(owners) < 2:
             return default
-        by_flag: dict = {}
-        for owner in owners:
-            by_flag.setdefault(owner.selected_by, []).append(owner.name)
-        shared = "read by " + " and ".join(f"{flag} {' / '.join(names)}"
-                                          for flag, names in by_flag.items())
+        shared = "read by " + owners_text(owners)
         return f"{default}; {shared}" if default else shared
     return text
 

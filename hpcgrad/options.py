@@ -302,6 +302,14 @@ def _place(section: Section) -> str:
     return repr(section.title or "the main options")
 
 
+def owners_text(owners, joiner: str = "and") -> str:
+    """``--algorithm s3gd-mv / topk and --compressor topk / randomk``: who reads a setting."""
+    by_flag: dict = {}
+    for owner in owners:
+        by_flag.setdefault(owner.selected_by, []).append(owner.name)
+    return f" {joiner} ".join(f"{flag} {' / '.join(names)}" for flag, names in by_flag.items())
+
+
 def owner_section(owner, options: tuple) -> Section:
     """The ``--help`` group of one owner: ``options`` are the ones not shown already."""
     title = f"{owner.selected_by} {owner.name}".strip()

@@ -224,10 +224,7 @@ def _refuse_settings_of_others(cfg, chosen: tuple) -> None:
         return
     option, owners = given[0]
     flags = [o.flag for o, same in given if same == owners]
-    by_flag: dict = {}
-    for owner in owners:
-        by_flag.setdefault(owner.selected_by, []).append(owner.name)
-    who = " or ".join(f"{flag} {' / '.join(names)}" for flag, names in by_flag.items())
+    who = options.owners_text(owners, "or")
     runs = " with ".join(f"{owner.selected_by} {owner.name}" for owner in chosen)
     hint = next((owner.hints[key] for owner in chosen
                  for key in (option.name, *(o.name for o in owners)) if key in owner.hints),

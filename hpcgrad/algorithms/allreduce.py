@@ -11,15 +11,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..options import fail
 from ..wire.codecs import FP32
 from .base import Algorithm, MomentumSGD, f32
 
 
 class AllreduceSGD(Algorithm):
     name = "allreduce"
+    summary = "MPI_Allreduce data parallel, no server role"
+    order = 90
     topology = "allreduce"
     state_names = ("sgd.buffer",)
     uplink = downlink = FP32
+
+    @classmethod
+    def check_settings(cls, cfg):
+        fail(not cfg.record_messages, "record-messages: allreduce sends raw fp32 buffers, not "
+             "hpcgrad messages; there is nothing to record")
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)

@@ -22,6 +22,13 @@ runtime (``exchange.py``) owns buffers, MPI, header checks, timing and logging.
 
 Per-step figures for the log (``nnz_up``, ``union_size``, ...) are declared in
 ``step_fields`` and filled by ``server_step`` into ``self.step_stats``.
+
+Settings: an algorithm declares the ones it owns (``options``), a ``summary`` for
+``--algorithm``'s help, the devices it runs on, per-algorithm ``defaults`` and its rules
+between settings (``check_settings``), as every :class:`hpcgrad.options.Configurable` does.
+``hpcgrad.training.config`` and ``hpcgrad train``'s arguments are made from these, and the
+package finds the module by itself (``hpcgrad/algorithms/__init__.py``): a new algorithm is
+one module.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
+from ..options import Configurable
 from ..wire.codecs import Codec, segment_offsets
 
 
@@ -36,8 +44,11 @@ def f32(value) -> np.float32:
     return np.float32(value)
 
 
-class Algorithm:
+class Algorithm(Configurable):
     name: str = ""
+    selected_by = "--algorithm"
+    #: Where ``--algorithm``'s choices and ``--help`` list it: by ``order``, then by name.
+    order: int = 1000
     #: "parameter-server" (Gatherv to rank 0, Bcast back) or "allreduce".
     topology: str = "parameter-server"
     uplink: Codec

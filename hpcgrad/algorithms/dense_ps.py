@@ -53,9 +53,13 @@ class DensePS(Algorithm):
 
 class FP32PS(DensePS):
     name = "fp32-ps"
+    summary = "uncompressed parameter server, fp32 each way"
+    order = 70
     codec = FP32
 
 
 class FP16PS(DensePS):
     name = "fp16-ps"
+    summary = "uncompressed parameter server, fp16 each way"
+    order = 80
     codec = FP16

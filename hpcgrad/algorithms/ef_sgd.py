@@ -25,24 +25,58 @@ from __future__ import annotations
 import numpy as np
 
 from ..compression import compressors
-from ..errors import ConfigError
+from ..compression.compressors import COMPRESSORS
+from ..options import Option, fail
 from .base import Algorithm, MomentumSGD, f32
 
 FEEDBACK_MODES = ("none", "ef", "step-ahead")
 
+COMPRESSOR = Option("compressor", str, None, choices=tuple(COMPRESSORS),
+                    help="what the workers send: " + "; ".join(
+                        f"{name} = {cls.summary}" for name, cls in COMPRESSORS.items()))
+FEEDBACK = Option("feedback", str, None, choices=FEEDBACK_MODES,
+                  help="none = send C(u) of the local momentum-SGD update u; ef = send "
+                       "C(u + e), keep e = u + e - C(u + e); step-ahead = ef with the gradient "
+                       "taken at x - e")
+ERROR_AVERAGING = Option("error_averaging", int, None, bounds=">= 1", metavar="P",
+                         default_help="never",
+                         help="every P steps replace the workers' residuals by their mean (an "
+                              "fp32 Allreduce among the workers, logged as bytes_average and "
+                              "phase average)")
+SERVER_FEEDBACK = Option("server_feedback", bool, False,
+                         help="the server compresses its mean back with the same compressor "
+                              "and its own residual, instead of broadcasting fp32")
+
 
 class ErrorFeedbackSGD(Algorithm):
     name = "ef-sgd"
+    summary = "error feedback (ef, step-ahead, error averaging) around a --compressor"
+    order = 60
+    docs = "docs/algorithms/error-feedback.md"
+    options = (COMPRESSOR, FEEDBACK, ERROR_AVERAGING, SERVER_FEEDBACK)
+    devices = ("cpu",)
+    device_note = "compresses on the host"
+    hints = {"k_per_worker": "use --sparsity",
+             "selection": "the topk compressor always selects exactly",
+             "topk_values": "the topk compressor sends fp32 values",
+             "residual": "ef-sgd keeps its residual with --feedback",
+             "quantize_downlink": "use --server-feedback to compress the downlink"}
     defaults = {"lr": 0.1, "momentum": 0.9, "compressor": "scaled-sign", "feedback": "ef",
                 "sparsity": 0.01, "bits": 4}
     step_fields = {"bytes_average": (True, np.int64)}
     state_names = ("residual", "sgd.buffer", "server_residual")
 
+    @classmethod
+    def parts(cls, cfg):
+        return (COMPRESSORS[cfg.compressor],) if cfg.compressor in COMPRESSORS else ()
+
+    @classmethod
+    def check_settings(cls, cfg):
+        fail(cfg.error_averaging is None or cfg.feedback != "none",
+             "error-averaging averages the workers' residuals; --feedback none keeps none")
+
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)
-        if config.device != "cpu":
-            raise ConfigError("ef-sgd compresses on the host; --device cuda is not supported "
-                              "for it yet")
         self.compressor = compressors.create(config, self.segments, self.offsets)
         self.feedback = config.feedback
         self.average_every = config.error_averaging or 0

@@ -33,12 +33,36 @@ import math
 import numpy as np
 
 from ..wire.codecs import FP32, QSGDCodec, encode_qsgd
-from ..errors import ConfigError, WireFormatError
+from ..errors import WireFormatError
 from ..kernels import quantize
+from ..compression.compressors import BITS, check_width
+from ..options import Option, fail
 from .base import Algorithm, MomentumSGD, f32
 
 #: ``bits_down`` in the log for an unquantized (fp32) downlink.
 FP32_BITS = 32
+
+QUANTIZE_DOWNLINK = Option("quantize_downlink", bool, False,
+                           help="re-quantize the server's mean at the step's width instead of "
+                                "broadcasting it in fp32")
+DQ_RHO = Option("dq_rho", float, None, bounds="(0, 1]", metavar="RHO",
+                help="rho in (0, 1] of s_n = lambda*|g_n|*rho^((T-1-n)/2)")
+DQ_HORIZON = Option("dq_horizon", int, None, bounds=">= 1", metavar="T",
+                    label="dq-horizon (T, the planned iterations)", default_help="--iterations",
+                    help="planned iterations T, >= 1")
+DQ_LAMBDA = Option("dq_lambda", float, None, bounds="> 0", metavar="L",
+                   default_help="calibrated on step 0's gradient norm so that the rule gives "
+                                "--dq-start-bits",
+                   help="lambda of the width rule, > 0")
+DQ_START_BITS = Option("dq_start_bits", int, None, check=check_width, metavar="B",
+                       help="width of step 0, before any norm is known, and the calibration "
+                            "target of lambda")
+MIN_BITS = Option("min_bits", int, None, check=check_width, metavar="B",
+                  help="smallest width the rule may pick")
+MAX_BITS = Option("max_bits", int, None, check=check_width, metavar="B",
+                  help="largest width the rule may pick")
+DQ_WINDOW = Option("dq_window", int, None, bounds=">= 1", metavar="N",
+                   help="average the gradient norm over the last N steps")
 
 
 def width_for(s: float, min_bits: int, max_bits: int) -> int:
@@ -93,6 +117,12 @@ class WidthSchedule:
 
 class QSGD(Algorithm):
     name = "qsgd"
+    summary = "per-tensor norm + b-bit stochastic levels, mean"
+    order = 40
+    docs = "docs/algorithms/dq-sgd.md"
+    options = (BITS, QUANTIZE_DOWNLINK)
+    devices = ("cpu",)
+    device_note = "quantizes on the host"
     defaults = {"lr": 0.1, "momentum": 0.9, "bits": 4}
     variable_length = True
     step_fields = {"bits": (False, np.int64), "bits_down": (False, np.int64),
@@ -102,9 +132,6 @@ class QSGD(Algorithm):
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)
-        if config.device != "cpu":
-            raise ConfigError(f"{self.name} quantizes on the host; --device cuda is not "
-                              "supported for it yet")
         self.seed = config.seed
         self.quantize_downlink = bool(config.quantize_downlink)
         self.bits = self._first_bits(config)
@@ -198,11 +225,27 @@ class QSGD(Algorithm):
 
 class DQSGD(QSGD):
     name = "dq-sgd"
+    summary = "qsgd with a width chosen by the server every step"
+    order = 50
+    options = (QUANTIZE_DOWNLINK, DQ_RHO, DQ_HORIZON, DQ_LAMBDA, DQ_START_BITS, MIN_BITS,
+               MAX_BITS, DQ_WINDOW)
+    hints = {"bits": "dq-sgd chooses the width every step: use --dq-start-bits, --min-bits "
+                     "and --max-bits"}
     defaults = {"lr": 0.1, "momentum": 0.9, "dq_rho": 0.999,
                 "dq_horizon": lambda cfg: cfg.iterations, "dq_start_bits": 4,
                 "min_bits": 2, "max_bits": 8, "dq_window": 1}
     dynamic = True
     state_names = ("sgd.buffer", "bits", "schedule.history", "schedule.seen", "schedule.lam")
+
+    @classmethod
+    def check_settings(cls, cfg):
+        fail(cfg.dq_window <= cfg.iterations, f"dq-window must be at most the iterations "
+             f"({cfg.iterations}), got {cfg.dq_window}")
+        fail(cfg.min_bits <= cfg.max_bits,
+             f"min-bits {cfg.min_bits} is above max-bits {cfg.max_bits}")
+        fail(cfg.min_bits <= cfg.dq_start_bits <= cfg.max_bits,
+             f"dq-start-bits {cfg.dq_start_bits} is outside min-bits {cfg.min_bits} .. "
+             f"max-bits {cfg.max_bits}")
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)

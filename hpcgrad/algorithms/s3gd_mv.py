@@ -32,14 +32,31 @@ import numpy as np
 
 from ..wire.codecs import BASE3, SPARSE_SIGN, by_id, encode_sparse_ternary
 from ..errors import ConfigError
+from ..options import Option
 from ..kernels import cpu, sparse
 from ..kernels.generic import packed_length
-from ..compression.selection import TopK
+from ..compression.compressors import SPARSITY
+from ..compression.selection import SELECTIONS, TopK
 from ..wire import round_up
 from .base import Algorithm, MomentumSGD, f32
 
 #: ``coding_up`` / ``coding_down`` values in the log.
 CODING_BASE3 = 3
+
+K_PER_WORKER = Option(
+    "k_per_worker", str, None, choices=("auto",),
+    unknown="k-per-worker: only 'auto' is understood (K = c*d/M), got {value!r}; use "
+            "--sparsity for a ratio",
+    help="auto: K_l = ceil(C*numel_l/M) for M workers, C = --votes-per-coordinate (our "
+         "reading of the paper's rule); overrides --sparsity")
+VOTES_PER_COORDINATE = Option("votes_per_coordinate", float, 1.0, bounds="> 0", metavar="C",
+                              help="C of --k-per-worker auto")
+RESIDUAL = Option("residual", float, None, bounds="[0, 1]", label="residual (rho)",
+                  metavar="RHO",
+                  help="residual decay rho of a <- rho*a + g, in [0, 1]; 0 = no residual")
+SELECTION = Option("selection", str, "exact", choices=SELECTIONS,
+                   help="top-K rule: exact (partition, the reference) or threshold (sampled "
+                        "threshold refined to within 10% of K; faster, K varies)")
 
 
 def k_per_segment(numels, sparsity, k_per_worker, votes_per_coordinate, workers) -> list[int]:
@@ -58,6 +75,12 @@ def k_per_segment(numels, sparsity, k_per_worker, votes_per_coordinate, workers)
 
 class S3GDMV(Algorithm):
     name = "s3gd-mv"
+    summary = "signs of each worker's top-K entries, majority vote, coded positions"
+    order = 20
+    options = (SPARSITY, K_PER_WORKER, VOTES_PER_COORDINATE, RESIDUAL, SELECTION)
+    devices = ("cpu",)
+    device_note = "runs its selection and coding on the host"
+    hints = {"ef-sgd": "s3gd-mv keeps its own gradient residual, --residual"}
     # A sign step: small lr (authors: 1e-3, no momentum).
     defaults = {"lr": 0.001, "momentum": 0.0, "sparsity": 0.01, "residual": 1.0}
     uplink = downlink = SPARSE_SIGN
@@ -69,9 +92,6 @@ class S3GDMV(Algorithm):
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)
-        if config.device != "cpu":
-            raise ConfigError("s3gd-mv runs its selection and coding on the host; "
-                              "--device cuda is not supported for it yet")
         d = num_params
         self.ks = k_per_segment(self.segments, config.sparsity, config.k_per_worker,
                                 config.votes_per_coordinate, num_workers)

@@ -25,14 +25,23 @@ import numpy as np
 from .. import kernels
 from ..wire.codecs import SIGN1, TERNARY2
 from ..kernels.generic import TIE_POSITIVE, TIE_RANDOM, TIE_ZERO
+from ..options import Option
 from ..wire import round_up
 from .base import Algorithm, f32
 
 TIE_CODES = {"positive": TIE_POSITIVE, "zero": TIE_ZERO, "random": TIE_RANDOM}
 
+TIE = Option("tie", str, "positive", choices=tuple(TIE_CODES),
+             unknown="unknown tie rule {value!r}; choose one of: " + ", ".join(TIE_CODES),
+             help="the vote for a tied coordinate (even worker count): positive = +1, "
+                  "random = seeded coin, zero = no move (needs a 2-bit downlink)")
+
 
 class SignumMV(Algorithm):
     name = "signum-mv"
+    summary = "Signum / signSGD with majority vote, 1 bit per coordinate each way"
+    order = 10
+    options = (TIE,)
     # A sign step moves every coordinate by lr: far smaller than SGD's lr.
     defaults = {"lr": 0.001, "momentum": 0.9}
     state_names = ("momentum",)

@@ -48,14 +48,44 @@ from __future__ import annotations
 import numpy as np
 
 from ..wire.codecs import SPARSE_VALUES, encode_sparse_values
-from ..errors import ConfigError, WireFormatError
+from ..errors import WireFormatError
 from ..kernels import sparse
+from ..compression.compressors import SPARSITY
 from ..compression.selection import TopK, k_per_segment
+from ..options import Option, fail
 from .base import Algorithm, MomentumSGD
+
+TOPK_SELECTIONS = ("local", "union-boost", "aggregate-hint", "shared-random", "leader")
+TOPK_VALUES = ("fp32", "fp16")
+
+TOPK_SELECTION = Option(
+    "topk_selection", str, "local", choices=TOPK_SELECTIONS,
+    help="how a worker picks its K positions: local = its largest |residual|; union-boost = "
+         "prefer the previous step's union; aggregate-hint = |residual| + L*|previous "
+         "aggregate|; shared-random = the same seeded positions on every worker (|U| = K); "
+         "leader = a rotating worker's previous top-K for all")
+TOPK_VALUES_OPTION = Option("topk_values", str, "fp32", choices=TOPK_VALUES,
+                            unknown="topk-values must be fp32 or fp16, got {value!r}",
+                            help="uplink value precision")
+UNION_BOOST = Option("union_boost", float, None, bounds=">= 0", metavar="W", default_help="1",
+                     help="union-boost: score |r|*(1 + W) on the previous union, W >= 0")
+AGGREGATE_HINT = Option("aggregate_hint", float, None, bounds=">= 0", metavar="L",
+                        default_help="1",
+                        help="aggregate-hint: score |r| + L*|previous aggregate|, L >= 0")
+UNBIASED = Option("unbiased", bool, False,
+                  help="shared-random: scale the values by numel/K and keep no residual")
 
 
 class TopKEF(Algorithm):
     name = "topk"
+    summary = "each worker's top-K values with error feedback, mean over the union"
+    order = 30
+    options = (SPARSITY, TOPK_SELECTION, TOPK_VALUES_OPTION, UNION_BOOST, AGGREGATE_HINT,
+               UNBIASED)
+    devices = ("cpu",)
+    device_note = "runs its selection and coding on the host"
+    hints = {"k_per_worker": "use --sparsity",
+             "ef-sgd": "topk keeps its own gradient residual (error feedback)"}
     defaults = {"lr": 0.1, "momentum": 0.9, "sparsity": 0.01}
     uplink = downlink = SPARSE_VALUES
     variable_length = True
@@ -67,9 +97,6 @@ class TopKEF(Algorithm):
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)
-        if config.device != "cpu":
-            raise ConfigError("topk runs its selection and coding on the host; "
-                              "--device cuda is not supported for it yet")
         d, m = num_params, num_workers
         self.ks = k_per_segment(self.segments, config.sparsity)
         self.k_total = sum(self.ks)
@@ -103,6 +130,18 @@ class TopKEF(Algorithm):
         self.aggregate = np.zeros(d, dtype=np.float32)  # a_prev, dense
         self.sgd = MomentumSGD(d, config.lr, config.momentum, config.weight_decay)
         sparse.warm_up()
+
+    @classmethod
+    def check_settings(cls, cfg):
+        for option, rule in ((UNION_BOOST, "union-boost"), (AGGREGATE_HINT, "aggregate-hint")):
+            fail(getattr(cfg, option.name) is None or cfg.topk_selection == rule,
+                 f"{option.key} is a weight of --algorithm topk --topk-selection {rule}; this "
+                 f"run uses topk with --topk-selection {cfg.topk_selection}")
+        fail(not cfg.unbiased or cfg.topk_selection == "shared-random",
+             "unbiased scaling is an option of --algorithm topk --topk-selection shared-random")
+        fail(cfg.sparsity is None or cfg.sparsity < 1,
+             f"topk: sparsity {cfg.sparsity} selects every coordinate (K = d); top-K needs "
+             "K < d, i.e. --sparsity below 1")
 
     def metadata(self) -> dict:
         return {"segments": self.segments, "k_per_segment": self.ks, "k": self.k_total,

@@ -1,8 +1,9 @@
 """``hpcgrad bench exchange``: one iteration's exchange of every algorithm vs a fp32 Allreduce.
 
-Runs under ``mpiexec -n P`` (P >= 2).  For each algorithm of :data:`ALGORITHMS`
-registered in :data:`hpcgrad.algorithms.REGISTRY`, every rank builds the
-algorithm from a :class:`~hpcgrad.training.config.TrainConfig` and the exchange with
+Runs under ``mpiexec -n P`` (P >= 2).  For every algorithm registered in
+:data:`hpcgrad.algorithms.REGISTRY` (at its defaults) and the :data:`VARIANTS`
+of them (:func:`table`), every rank builds the algorithm from a
+:class:`~hpcgrad.training.config.TrainConfig` and the exchange with
 :func:`hpcgrad.training.exchange.create` -- the objects training runs -- and drives
 ``exchange.step`` with a synthetic random gradient: ``warmup`` untimed steps,
 then ``repeat`` timed ones, each started after a barrier.  ``PhaseClock``
@@ -32,25 +33,14 @@ import numpy as np
 from .common import (BenchError, available_memory, check_fits, gib, idle_barrier, machine,
                      machine_line, median, write_json)
 
-#: The algorithms ``bench exchange`` measures, in order: label -> the settings it
-#: runs with (``algorithm`` defaults to the label; a setting the configuration
-#: does not have goes to ``TrainConfig.extra``).  An entry whose algorithm is not
-#: registered is skipped, so ``s3gd-mv`` joins the table as soon as
-#: ``hpcgrad.algorithms.REGISTRY`` has it.
-ALGORITHMS = {
-    "signum-mv": {"tie": "positive"},  # Signum: momentum 0.9 (the algorithm's default)
-    "signsgd-mv": {"algorithm": "signum-mv", "momentum": 0.0, "tie": "positive"},
-    "s3gd-mv": {"sparsity": 0.01},
-    "qsgd": {"bits": 4},
-    "dq-sgd": {},
-    "ef-sgd": {"compressor": "scaled-sign", "feedback": "ef"},
-    "ef-sgd-topk": {"algorithm": "ef-sgd", "compressor": "topk", "sparsity": 0.01,
-                    "feedback": "ef"},
-    "ef-sgd-server": {"algorithm": "ef-sgd", "compressor": "scaled-sign", "feedback": "ef",
-                      "server_feedback": True},
-    "fp16-ps": {},
-    "fp32-ps": {},
-    "allreduce": {},
+#: Settings measured besides each registered algorithm at its defaults: label -> the
+#: settings (``algorithm`` names the registered one; a setting the configuration does not
+#: have goes to ``TrainConfig.extra``).  A variant is listed right after its algorithm, and
+#: only while that algorithm is registered.
+VARIANTS = {
+    "signsgd-mv": {"algorithm": "signum-mv", "momentum": 0.0},
+    "ef-sgd-topk": {"algorithm": "ef-sgd", "compressor": "topk", "sparsity": 0.01},
+    "ef-sgd-server": {"algorithm": "ef-sgd", "server_feedback": True},
 }
 BASELINE = "allreduce"
 PHASE_NAMES = ("encode", "gather", "aggregate", "bcast", "decode", "update")
@@ -62,21 +52,31 @@ _RANK_BYTES_PER_PARAM = 4 * (2 + 3 + 2)
 _SERVER_BYTES_PER_WORKER_PARAM = 4
 
 
-def _algorithm(label: str) -> str:
-    return ALGORITHMS.get(label, {}).get("algorithm", label)
+def table() -> dict:
+    """label -> settings of everything ``bench exchange`` measures, in order: every registered
+    algorithm (``hpcgrad.algorithms.REGISTRY``'s order) at its defaults, each followed by its
+    :data:`VARIANTS`.  A new algorithm joins by being registered."""
+    from ..algorithms import REGISTRY
+    out = {}
+    for name in REGISTRY:
+        out[name] = {}
+        out.update((label, settings) for label, settings in VARIANTS.items()
+                   if settings["algorithm"] == name)
+    return out
 
 
 def selected(names=None) -> list[str]:
-    """The labels to run: the table's registered ones (or ``names``, checked)."""
-    from ..algorithms import REGISTRY
+    """The labels to run: all of :func:`table` (or ``names``, checked)."""
+    labels = table()
     if names is None:
-        chosen = [n for n in ALGORITHMS if _algorithm(n) in REGISTRY]
+        chosen = list(labels)
     else:
-        unknown = [n for n in names if _algorithm(n) not in REGISTRY]
+        unknown = [n for n in names if n not in labels]
         if unknown:
+            from ..algorithms import REGISTRY
             raise BenchError(f"unknown algorithm(s) {', '.join(unknown)}; registered: "
                              f"{', '.join(REGISTRY)} (and the labels "
-                             f"{', '.join(n for n in ALGORITHMS if n not in REGISTRY)})")
+                             f"{', '.join(n for n in labels if n not in REGISTRY)})")
         chosen = list(dict.fromkeys(names))
     if BASELINE not in chosen:
         chosen.append(BASELINE)  # every ratio needs the Allreduce
@@ -86,7 +86,7 @@ def selected(names=None) -> list[str]:
 def config_for(label: str, iterations: int):
     """A resolved TrainConfig for the table entry ``label`` (or a plain algorithm name)."""
     from ..training.config import TrainConfig
-    settings = dict(ALGORITHMS.get(label, {}))
+    settings = dict(table().get(label, {}))
     algorithm = settings.pop("algorithm", label)
     fields = set(TrainConfig.__dataclass_fields__)
     known = {k: v for k, v in settings.items() if k in fields}

@@ -18,6 +18,11 @@ one small class here.  Each writes a body of a documented codec
                  keyed by ``(seed, step, sender)`` (unbiased).
 
 ``K_l = ceil(sparsity * numel_l)`` as for the ``topk`` algorithm.
+
+Each compressor declares the settings it reads (``options``; :mod:`hpcgrad.options`) and
+registers itself by subclassing :class:`Compressor` with a ``name``: ``--compressor`` lists
+:data:`COMPRESSORS`, in definition order.  ``--sparsity`` and ``--bits`` are declared here
+once, shared with the algorithms that read them too (s3gd-mv and topk; qsgd).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
+from ..options import Configurable, Option, fail
 from ..wire.codecs import (FP32, SCALED_SIGN, SPARSE_VALUES, QSGDCodec, _check_padding_bits,
                      encode_qsgd, encode_sparse_values)
 from ..errors import WireFormatError
@@ -32,13 +38,43 @@ from ..kernels import quantize
 from .selection import TopK, k_per_segment
 
 
-class Compressor:
+def check_width(value, label: str) -> None:
+    """A quantizer width b: b - 1 level bits and a sign bit (docs/algorithms/dq-sgd.md)."""
+    fail(1 <= value <= 16, f"{label} must be an integer in 2..16 (bits per coordinate: a sign "
+         f"bit and b-1 level bits; 2..8 is the useful range), got {value!r}")
+    fail(value != 1, f"{label} 1 leaves no level bits (s = 2**0 - 1 = 0 levels: every "
+         "coordinate would decode to 0); use 2 or more, or signum-mv for 1-bit signs")
+
+
+#: K_l = ceil(S * numel_l) entries per tensor: s3gd-mv, topk, and the topk / randomk compressors.
+SPARSITY = Option("sparsity", float, None, bounds="(0, 1]", metavar="S",
+                  help="fraction of each tensor's entries a worker sends, in (0, 1]: "
+                       "K_l = ceil(S*numel_l)")
+#: b bits per coordinate: qsgd, and the qsgd compressor.
+BITS = Option("bits", int, None, check=check_width, metavar="B",
+              help="bits per coordinate, a sign bit and B-1 level bits (s = 2^(B-1) - 1 "
+                   "levels), in 2..16; 2..8 is the useful range")
+
+#: name -> compressor class, in definition order (filled by ``Compressor.__init_subclass__``).
+COMPRESSORS: dict = {}
+
+
+class Compressor(Configurable):
     """``compress`` writes ``C(values)`` as a message body; ``decompress`` reads one."""
 
     name = ""
+    selected_by = "--compressor"
     codec = FP32
     #: Whether the body length depends on the values (then messages are variable-length).
     variable_length = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:  # a base without a name (_Sparse) is no choice of its own
+            if cls.name in COMPRESSORS:
+                raise ValueError(f"two compressors are named {cls.name!r}: "
+                                 f"{COMPRESSORS[cls.name].__qualname__} and {cls.__qualname__}")
+            COMPRESSORS[cls.name] = cls
 
     def __init__(self, config, segments, offsets):
         self.segments, self.offsets = segments, offsets
@@ -60,6 +96,7 @@ class Compressor:
 
 class Identity(Compressor):
     name = "identity"
+    summary = "fp32, no compression"
 
     def compress(self, values, message, step, sender):
         FP32.encode(values, message.padded_body)
@@ -76,6 +113,7 @@ class Identity(Compressor):
 
 class ScaledSign(Compressor):
     name = "scaled-sign"
+    summary = "|v|_1/d * sign(v) over the model"
     codec = SCALED_SIGN
 
     def compress(self, values, message, step, sender):
@@ -101,6 +139,12 @@ class _Sparse(Compressor):
 
     codec = SPARSE_VALUES
     variable_length = True
+    options = (SPARSITY,)
+
+    @classmethod
+    def check_settings(cls, cfg):
+        fail(cfg.sparsity < 1, f"{cls.name}: sparsity {cfg.sparsity} selects every "
+             "coordinate; use --compressor identity for no compression")
 
     def __init__(self, config, segments, offsets):
         super().__init__(config, segments, offsets)
@@ -134,6 +178,7 @@ class _Sparse(Compressor):
 
 class TopKCompressor(_Sparse):
     name = "topk"
+    summary = "the K_l = ceil(--sparsity * numel_l) largest entries of each tensor"
 
     def __init__(self, config, segments, offsets):
         super().__init__(config, segments, offsets)
@@ -152,6 +197,8 @@ class TopKCompressor(_Sparse):
 
 class RandomK(_Sparse):
     name = "randomk"
+    summary = ("K_l = ceil(--sparsity * numel_l) seeded random entries of each tensor, "
+               "scaled by numel_l/K_l (unbiased)")
 
     def _choose(self, values, step, sender):
         end = 0
@@ -166,6 +213,8 @@ class RandomK(_Sparse):
 
 class QSGDCompressor(Compressor):
     name = "qsgd"
+    summary = "per-tensor norm and --bits stochastic levels (unbiased)"
+    options = (BITS,)
     variable_length = True  # the qsgd codec's length depends on its width
 
     def __init__(self, config, segments, offsets):
@@ -186,10 +235,6 @@ class QSGDCompressor(Compressor):
                                   f"{self.bits} and no next width")
         self.codec.decode_into(padded_body[: header.body_length], self.count, header.flags,
                                out, accumulate=accumulate, norms=self._norms, what=what)
-
-
-COMPRESSORS = {cls.name: cls for cls in (Identity, ScaledSign, TopKCompressor, RandomK,
-                                         QSGDCompressor)}
 
 
 def create(config, segments, offsets) -> Compressor:

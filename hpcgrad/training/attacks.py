@@ -47,8 +47,19 @@ from ..wire.codecs import TERNARY2, CODECS
 from ..errors import ConfigError, WireFormatError
 from ..kernels import quantize, sparse
 from ..kernels.generic import packed_length
+from ..options import Option
 
 ATTACKS = ("invert", "random")
+
+#: ``--adversaries`` / ``--attack`` (adversaries <= workers is checked once the world is known).
+ADVERSARIES = Option("adversaries", int, 0, bounds=">= 0", metavar="K",
+                     help="the last K worker ranks corrupt their uplink after their honest "
+                          "step, 0 <= K <= workers; more than half the workers is allowed, "
+                          "with a warning")
+ATTACK = Option("attack", str, "invert", choices=ATTACKS,
+                help="what the adversaries send: invert = the negation of their message "
+                     "(every sign flipped, values negated); random = random signs, or Gaussian "
+                     "values of the same norm, seeded by (seed, step, rank)")
 #: Fourth word of the attack's random stream key, apart from other seeded streams.
 STREAM = 0xA77AC
 #: Codecs an attack can corrupt, by name (``allreduce``'s raw buffers apart).

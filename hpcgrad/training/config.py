@@ -1,25 +1,42 @@
 """Training settings: defaults, a TOML config file, and the command line.
 
-Precedence: built-in defaults < ``--config FILE`` < command-line options.
-Every setting is validated here, on every rank, before any communication.
+Precedence: built-in defaults < ``--config FILE`` < command-line options; a setting still
+unset (None) then takes the chosen algorithm's default (``Algorithm.defaults``).
+
+Every setting is declared once, by what owns it (:class:`hpcgrad.options.Option`): the
+training loop's and the checkpoints' here, the schedule's and the adversaries' in
+``schedule.py`` and ``attacks.py``, the workload's in ``workloads/catalog.py``, and each
+algorithm's and compressor's in its class (``options``).  :class:`TrainConfig` is made from
+all of them, as ``hpcgrad train``'s arguments are (``cli.py``), so a new algorithm adds its
+settings without an edit here.
+
+Every setting is validated here, on every rank, before any communication:
+
+1. each setting's type, then its own rules (choices, range, format);
+2. the chosen algorithm, and what it chooses in turn (ef-sgd's ``--compressor``), runs on
+   ``--device``;
+3. a setting read only by algorithms or compressors other than the chosen ones, given a value
+   other than its default, is refused naming who reads it (a silently ignored setting is a
+   wrong experiment);
+4. the rules between settings: the training loop's, the workload's, then the chosen
+   algorithm's and compressor's ``check_settings``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import schedule
-from ..workloads.catalog import (BATCH_NORMS, DATASETS, MODEL_INPUTS, MODEL_NEEDS, MODELS,
-                                 check_workload, parse_features, parse_partition,
-                                 partition_classes)
+from .. import options
 from ..algorithms import REGISTRY
-from .attacks import ATTACKS
+from ..compression.compressors import COMPRESSORS
 from ..errors import ConfigError
+from ..options import Option, Section, fail
+from ..workloads.catalog import WORKLOAD
+from .attacks import ADVERSARIES, ATTACK
+from .schedule import LR_SCHEDULE, WARMUP
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,84 +44,97 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ALGORITHMS = tuple(REGISTRY)
-TIE_RULES = ("positive", "zero", "random")
-SELECTIONS = ("exact", "threshold")
+DEFAULT_ALGORITHM = "signum-mv"
 DEVICES = ("cpu", "cuda")
-TOPK_SELECTIONS = ("local", "union-boost", "aggregate-hint", "shared-random", "leader")
-TOPK_VALUES = ("fp32", "fp16")
 
 
-@dataclass
-class TrainConfig:
-    algorithm: str = "signum-mv"
-    iterations: int = 300
-    seed: int = 0
-    lr: float | None = None
-    momentum: float | None = None
-    weight_decay: float = 0.0
-    tie: str = "positive"
-    batch_size: int = 32
-    hidden: int = 128
-    eval_every: int = 50
-    flush_every: int = 10
-    log: str | None = None
-    record_messages: int = 0
-    quiet: bool = False
-    device: str = "cpu"
-    # s3gd-mv
-    sparsity: float | None = None
-    k_per_worker: str | None = None
-    votes_per_coordinate: float = 1.0
-    residual: float | None = None
-    selection: str = "exact"
-    # topk (uses sparsity too)
-    topk_selection: str = "local"
-    topk_values: str = "fp32"
-    union_boost: float | None = None
-    aggregate_hint: float | None = None
-    unbiased: bool = False
-    # data
-    partition: str = "iid"
-    # workload (hpcgrad/workloads/models.py, hpcgrad/workloads/datasets.py; None = the default described there)
-    model: str = "mlp"
-    dataset: str = "synthetic"
-    data_path: str | None = None
-    examples: int | None = None
-    features: int | str | None = None
-    classes: int | None = None
-    vocab_size: int | None = None
-    batch_norm: str | None = None
-    # qsgd / dq-sgd
-    bits: int | None = None
-    quantize_downlink: bool = False
-    dq_rho: float | None = None
-    dq_horizon: int | None = None
-    dq_lambda: float | None = None
-    dq_start_bits: int | None = None
-    min_bits: int | None = None
-    max_bits: int | None = None
-    dq_window: int | None = None
-    # error feedback (ef-sgd) and checkpoints
-    compressor: str | None = None
-    feedback: str | None = None
-    error_averaging: int | None = None
-    server_feedback: bool = False
-    checkpoint_every: int = 0
-    checkpoint_dir: str | None = None
-    resume: str | None = None
-    # schedule and adversaries
-    lr_schedule: str = "constant"
-    warmup: int = 0
-    adversaries: int = 0
-    attack: str = "invert"
-    extra: dict = field(default_factory=dict, repr=False)
+def _below(limit_text: str, limit: int, why: str = ""):
+    def check(value, label):
+        fail(value < limit, f"{label} must be < {limit_text}{why}")
+    return check
 
-    def resolved(self) -> "TrainConfig":
-        """A copy with per-algorithm defaults filled in, validated."""
+
+def _directory(value, label) -> None:
+    fail(bool(value), f"{label} must be a directory path, got {value!r}")
+
+
+#: The training loop's settings (``--algorithm`` is added in front, from the registry).
+LOOP = (
+    Option("iterations", int, 300, bounds=">= 1", metavar="N",
+           check=_below("2**32", 2**32, " (the header's step field)"),
+           help="training iterations"),
+    Option("seed", int, 0, bounds=">= 0", metavar="S", check=_below("2**63", 2**63),
+           help="seed of data, model init, sampling and tie coins"),
+    Option("lr", float, None, bounds="> 0", metavar="LR", help="learning rate"),
+    Option("momentum", float, None, bounds="[0, 1)", metavar="BETA",
+           help="momentum in [0, 1); for signum-mv the worker momentum beta of "
+                "m <- beta*m + (1-beta)*g, 0 giving signSGD"),
+    Option("weight_decay", float, 0.0, bounds=">= 0", metavar="WD",
+           help="weight decay; for signum-mv applied after the vote, "
+                "x <- x - lr*(sign(v) + wd*x)"),
+    Option("batch_size", int, 32, bounds=">= 1", metavar="B",
+           help="examples per worker per step"),
+    Option("eval_every", int, 50, bounds=">= 0", metavar="N",
+           help="evaluate on held-out data every N steps, 0 = only at the end"),
+    Option("flush_every", int, 10, bounds=">= 1", metavar="N",
+           help="gather per-step records to rank 0 and flush the log every N steps"),
+    Option("log", str, None, metavar="PATH", default_help="runs/ALGORITHM-nWORLD-sSEED-TIME.h5",
+           help="HDF5 traffic log to write"),
+    Option("record_messages", int, 0, bounds=">= 0", metavar="N",
+           help="store the raw bytes of every uplink and downlink message of the first N "
+                "iterations in the log's /messages group"),
+    Option("device", str, "cpu", choices=DEVICES,
+           help="where workers compute and encode: cpu, or cuda (one GPU per worker, chosen "
+                "by node-local rank among CUDA_VISIBLE_DEVICES; needs CuPy). The server "
+                "aggregates on the host either way"),
+    Option("quiet", bool, False, help="print only the final summary"),
+)
+
+
+def _check_loop(cfg) -> None:
+    for name in ("lr", "momentum"):
+        fail(getattr(cfg, name) is not None, f"{name}: --algorithm {cfg.algorithm} has no "
+             f"default {name}; give --{name}")
+
+
+def _check_checkpoints(cfg) -> None:
+    fail(bool(cfg.checkpoint_every) == (cfg.checkpoint_dir is not None),
+         "checkpoints need both --checkpoint-every N (N >= 1) and --checkpoint-dir DIR")
+
+
+def _check_schedule(cfg) -> None:
+    fail(cfg.warmup <= cfg.iterations,
+         f"warmup ({cfg.warmup} steps) must be at most the iterations ({cfg.iterations})")
+
+
+CHECKPOINTS = Section("checkpoints (docs/checkpoints.md)", (
+    Option("checkpoint_every", int, 0, bounds=">= 0", metavar="N",
+           help="save every rank's state every N steps (needs --checkpoint-dir)"),
+    Option("checkpoint_dir", str, None, metavar="DIR", check=_directory,
+           help="where checkpoints go: DIR/step-NNNNNNNN/, one HDF5 file per rank"),
+    Option("resume", str, None, metavar="DIR", check=_directory,
+           help="continue from the newest complete checkpoint in DIR (or from DIR, a "
+                "step-NNNNNNNN directory): same parameters, state and data order, so the run "
+                "continues exactly as if it had not stopped"),
+), check=_check_checkpoints)
+
+SCHEDULE_AND_ADVERSARIES = Section(
+    "learning-rate schedule and adversarial workers (hpcgrad/training/schedule.py, "
+    "hpcgrad/training/attacks.py)", (LR_SCHEDULE, WARMUP, ADVERSARIES, ATTACK),
+    check=_check_schedule)
+
+
+class _Settings:
+    """The methods of every settings class :func:`settings_class` makes."""
+
+    def resolved(self):
+        """A copy with the chosen algorithm's defaults filled in, validated."""
         cfg = dataclasses.replace(self)
-        _check_types(cfg)
-        algorithm = REGISTRY.get(cfg.algorithm)
-        for name, value in (algorithm.defaults if algorithm else {}).items():
+        kind = type(cfg)
+        for option in kind.OPTIONS.values():  # type errors first, naming the setting
+            option.check_type(getattr(cfg, option.name))
+        kind.OPTIONS["algorithm"].check_value(cfg.algorithm)
+        for name, value in kind.ALGORITHMS[cfg.algorithm].defaults.items():
             if getattr(cfg, name, 0) is None:  # a callable default depends on other settings
                 setattr(cfg, name, value(cfg) if callable(value) else value)
         validate(cfg)
@@ -116,214 +146,92 @@ class TrainConfig:
         return json.dumps(data, sort_keys=True)
 
 
-FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+def settings_class(algorithms: dict, compressors: dict):
+    """A settings dataclass for these algorithms and compressors (name -> class): one field per
+    setting any of them, the training loop or the workloads declare, plus ``extra`` (settings
+    a benchmark passes through).  :class:`TrainConfig` is the one of the registries; a test
+    makes its own with an algorithm of its own.
+
+    The class also holds ``ALGORITHMS``, ``COMPRESSORS``, ``OPTIONS`` (name -> Option),
+    ``OWNERS`` (name -> the classes that declare it) and ``SECTIONS``, from which
+    ``hpcgrad train``'s argument groups are made."""
+    default = DEFAULT_ALGORITHM if DEFAULT_ALGORITHM in algorithms else next(iter(algorithms))
+    algorithm = Option("algorithm", str, default, choices=tuple(algorithms),
+                       help="training algorithm: " + "; ".join(
+                           f"{name} = {cls.summary}" for name, cls in algorithms.items()))
+    sections = [Section(None, (algorithm, *LOOP), check=_check_loop)]
+    shown = {o.name for o in sections[0].options}
+    owners: dict = {}
+    for owner in [*algorithms.values(), *compressors.values()]:
+        for option in owner.options:
+            owners.setdefault(option.name, []).append(owner)
+        new = tuple(o for o in owner.options if o.name not in shown)
+        shown.update(o.name for o in new)
+        sections.append(options.owner_section(owner, new))
+    sections += [WORKLOAD, CHECKPOINTS, SCHEDULE_AND_ADVERSARIES]
+    declared = options.collect(sections + [options.owner_section(owner, owner.options)
+                                           for owner in [*algorithms.values(),
+                                                         *compressors.values()]])
+    extra = ("extra", dict, dataclasses.field(default_factory=dict, repr=False))
+    cls = options.make_dataclass("TrainConfig", declared.values(), bases=(_Settings,),
+                                 extra_fields=[extra], module=__name__)
+    cls.__doc__ = ("Every training setting (hpcgrad.training.config): "
+                   + ", ".join(declared) + ".")
+    cls.ALGORITHMS, cls.COMPRESSORS = dict(algorithms), dict(compressors)
+    cls.OPTIONS, cls.OWNERS, cls.SECTIONS = declared, owners, tuple(sections)
+    return cls
 
 
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
+TrainConfig = settings_class(REGISTRY, COMPRESSORS)
+
+FIELDS = set(TrainConfig.OPTIONS)
 
 
-def _finite(name: str, value) -> float:
-    _check(isinstance(value, (int, float)) and not isinstance(value, bool)
-           and math.isfinite(value), f"{name} must be a finite number, got {value!r}")
-    return float(value)
+def validate(cfg) -> None:
+    """Every check of the module docstring, on settings whose defaults are filled in."""
+    kind = type(cfg)
+    for option in kind.OPTIONS.values():
+        option.check_value(getattr(cfg, option.name))
+    algorithm = kind.ALGORITHMS[cfg.algorithm]
+    chosen = (algorithm, *algorithm.parts(cfg))
+    for owner in chosen:
+        owner.check_device(cfg.device)
+    for option in kind.OPTIONS.values():
+        option.check_device(getattr(cfg, option.name), cfg.device)
+    _refuse_settings_of_others(cfg, chosen)
+    for section in kind.SECTIONS:
+        if section.owner is None and section.check is not None:
+            section.check(cfg)
+    for owner in chosen:
+        owner.check_settings(cfg)
 
 
-def _integer(name: str, value, minimum: int) -> None:
-    _check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-           f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-#: Settings whose value must be a string (or None where the field allows it).
-_TEXT = ("algorithm", "tie", "device", "selection", "log", "k_per_worker", "topk_selection",
-         "topk_values", "partition", "compressor", "feedback", "checkpoint_dir", "resume")
-
-
-def _check_types(cfg: TrainConfig) -> None:
-    """Type errors first, so a config file's ``algorithm = ["x"]`` or ``quiet = "no"``
-    gets a message naming the setting instead of a failure further on."""
-    for name in _TEXT:
-        value = getattr(cfg, name)
-        _check(value is None or isinstance(value, str),
-               f"{name.replace('_', '-')} must be a string, got {value!r}")
-    for name in ("quiet", "quantize_downlink", "unbiased", "server_feedback"):
-        value = getattr(cfg, name, None)
-        _check(value is None or isinstance(value, bool),
-               f"{name.replace('_', '-')} must be true or false, got {value!r}")
-
-
-def validate(cfg: TrainConfig) -> None:
-    _check_types(cfg)
-    _check(cfg.algorithm in ALGORITHMS,
-           f"unknown algorithm {cfg.algorithm!r}; choose one of: {', '.join(ALGORITHMS)}")
-    _check(_finite("lr", cfg.lr) > 0, f"lr must be > 0, got {cfg.lr}")
-    momentum = _finite("momentum", cfg.momentum)
-    _check(0 <= momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}")
-    _check(_finite("weight-decay", cfg.weight_decay) >= 0,
-           f"weight-decay must be >= 0, got {cfg.weight_decay}")
-    _check(cfg.tie in TIE_RULES,
-           f"unknown tie rule {cfg.tie!r}; choose one of: {', '.join(TIE_RULES)}")
-    _check(cfg.device in DEVICES,
-           f"unknown device {cfg.device!r}; choose one of: {', '.join(DEVICES)}")
-    _integer("iterations", cfg.iterations, 1)
-    _check(cfg.iterations < 2**32, "iterations must be < 2**32 (the header's step field)")
-    _integer("seed", cfg.seed, 0)
-    _integer("batch-size", cfg.batch_size, 1)
-    _integer("hidden", cfg.hidden, 1)
-    _integer("eval-every", cfg.eval_every, 0)
-    _integer("flush-every", cfg.flush_every, 1)
-    _integer("record-messages", cfg.record_messages, 0)
-    _check(cfg.seed < 2**63, "seed must be < 2**63")
-    if cfg.sparsity is not None:
-        _check(0 < _finite("sparsity", cfg.sparsity) <= 1,
-               f"sparsity must be in (0, 1], got {cfg.sparsity}")
-    _check(cfg.k_per_worker in (None, "auto"),
-           f"k-per-worker: only 'auto' is understood (K = c*d/M), got {cfg.k_per_worker!r}; "
-           "use --sparsity for a ratio")
-    _check(_finite("votes-per-coordinate", cfg.votes_per_coordinate) > 0,
-           f"votes-per-coordinate must be > 0, got {cfg.votes_per_coordinate}")
-    if cfg.residual is not None:
-        _check(0 <= _finite("residual", cfg.residual) <= 1,
-               f"residual (rho) must be in [0, 1], got {cfg.residual}")
-    _check(cfg.selection in SELECTIONS,
-           f"unknown selection {cfg.selection!r}; choose one of: {', '.join(SELECTIONS)}")
-    _validate_quantization(cfg)
-    _validate_topk(cfg)
-    _validate_feedback(cfg)
-    _validate_checkpoints(cfg)
-    _validate_schedule_and_adversaries(cfg)
-    partition_classes(cfg.partition)
-    check_workload(cfg)
-    _check(not (cfg.algorithm == "allreduce" and cfg.record_messages),
-           "record-messages: allreduce sends raw fp32 buffers, not hpcgrad messages; "
-           "there is nothing to record")
-
-
-def _validate_schedule_and_adversaries(cfg: TrainConfig) -> None:
-    """``--lr-schedule``/``--warmup`` (hpcgrad/training/schedule.py) and ``--adversaries``/``--attack``
-    (hpcgrad/training/attacks.py; adversaries <= workers is checked once the world size is known)."""
-    schedule.parse(cfg.lr_schedule)
-    _integer("warmup", cfg.warmup, 0)
-    _check(cfg.warmup <= cfg.iterations,
-           f"warmup ({cfg.warmup} steps) must be at most the iterations ({cfg.iterations})")
-    _integer("adversaries", cfg.adversaries, 0)
-    _check(isinstance(cfg.attack, str) and cfg.attack in ATTACKS,
-           f"unknown attack {cfg.attack!r}; choose one of: {', '.join(ATTACKS)}")
-
-
-def _validate_feedback(cfg: TrainConfig) -> None:
-    """``--compressor/--feedback/--error-averaging/--server-feedback`` (algorithms/ef_sgd.py)."""
-    from ..algorithms.ef_sgd import FEEDBACK_MODES
-    from ..compression.compressors import COMPRESSORS
-    chosen = [f"--{name.replace('_', '-')}" for name in
-              ("compressor", "feedback", "error_averaging", "server_feedback")
-              if getattr(cfg, name) not in (None, False)]
-    if cfg.algorithm != "ef-sgd":
-        _check(not chosen, f"{' '.join(chosen)}: error feedback wraps the compressors of "
-               f"--algorithm ef-sgd, not {cfg.algorithm}" + (
-                   " (which keeps its own gradient residual, --residual)"
-                   if cfg.algorithm in ("s3gd-mv", "topk") else ""))
-        return
-    _check(cfg.compressor in COMPRESSORS, f"unknown compressor {cfg.compressor!r}; choose "
-           f"one of: {', '.join(COMPRESSORS)}")
-    _check(cfg.feedback in FEEDBACK_MODES, f"unknown feedback {cfg.feedback!r}; choose one "
-           f"of: {', '.join(FEEDBACK_MODES)}")
-    if cfg.error_averaging is not None:
-        _integer("error-averaging", cfg.error_averaging, 1)
-        _check(cfg.feedback != "none", "error-averaging averages the workers' residuals; "
-               "--feedback none keeps none")
-    if cfg.compressor in ("topk", "randomk"):
-        _check(cfg.sparsity < 1, f"{cfg.compressor}: sparsity {cfg.sparsity} selects every "
-               "coordinate; use --compressor identity for no compression")
-    for ignored, why in ((cfg.k_per_worker is not None, "--k-per-worker is an s3gd-mv setting; "
-                          "use --sparsity"),
-                         (cfg.selection != "exact", "--selection is s3gd-mv's; the topk "
-                          "compressor always selects exactly"),
-                         (cfg.topk_values != "fp32", "--topk-values is the topk algorithm's; "
-                          "the topk compressor sends fp32 values"),
-                         (cfg.residual is not None, "--residual is s3gd-mv's; ef-sgd keeps its "
-                          "residual with --feedback"),
-                         (cfg.quantize_downlink, "--quantize-downlink is qsgd's; use "
-                          "--server-feedback to compress the downlink")):
-        _check(not ignored, f"ef-sgd: {why}")
-
-
-def _validate_checkpoints(cfg: TrainConfig) -> None:
-    _integer("checkpoint-every", cfg.checkpoint_every, 0)
-    _check(bool(cfg.checkpoint_every) == (cfg.checkpoint_dir is not None),
-           "checkpoints need both --checkpoint-every N (N >= 1) and --checkpoint-dir DIR")
-    for name in ("checkpoint_dir", "resume"):
-        value = getattr(cfg, name)
-        _check(value is None or (isinstance(value, str) and value),
-               f"{name.replace('_', '-')} must be a directory path, got {value!r}")
-
-
-def _validate_topk(cfg: TrainConfig) -> None:
-    _check(cfg.topk_selection in TOPK_SELECTIONS,
-           f"unknown topk-selection {cfg.topk_selection!r}; choose one of: "
-           f"{', '.join(TOPK_SELECTIONS)}")
-    _check(cfg.topk_values in TOPK_VALUES,
-           f"topk-values must be fp32 or fp16, got {cfg.topk_values!r}")
-    for name, rule in (("union_boost", "union-boost"), ("aggregate_hint", "aggregate-hint")):
-        value = getattr(cfg, name)
-        if value is None:
+def _refuse_settings_of_others(cfg, chosen: tuple) -> None:
+    """Refuse a setting that only algorithms or compressors not chosen read, when it is given
+    a value other than its default (or the chosen algorithm's default, which a resolved
+    configuration holds)."""
+    kind, algorithm = type(cfg), chosen[0]
+    given = []
+    for name, owners in kind.OWNERS.items():
+        if any(owner in chosen for owner in owners):
             continue
-        flag = name.replace("_", "-")
-        _check(_finite(flag, value) >= 0, f"{flag} must be >= 0, got {value}")
-        _check(cfg.algorithm == "topk" and cfg.topk_selection == rule,
-               f"{flag} is a weight of --algorithm topk --topk-selection {rule}; this run uses "
-               f"{cfg.algorithm}" + (f" with --topk-selection {cfg.topk_selection}"
-                                     if cfg.algorithm == "topk" else ""))
-    _check(not cfg.unbiased or (cfg.algorithm == "topk"
-                                and cfg.topk_selection == "shared-random"),
-           "unbiased scaling is an option of --algorithm topk --topk-selection shared-random")
-    if cfg.algorithm == "topk":
-        _check(cfg.sparsity is None or cfg.sparsity < 1,
-               f"topk: sparsity {cfg.sparsity} selects every coordinate (K = d); top-K needs "
-               "K < d, i.e. --sparsity below 1")
-        _check(cfg.k_per_worker is None, "topk: --k-per-worker is an s3gd-mv setting; "
-               "use --sparsity")
-
-
-def _width(name: str, value) -> None:
-    """A quantizer width b: b - 1 level bits and a sign bit (docs/algorithms/dq-sgd.md)."""
-    _check(isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 16,
-           f"{name} must be an integer in 2..16 (bits per coordinate: a sign bit and b-1 "
-           f"level bits; 2..8 is the useful range), got {value!r}")
-    _check(value != 1, f"{name} 1 leaves no level bits (s = 2**0 - 1 = 0 levels: every "
-           "coordinate would decode to 0); use 2 or more, or signum-mv for 1-bit signs")
-
-
-def _validate_quantization(cfg: TrainConfig) -> None:
-    for name in ("bits", "dq_start_bits", "min_bits", "max_bits"):
-        if getattr(cfg, name) is not None:
-            _width(name.replace("_", "-"), getattr(cfg, name))
-    _check(isinstance(cfg.quantize_downlink, bool),
-           f"quantize-downlink must be true or false, got {cfg.quantize_downlink!r}")
-    if cfg.dq_rho is not None:
-        _check(0 < _finite("dq-rho", cfg.dq_rho) <= 1,
-               f"dq-rho must be in (0, 1], got {cfg.dq_rho}")
-    if cfg.dq_horizon is not None:
-        _check(isinstance(cfg.dq_horizon, int) and not isinstance(cfg.dq_horizon, bool)
-               and cfg.dq_horizon >= 1,
-               f"dq-horizon (T, the planned iterations) must be an integer >= 1, got "
-               f"{cfg.dq_horizon!r}")
-    if cfg.dq_lambda is not None:
-        _check(_finite("dq-lambda", cfg.dq_lambda) > 0,
-               f"dq-lambda must be > 0, got {cfg.dq_lambda}")
-    if cfg.dq_window is not None:
-        _integer("dq-window", cfg.dq_window, 1)
-        _check(cfg.dq_window <= cfg.iterations,
-               f"dq-window must be at most the iterations ({cfg.iterations}), "
-               f"got {cfg.dq_window}")
-    if None not in (cfg.min_bits, cfg.max_bits):
-        _check(cfg.min_bits <= cfg.max_bits,
-               f"min-bits {cfg.min_bits} is above max-bits {cfg.max_bits}")
-        if cfg.dq_start_bits is not None:
-            _check(cfg.min_bits <= cfg.dq_start_bits <= cfg.max_bits,
-                   f"dq-start-bits {cfg.dq_start_bits} is outside min-bits {cfg.min_bits} .. "
-                   f"max-bits {cfg.max_bits}")
+        value, option = getattr(cfg, name), kind.OPTIONS[name]
+        filled = algorithm.defaults.get(name)
+        if value == option.default or (not callable(filled) and value == filled):
+            continue
+        given.append((option, owners))
+    if not given:
+        return
+    option, owners = given[0]
+    flags = [o.flag for o, same in given if same == owners]
+    who = options.owners_text(owners, "or")
+    runs = " with ".join(f"{owner.selected_by} {owner.name}" for owner in chosen)
+    hint = next((owner.hints[key] for owner in chosen
+                 for key in (option.name, *(o.name for o in owners)) if key in owner.hints),
+                None)
+    raise ConfigError(f"{' '.join(flags)}: {'a setting' if len(flags) == 1 else 'settings'} "
+                      f"of {who}; this run uses {runs}, which does not read "
+                      f"{'it' if len(flags) == 1 else 'them'}" + (f" ({hint})" if hint else ""))
 
 
 def load_file(path: str | Path) -> dict:
@@ -340,7 +248,7 @@ def load_file(path: str | Path) -> dict:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
     settings = {}
     for key, value in data.items():
-        name = key.replace("-", "_")
+        name = options.key_name(key)
         if name not in FIELDS:
             raise ConfigError(f"config file {str(path)!r}: unknown setting {key!r}; known: "
                               + ", ".join(sorted(k.replace("_", "-") for k in FIELDS)))
@@ -348,7 +256,7 @@ def load_file(path: str | Path) -> dict:
     return settings
 
 
-def build(file_settings: dict, cli_settings: dict) -> TrainConfig:
+def build(file_settings: dict, cli_settings: dict):
     """Defaults, overlaid by the file's settings, overlaid by the command line's."""
     merged = {**file_settings, **{k: v for k, v in cli_settings.items() if v is not None}}
     return TrainConfig(**merged).resolved()

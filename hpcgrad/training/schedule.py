@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..options import Option
 
 KINDS = ("constant", "step", "cosine")
 SYNTAX = "constant, step:EVERY:GAMMA or cosine[:FLOOR]"
@@ -119,3 +120,13 @@ def from_config(config) -> Schedule:
     """The schedule of a resolved :class:`hpcgrad.training.config.TrainConfig`."""
     return Schedule(lr=float(config.lr), iterations=int(config.iterations),
                     warmup=int(config.warmup), **parse(config.lr_schedule))
+
+
+#: ``--lr-schedule`` / ``--warmup`` (warm-up <= iterations is a rule of the training settings).
+LR_SCHEDULE = Option("lr_schedule", str, "constant", metavar="SCHEDULE",
+                     check=lambda value, label: parse(value),
+                     help="lr of step t: constant; step:EVERY:GAMMA = lr*GAMMA^floor(t/EVERY); "
+                          "cosine = from lr down to 0 over --iterations (after the warm-up); "
+                          "cosine:FLOOR = down to FLOOR*lr, 0 <= FLOOR < 1")
+WARMUP = Option("warmup", int, 0, bounds=">= 0", metavar="N",
+                help="linear warm-up in front of the schedule: step t < N uses lr*(t+1)/N")

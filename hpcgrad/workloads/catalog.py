@@ -1,6 +1,10 @@
 """What workloads exist, and which model takes which data: no torch, so settings can be
 checked (and ``--help`` printed) before any heavy import.
 
+The workload settings (``--model``, ``--dataset``, ``--partition``, ...) are declared here
+(:data:`WORKLOAD`, :mod:`hpcgrad.options`), with the rules between them
+(:func:`check_workload`).
+
 :mod:`hpcgrad.workloads.models` builds the models named here, :mod:`hpcgrad.workloads.datasets`
 loads the datasets, :mod:`hpcgrad.workloads.partitions` deals them to workers.
 """
@@ -9,17 +13,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import ConfigError
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def _integer(name: str, value, minimum: int) -> None:
-    _check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-           f"{name} must be an integer >= {minimum}, got {value!r}")
+from ..options import Option, Section, fail
 
 
 def partition_classes(partition: str) -> int | None:
@@ -39,12 +33,12 @@ def parse_partition(partition: str) -> tuple:
             alpha = float(tail)
         except ValueError:
             alpha = math.nan
-        _check(math.isfinite(alpha) and alpha > 0, "partition dirichlet:alpha needs a number "
-               f"alpha > 0 (e.g. dirichlet:0.5; smaller = more skewed), got {partition!r}")
+        fail(math.isfinite(alpha) and alpha > 0, "partition dirichlet:alpha needs a number "
+             f"alpha > 0 (e.g. dirichlet:0.5; smaller = more skewed), got {partition!r}")
         return "dirichlet", alpha
-    _check(head == "classes" and tail.isdigit() and int(tail) >= 1,
-           f"partition must be 'iid', 'classes:L' with L an integer >= 1 (each worker sees "
-           f"L classes) or 'dirichlet:alpha' with alpha > 0, got {partition!r}")
+    fail(head == "classes" and tail.isdigit() and int(tail) >= 1,
+         f"partition must be 'iid', 'classes:L' with L an integer >= 1 (each worker sees "
+         f"L classes) or 'dirichlet:alpha' with alpha > 0, got {partition!r}")
     return "classes", int(tail)
 
 
@@ -74,44 +68,78 @@ def parse_features(features) -> tuple:
         dims = (features,)
     elif isinstance(features, str) and all(v.isdigit() for v in features.split("x")):
         dims = tuple(int(v) for v in features.split("x"))
-    _check(len(dims) in (1, 3) and min(dims) >= 1, "features must be an integer >= 1 or an "
-           f"image shape CxHxW (e.g. 1x28x28), got {features!r}")
+    fail(len(dims) in (1, 3) and min(dims) >= 1, "features must be an integer >= 1 or an "
+         f"image shape CxHxW (e.g. 1x28x28), got {features!r}")
     return dims
 
 
 def check_workload(cfg) -> None:
-    """The workload settings of a training config (``--model``, ``--dataset``, ...)."""
-    for name in ("model", "dataset", "data_path", "batch_norm"):
-        value = getattr(cfg, name)
-        _check(value is None or isinstance(value, str),
-               f"{name.replace('_', '-')} must be a string, got {value!r}")
-    _check(cfg.model in MODELS,
-           f"unknown model {cfg.model!r}; choose one of: {', '.join(MODELS)}")
-    _check(cfg.dataset in DATASETS,
-           f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS)}")
-    for name, minimum in (("examples", 1), ("classes", 2), ("vocab_size", 3)):
-        if getattr(cfg, name) is not None:
-            _integer(name.replace("_", "-"), getattr(cfg, name), minimum)
+    """The rules between the workload settings of a training config, each of which has
+    passed its own checks (:data:`WORKLOAD`)."""
     shape = parse_features(cfg.features)
     synthetic = cfg.dataset == "synthetic"
-    _check(synthetic or (cfg.features is None and cfg.classes is None),
-           f"features and classes shape the generated data of --dataset synthetic; dataset "
-           f"{cfg.dataset} has its own")
-    _check(not synthetic or cfg.data_path is None, "data-path: --dataset synthetic is "
-           f"generated and reads no files; choose the files' format with --dataset "
-           f"({', '.join(DATASETS[1:])})")
-    _check(synthetic or bool(cfg.data_path), f"dataset {cfg.dataset} is read from files you "
-           "already have: pass their directory with --data-path DIR (nothing is downloaded)")
-    _check(cfg.vocab_size is None or cfg.dataset == "ag-news",
-           "vocab-size is the vocabulary cap of --dataset ag-news")
+    fail(synthetic or (cfg.features is None and cfg.classes is None),
+         f"features and classes shape the generated data of --dataset synthetic; dataset "
+         f"{cfg.dataset} has its own")
+    fail(not synthetic or cfg.data_path is None, "data-path: --dataset synthetic is "
+         f"generated and reads no files; choose the files' format with --dataset "
+         f"({', '.join(DATASETS[1:])})")
+    fail(synthetic or bool(cfg.data_path), f"dataset {cfg.dataset} is read from files you "
+         "already have: pass their directory with --data-path DIR (nothing is downloaded)")
+    fail(cfg.vocab_size is None or cfg.dataset == "ag-news",
+         "vocab-size is the vocabulary cap of --dataset ag-news")
     if cfg.batch_norm is not None:
-        _check(cfg.batch_norm in BATCH_NORMS, f"unknown batch-norm {cfg.batch_norm!r}; "
-               f"choose one of: {', '.join(BATCH_NORMS)}")
-        _check(cfg.model in ("resnet20", "resnet56"),
-               f"batch-norm: only resnet20 and resnet56 have batch norm, not {cfg.model}")
+        fail(cfg.model in ("resnet20", "resnet56"),
+             f"batch-norm: only resnet20 and resnet56 have batch norm, not {cfg.model}")
     kind, described = _DATASET_INPUTS.get(cfg.dataset, (
         ("image", "x".join(map(str, shape)) + " images") if len(shape) == 3
         else ("vector", f"{shape[0]}-feature vectors")))
     needs = MODEL_INPUTS[cfg.model]
-    _check(kind in needs, f"model {cfg.model} needs {MODEL_NEEDS[needs]}, but dataset "
-           f"{cfg.dataset} has {described}")
+    fail(kind in needs, f"model {cfg.model} needs {MODEL_NEEDS[needs]}, but dataset "
+         f"{cfg.dataset} has {described}")
+
+
+def _features_argument(text: str):
+    """``--features 64`` is a number, ``--features 1x28x28`` an image shape."""
+    return int(text) if text.isdigit() else text
+
+
+WORKLOAD = Section("workload (models, datasets, partitions)", (
+    Option("model", str, "mlp", choices=MODELS,
+           help="mlp = two hidden layers of --hidden units; cnn = the S3GD-MV authors' MNIST "
+                "CNN (2 conv + 2 fc, 582,026 parameters on MNIST); resnet20 / resnet56 = CIFAR "
+                "ResNets (He et al. 2016, option-A shortcuts); embedding-bag = mean of token "
+                "embeddings + linear, for text"),
+    Option("dataset", str, "synthetic", choices=DATASETS,
+           help="synthetic = generated from the seed (the embedded task); mnist (IDX files, "
+                ".gz too), cifar10 / cifar100 (python pickle batches), ag-news (train.csv, "
+                "test.csv) = your files in --data-path"),
+    Option("data_path", str, None, metavar="DIR",
+           help="directory of the dataset's files: mnist: train-images-idx3-ubyte etc. (or "
+                "DIR/MNIST/raw); cifar10: DIR/cifar-10-batches-py or DIR; cifar100: "
+                "DIR/cifar-100-python or DIR; ag-news: DIR or DIR/ag_news_csv"),
+    Option("partition", str, "iid", metavar="iid|classes:L|dirichlet:ALPHA",
+           check=lambda value, label: parse_partition(value),
+           help="how the training set is dealt to workers: iid; classes:L = each worker sees "
+                "only L classes, chosen from the seed and its rank; dirichlet:ALPHA = each "
+                "class split among the workers in Dir(ALPHA) shares (small ALPHA = skewed)"),
+    Option("batch_norm", str, None, choices=BATCH_NORMS, default_help="batch-stats",
+           help="resnet: batch-stats = normalise with each batch's statistics, no running "
+                "buffers (replicas stay identical); running = PyTorch's running statistics, "
+                "per replica, not synchronised; none = no normalisation"),
+    Option("examples", int, None, bounds=">= 1", metavar="N",
+           help="training examples: synthetic generates N (and N/8 held out; default 16384); "
+                "file datasets use their first N (default: all)"),
+    Option("features", (int, str), None, metavar="F|CxHxW", parse=_features_argument,
+           check=lambda value, label: parse_features(value), default_help="32",
+           help="synthetic: inputs per example, or an image shape such as 1x28x28 for cnn / "
+                "resnet"),
+    Option("classes", int, None, bounds=">= 2", metavar="C", default_help="10",
+           help="synthetic: number of classes"),
+    Option("vocab_size", int, None, bounds=">= 3", metavar="V", default_help="20000",
+           help="ag-news: embedding rows: padding, unknown and the V-2 most frequent training "
+                "tokens"),
+    Option("hidden", int, 128, bounds=">= 1", metavar="H",
+           help="mlp: hidden width; embedding-bag: embedding dimension"),
+), description="nothing is downloaded: file datasets are read from --data-path",
+    check=check_workload)

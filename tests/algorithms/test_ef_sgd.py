@@ -22,6 +22,12 @@ def config(**settings):
     return TrainConfig(algorithm="ef-sgd", **settings).resolved()
 
 
+def read_by(compressor, **settings):
+    """The ones of ``settings`` that ``compressor`` reads: another's are refused."""
+    names = {option.name for option in COMPRESSORS[compressor].options}
+    return {name: value for name, value in settings.items() if name in names}
+
+
 def ranks_of(workers, d=D, segments=SEGMENTS, **settings):
     cfg = config(**settings)
     return [create(cfg, d, workers, segments) for _ in range(workers + 1)]
@@ -115,8 +121,8 @@ def test_several_workers_with_the_identity_compressor_follow_momentum_sgd():
 @pytest.mark.parametrize("feedback", ["ef", "step-ahead"])
 def test_what_is_sent_plus_the_residual_is_the_update_plus_the_old_residual(compressor,
                                                                              feedback):
-    ranks = ranks_of(3, compressor=compressor, feedback=feedback, sparsity=0.05,
-                     momentum=0.0, lr=0.1)
+    ranks = ranks_of(3, compressor=compressor, feedback=feedback, momentum=0.0, lr=0.1,
+                     **read_by(compressor, sparsity=0.05))
     grad = quadratic(3)
     params = [np.zeros(D, np.float32) for _ in ranks]
     for step in range(4):
@@ -138,7 +144,7 @@ def test_what_is_sent_plus_the_residual_is_the_update_plus_the_old_residual(comp
     ("topk", codecs.SPARSE_VALUES), ("randomk", codecs.SPARSE_VALUES),
     ("qsgd", codecs.QSGD)])
 def test_each_compressor_sends_its_documented_codec(compressor, codec):
-    ranks = ranks_of(2, compressor=compressor, sparsity=0.05, bits=4)
+    ranks = ranks_of(2, compressor=compressor, **read_by(compressor, sparsity=0.05, bits=4))
     params = [np.zeros(D, np.float32) for _ in ranks]
     up, down = step_all(ranks, params, quadratic(4), 0)
     for w in (1, 2):
@@ -187,7 +193,8 @@ def test_a_corrupt_scaled_sign_scale_is_rejected():
 # ------------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(algorithm="signum-mv", feedback="ef"), "--feedback: error feedback wraps"),
+    (dict(algorithm="signum-mv", feedback="ef"), "--feedback: a setting of --algorithm ef-sgd; "
+                                                 "this run uses --algorithm signum-mv"),
     (dict(algorithm="topk", compressor="topk"), "keeps its own gradient residual"),
     (dict(algorithm="ef-sgd", feedback="sometimes"), "unknown feedback 'sometimes'"),
     (dict(algorithm="ef-sgd", compressor="powersgd"), "unknown compressor 'powersgd'"),

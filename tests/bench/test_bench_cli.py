@@ -29,10 +29,10 @@ def test_exchange_under_mpiexec_writes_stable_json_keys(tmp_path):
     assert "vs Allreduce" in proc.stdout
     data = json.loads(path.read_text())
     from hpcgrad.algorithms import REGISTRY
-    from hpcgrad.bench.exchange import ALGORITHMS, selected
+    from hpcgrad.bench.exchange import selected
     expected = selected()
     assert "signsgd-mv" in expected and "allreduce" in expected
-    assert ("s3gd-mv" in expected) == ("s3gd-mv" in REGISTRY) == ("s3gd-mv" in ALGORITHMS)
+    assert set(REGISTRY) <= set(expected)  # every registered algorithm, with no list to edit
     assert sorted(data["ratio_vs_allreduce"]) == sorted(expected)
     for name in expected:
         assert _positive(data["ratio_vs_allreduce"][name]), name

@@ -61,3 +61,33 @@ def test_file_errors_are_clear(tmp_path):
 def test_wrongly_typed_settings_are_named(settings, message):
     with pytest.raises(ConfigError, match=message):
         build(settings, {})
+
+
+def test_the_json_of_the_settings_is_what_logs_and_checkpoints_stored_before():
+    """``to_json`` is in every log's attributes and every checkpoint, which compares it: the
+    settings made from the declarations keep the keys and values of the hand-written ones."""
+    ef = ('{"adversaries": 0, "aggregate_hint": null, "algorithm": "ef-sgd", "attack": "invert", '
+          '"batch_norm": null, "batch_size": 32, "bits": 4, "checkpoint_dir": null, '
+          '"checkpoint_every": 0, "classes": null, "compressor": "scaled-sign", "data_path": '
+          'null, "dataset": "synthetic", "device": "cpu", "dq_horizon": null, "dq_lambda": null, '
+          '"dq_rho": null, "dq_start_bits": null, "dq_window": null, "error_averaging": null, '
+          '"eval_every": 50, "examples": null, "features": null, "feedback": "ef", '
+          '"flush_every": 10, "hidden": 128, "iterations": 300, "k_per_worker": null, "log": '
+          'null, "lr": 0.1, "lr_schedule": "constant", "max_bits": null, "min_bits": null, '
+          '"model": "mlp", "momentum": 0.9, "partition": "iid", "quantize_downlink": false, '
+          '"quiet": false, "record_messages": 0, "residual": null, "resume": null, "seed": 0, '
+          '"selection": "exact", "server_feedback": false, "sparsity": 0.01, "tie": "positive", '
+          '"topk_selection": "local", "topk_values": "fp32", "unbiased": false, "union_boost": '
+          'null, "vocab_size": null, "votes_per_coordinate": 1.0, "warmup": 0, "weight_decay": '
+          '0.0}')
+    assert TrainConfig(algorithm="ef-sgd").resolved().to_json() == ef
+    dq = TrainConfig(algorithm="dq-sgd", iterations=40).resolved()
+    assert (dq.dq_horizon, dq.bits, dq.min_bits, dq.max_bits) == (40, None, 2, 8)
+
+
+def test_a_setting_only_another_algorithm_reads_is_refused_naming_it():
+    with pytest.raises(ConfigError, match="--residual: a setting of --algorithm s3gd-mv; this run "
+                                          "uses --algorithm topk, which does not read it"):
+        TrainConfig(algorithm="topk", residual=0.5).resolved()
+    with pytest.raises(ConfigError, match="s3gd-mv runs its selection and coding on the host"):
+        TrainConfig(algorithm="s3gd-mv", device="cuda").resolved()

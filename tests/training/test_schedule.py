@@ -104,7 +104,9 @@ def test_bad_warmup_and_types_are_named(settings, words):
 
 def _apply_once(name, lr, set_to=None, d=40, workers=3):
     """One exchange on fixed gradients; the server's replica after apply (float32)."""
-    cfg = TrainConfig(algorithm=name, lr=lr, sparsity=0.25).resolved()
+    reads_sparsity = "sparsity" in {option.name for option in REGISTRY[name].options}
+    cfg = TrainConfig(algorithm=name, lr=lr, **({"sparsity": 0.25} if reads_sparsity else {})
+                      ).resolved()
     algs = [create(cfg, d, workers) for _ in range(workers + 1)]
     if set_to is not None:
         for alg in algs:

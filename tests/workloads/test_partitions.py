@@ -7,7 +7,7 @@ import torch
 
 from hpcgrad.workloads import datasets, partitions
 from hpcgrad import workloads
-from hpcgrad.training.config import parse_partition, partition_classes
+from hpcgrad.workloads.catalog import parse_partition, partition_classes
 from hpcgrad.errors import ConfigError
 
 DATA = datasets.synthetic(0, train=3000, test=16)

@@ -9,6 +9,7 @@ import pytest
 
 from hpcgrad.wire import codecs
 from hpcgrad.algorithms import create
+from hpcgrad.compression.compressors import COMPRESSORS
 from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import ConfigError, WireFormatError
 from hpcgrad.wire import read_header

@@ -24,7 +24,9 @@ WHAT = "uplink message from rank 2 at step 5"
 
 
 def compressor(name, **settings):
-    settings = {"sparsity": 0.05, "bits": 4, **settings}
+    # Each compressor reads only its own settings (others are refused, training/config.py).
+    own = {"topk": {"sparsity": 0.05}, "randomk": {"sparsity": 0.05}, "qsgd": {"bits": 4}}
+    settings = {**own.get(name, {}), **settings}
     config = TrainConfig(algorithm="ef-sgd", compressor=name, **settings).resolved()
     return create(config, SEGMENTS, OFFSETS)
 

@@ -27,6 +27,7 @@ import numpy as np
 from ..compression import compressors
 from ..errors import ConfigError
 from .base import Algorithm, MomentumSGD, f32
+from .step import decode_into_sum
 
 FEEDBACK_MODES = ("none", "ef", "step-ahead")
 
@@ -60,7 +61,7 @@ class ErrorFeedbackSGD(Algorithm):
         self.server_residual = np.zeros(d, dtype=np.float32) if self.server_feedback else None
         self.update = np.zeros(d, dtype=np.float32)   # d = u + e, then the aggregate a
         self.decoded = np.zeros(d, dtype=np.float32)  # C(d) as the receiver decodes it
-        self._params = self._saved = None
+        self._saved = None  # step-ahead: x, while the gradient is taken at x - e
 
     def metadata(self) -> dict:
         return {"compressor": self.compressor.name, "feedback": self.feedback,
@@ -74,50 +75,46 @@ class ErrorFeedbackSGD(Algorithm):
         return self.down_compressor.codecs()
 
     # ---------------------------------------------------------------- worker
-    def before_gradient(self, params, step):
-        self._params = params
+    def before_gradient(self, ctx):
         if self.feedback == "step-ahead":
+            params = ctx.params
             if self._saved is None:
                 self._saved = np.empty_like(params)
             self._saved[...] = params
             params -= self.residual
 
-    def after_gradient(self, params, step):
+    def after_gradient(self, ctx):
         if self.feedback == "step-ahead":
-            params[...] = self._saved  # a copy back: x - e + e need not round to x
+            ctx.params[...] = self._saved  # a copy back: x - e + e need not round to x
 
-    def worker_step(self, grad, message, step):
+    def worker_step(self, ctx, grad, uplink):
         d = self.update
-        self.sgd.update(self._params, grad, d)  # before_gradient handed over x
+        self.sgd.update(ctx.params, grad, d)
         if self.residual is not None:
             d += self.residual
-        sender = getattr(message, "host", message).header.sender
-        self.compressor.compress(d, message, step, sender)
+        sent = self.compressor.compress(ctx, d, uplink)
         if self.residual is not None:
-            self.compressor.decompress(message.padded_body, _declared(message), self.decoded,
-                                       what=f"own uplink at step {step}")
+            self.compressor.decompress(uplink.padded_body, sent, self.decoded,
+                                       what=f"own uplink at step {ctx.step}")
             np.subtract(d, self.decoded, out=self.residual)
 
-    def residual_to_average(self, step: int):
+    def residual_to_average(self, ctx):
         """The array to replace by the workers' mean after this step's update, or None."""
         if self.average_every and self.residual is not None \
-                and (step + 1) % self.average_every == 0:
+                and (ctx.step + 1) % self.average_every == 0:
             return self.residual
         return None
 
     # ---------------------------------------------------------------- server
-    def server_step(self, uplinks, message, step):
-        a = self.update
-        for w in range(self.num_workers):
-            self.compressor.decompress(uplinks.rows[w], uplinks.header(w + 1), a,
-                                       accumulate=w > 0,
-                                       what=f"uplink message from rank {w + 1} at step {step}")
+    def server_step(self, ctx, uplinks, downlink):
+        a, step = self.update, ctx.step
+        decode_into_sum(uplinks, self.compressor.decompress, a)
         a /= f32(self.num_workers)
         if self.server_feedback:
             a += self.server_residual
-        self.down_compressor.compress(a, message, step, 0)
+        sent = self.down_compressor.compress(ctx, a, downlink)
         if self.server_feedback:
-            self.compressor.decompress(message.padded_body, _declared(message), self.decoded,
+            self.compressor.decompress(downlink.padded_body, sent, self.decoded,
                                        what=f"downlink at step {step}")
             np.subtract(a, self.decoded, out=self.server_residual)
         # What each worker passes to the error-averaging Allreduce (config: feedback on).
@@ -126,14 +123,11 @@ class ErrorFeedbackSGD(Algorithm):
         self.step_stats = {"bytes_average": np.full(self.num_workers, bytes_average)}
 
     # ---------------------------------------------------------- every rank
-    def apply(self, params, body, step, header=None):
-        self.down_compressor.decompress(body, header, self.decoded,
-                                        what=f"downlink message at step {step}")
-        params -= self.decoded
+    def decode(self, ctx, downlink):
+        """The step to take, ``C(a + e_s)`` or ``a``, decoded into ``self.decoded``."""
+        self.down_compressor.decompress(downlink.padded_body, downlink.header, self.decoded,
+                                        what=f"downlink message at step {ctx.step}")
+        return self.decoded
 
-
-def _declared(message):
-    """The header a receiver would parse for what ``message`` holds now."""
-    from ..wire import read_header
-    host = getattr(message, "host", message)
-    return read_header(host.raw)
+    def apply(self, ctx, decoded):
+        ctx.params -= decoded

@@ -36,6 +36,7 @@ from ..wire.codecs import FP32, QSGDCodec, encode_qsgd
 from ..errors import ConfigError, WireFormatError
 from ..kernels import quantize
 from .base import Algorithm, MomentumSGD, f32
+from .step import decode_into_sum
 
 #: ``bits_down`` in the log for an unquantized (fp32) downlink.
 FP32_BITS = 32
@@ -116,6 +117,7 @@ class QSGD(Algorithm):
             self.downlink = FP32
         self._norms = np.zeros(len(self.segments), dtype=np.float32)
         self.mean = np.zeros(num_params, dtype=np.float32)
+        self._grad_norm = 0.0  # server: the sum over workers of their gradients' norms
         self.sgd = MomentumSGD(num_params, config.lr, config.momentum, config.weight_decay)
         quantize.warm_up()
 
@@ -135,49 +137,53 @@ class QSGD(Algorithm):
         return {"segments": self.segments, "quantize_downlink": self.quantize_downlink}
 
     # ---------------------------------------------------------------- worker
-    def worker_step(self, grad, message, step):
-        sender = getattr(message, "host", message).header.sender
-        key = quantize.stream_key(self.seed, step, sender)
-        length = encode_qsgd(grad, self.offsets, self.bits, key, message.padded_body,
+    def worker_step(self, ctx, grad, uplink):
+        key = quantize.stream_key(self.seed, ctx.step, ctx.rank)
+        length = encode_qsgd(grad, self.offsets, self.bits, key, uplink.padded_body,
                              self._norms)
-        message.set_body(QSGDCodec.id, QSGDCodec.flags(self.bits), length)
+        uplink.write(QSGDCodec.id, QSGDCodec.flags(self.bits), length)
 
     # ---------------------------------------------------------------- server
-    def server_step(self, uplinks, message, step):
-        d, m, b = self.num_params, self.num_workers, self.bits
-        grad_norm = 0.0
-        for w in range(m):
-            header = uplinks.header(w + 1)
-            what = f"uplink message from rank {w + 1} at step {step}"
-            if header.flags != QSGDCodec.flags(b):
-                bits, nxt = QSGDCodec.split_flags(header.flags)
-                raise WireFormatError(f"{what}: header flags {header.flags:#06x} (width {bits}, "
-                                      f"next {nxt}); expected width {b}, next 0")
-            self.uplink.decode_into(uplinks.rows[w, : header.body_length], d, header.flags,
-                                    self.mean, accumulate=w > 0, norms=self._norms, what=what)
-            grad_norm += math.sqrt(float(np.dot(self._norms.astype(np.float64),
-                                                self._norms.astype(np.float64))))
+    def _decode_uplink(self, padded_body, header, out, *, accumulate, what):
+        b = self.bits
+        if header.flags != QSGDCodec.flags(b):
+            bits, nxt = QSGDCodec.split_flags(header.flags)
+            raise WireFormatError(f"{what}: header flags {header.flags:#06x} (width {bits}, "
+                                  f"next {nxt}); expected width {b}, next 0")
+        self.uplink.decode_into(padded_body[: header.body_length], self.num_params,
+                                header.flags, out, accumulate=accumulate, norms=self._norms,
+                                what=what)
+
+    def _add_norm(self, w, header):
+        norms = self._norms.astype(np.float64)
+        self._grad_norm += math.sqrt(float(np.dot(norms, norms)))
+
+    def server_step(self, ctx, uplinks, downlink):
+        d, m, b, step = self.num_params, self.num_workers, self.bits, ctx.step
+        self._grad_norm = 0.0
+        decode_into_sum(uplinks, self._decode_uplink, self.mean, each=self._add_norm)
         self.mean /= f32(m)
-        grad_norm /= m
+        grad_norm = self._grad_norm / m
         nxt = self._next_bits(step, grad_norm)
-        body = message.padded_body
+        body = downlink.padded_body
         if self.quantize_downlink:
             key = quantize.stream_key(self.seed, step, 0)
             length = encode_qsgd(self.mean, self.offsets, b, key, body, self._norms)
-            message.set_body(QSGDCodec.id, QSGDCodec.flags(b, nxt), length)
+            downlink.write(QSGDCodec.id, QSGDCodec.flags(b, nxt), length)
             bits_down = b
         else:
             body[: 4 * d].view("<f4")[...] = self.mean
             codec = QSGDCodec.id if self.dynamic else FP32.id
-            message.set_body(codec, QSGDCodec.flags(0, nxt), 4 * d)
+            downlink.write(codec, QSGDCodec.flags(0, nxt), 4 * d)
             bits_down = FP32_BITS
         self.step_stats = {"bits": b, "bits_down": bits_down, "grad_norm": grad_norm}
 
     # ---------------------------------------------------------- every rank
-    def apply(self, params, body, step, header=None):
-        d = self.num_params
-        what = f"downlink message at step {step}"
-        body = body[: header.body_length]
+    def decode(self, ctx, downlink):
+        """The mean gradient (float32), and dq-sgd's next width taken from the header."""
+        d, header = self.num_params, downlink.header
+        what = f"downlink message at step {ctx.step}"
+        body = downlink.padded_body[: header.body_length]
         if header.codec == FP32.id:
             FP32.check_flags(header.flags, what)
             if header.body_length != 4 * d:
@@ -188,7 +194,10 @@ class QSGD(Algorithm):
             self.downlink.decode_into(body, d, header.flags, self.mean, norms=self._norms,
                                       what=what)
             self._take_next(header.flags, what)
-        self.sgd.step(params, self.mean)
+        return self.mean
+
+    def apply(self, ctx, mean):
+        self.sgd.step(ctx.params, mean)
 
     def _take_next(self, flags, what) -> None:
         if QSGDCodec.split_flags(flags)[1]:

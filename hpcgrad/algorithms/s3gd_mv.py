@@ -37,6 +37,7 @@ from ..kernels.generic import packed_length
 from ..compression.selection import TopK
 from ..wire import round_up
 from .base import Algorithm, MomentumSGD, f32
+from .step import decode_into_rows
 
 #: ``coding_up`` / ``coding_down`` values in the log.
 CODING_BASE3 = 3
@@ -86,14 +87,12 @@ class S3GDMV(Algorithm):
         self.positions = np.zeros(self.capacity, dtype=np.int64)
         self.negative = np.zeros(self.capacity, dtype=np.uint8)
         self.residual = None  # worker state, allocated on first use
-        self._up_length = 0
         # Server: every worker's decoded entries, and the vote result.
         self._rows_pos = self._rows_neg = None
         self._counts = np.zeros(num_workers, dtype=np.int64)
         self._heads = np.zeros(num_workers, dtype=np.int64)
         self._coding_up = np.zeros(num_workers, dtype=np.uint8)
         self._union = np.zeros(1, dtype=np.int64)
-        self._down_length = 0
         # Every rank: the decoded downlink, and what the update needs.
         down_capacity = min(d, num_workers * self.capacity)
         self.direction_pos = np.zeros(down_capacity, dtype=np.int64)
@@ -112,7 +111,7 @@ class S3GDMV(Algorithm):
                 "selection": self.config.selection, "uplink_capacity_entries": self.capacity}
 
     # ---------------------------------------------------------------- worker
-    def worker_step(self, grad, message, step):
+    def worker_step(self, ctx, grad, uplink):
         if self.rho:
             if self.residual is None:
                 self.residual = np.zeros_like(grad)
@@ -128,43 +127,45 @@ class S3GDMV(Algorithm):
                              self.negative, end)
         if self.rho:
             sparse.zero_at(a, self.positions, 0, end)
-        body = message.padded_body
-        body[: self._up_length] = 0
-        codec, flags, self._up_length = encode_sparse_ternary(
-            self.positions, self.negative, end, self.num_params, body)
-        message.set_body(codec, flags, self._up_length)
+        uplink.write(*encode_sparse_ternary(self.positions, self.negative, end,
+                                            self.num_params, uplink.padded_body))
 
     # ---------------------------------------------------------------- server
-    def server_step(self, uplinks, message, step):
+    def server_step(self, ctx, uplinks, downlink):
         d, m = self.num_params, self.num_workers
         if self._rows_pos is None:
             self._rows_pos = np.zeros((m, self.capacity), dtype=np.int64)
             self._rows_neg = np.zeros((m, self.capacity), dtype=np.uint8)
+        decode_into_rows(uplinks, self._decode_row, (self._rows_pos, self._rows_neg),
+                         self._counts)
         coding_up = self._coding_up
         for w in range(m):
-            header = uplinks.header(w + 1)
-            self._counts[w] = SPARSE_SIGN.decode_into(
-                uplinks.rows[w, : header.body_length], d, header.flags, self._rows_pos[w],
-                self._rows_neg[w], what=f"uplink message from rank {w + 1} at step {step}")
-            coding_up[w] = header.flags & 0xFF
+            coding_up[w] = uplinks.header(w).flags & 0xFF
         nnz = sparse.merge_vote(self._rows_pos, self._rows_neg, self._counts, self._heads,
                                 self._union, self.direction_pos, self.direction_neg)
-        body = message.padded_body
-        body[: self._down_length] = 0
-        codec, flags, self._down_length = encode_sparse_ternary(
-            self.direction_pos, self.direction_neg, nnz, d, body, allow_base3=True)
-        message.set_body(codec, flags, self._down_length)
+        sent = downlink.write(*encode_sparse_ternary(
+            self.direction_pos, self.direction_neg, nnz, d, downlink.padded_body,
+            allow_base3=True))
         self.step_stats = {
             "nnz_up": self._counts, "nnz_down": nnz, "union_size": int(self._union[0]),
             "coding_up": coding_up,
-            "coding_down": CODING_BASE3 if codec == BASE3.id else flags & 0xFF}
+            "coding_down": CODING_BASE3 if sent.codec == BASE3.id else sent.flags & 0xFF}
+
+    def _decode_row(self, body, header, positions, negative, what):
+        return SPARSE_SIGN.decode_into(body, self.num_params, header.flags, positions,
+                                       negative, what=what)
 
     # ---------------------------------------------------------- every rank
-    def apply(self, params, body, step, header=None):
-        d = self.num_params
-        nnz = by_id(header.codec).decode_into(
-            body[: header.body_length], d, header.flags, self.direction_pos,
-            self.direction_neg, what=f"downlink message at step {step}")
+    def decode(self, ctx, downlink):
+        """The direction's non-zero entries: ``nnz`` of ``direction_pos``/``direction_neg``."""
+        header = downlink.header
+        return by_id(header.codec).decode_into(
+            downlink.padded_body[: header.body_length], self.num_params, header.flags,
+            self.direction_pos, self.direction_neg,
+            what=f"downlink message at step {ctx.step}")
+
+    def apply(self, ctx, nnz):
+        d, params = self.num_params, ctx.params
         pos, neg = self.direction_pos, self.direction_neg
         if self.sgd is not None:
             if self._direction is None:

@@ -52,6 +52,7 @@ from ..errors import ConfigError, WireFormatError
 from ..kernels import sparse
 from ..compression.selection import TopK, k_per_segment
 from .base import Algorithm, MomentumSGD
+from .step import decode_into_rows
 
 
 class TopKEF(Algorithm):
@@ -86,12 +87,10 @@ class TopKEF(Algorithm):
         self.negative = np.zeros(self.capacity, dtype=np.uint8)  # TopK's sign output, unused
         self.values = np.zeros(self.capacity, dtype=np.float32)
         self.residual = self.score = None  # worker state, allocated on first use
-        self._up_length = 0
         # Server: decoded uplinks and the merge.
         self._rows_pos = self._rows_val = None
         self._counts = np.zeros(m, dtype=np.int64)
         self._heads = np.zeros(m, dtype=np.int64)
-        self._down_length = 0
         # Every rank: the decoded downlink (U_prev, a_prev), and the leader's announcement.
         down = min(d, m * self.capacity)
         self.union_pos = np.zeros(down, dtype=np.int64)
@@ -145,7 +144,7 @@ class TopKEF(Algorithm):
                              self.negative, end)
         return end
 
-    def worker_step(self, grad, message, step):
+    def worker_step(self, ctx, grad, uplink):
         no_memory = self.unbiased
         if no_memory:
             r = grad
@@ -154,7 +153,7 @@ class TopKEF(Algorithm):
                 self.residual = np.zeros_like(grad)
             r = self.residual
             r += grad
-        end = self._select(r, step, getattr(message, "host", message).header.sender)
+        end = self._select(r, ctx.step, ctx.rank)
         pos = self.positions[:end]
         vals = self.values[:end]
         np.take(r, pos, out=vals)
@@ -166,44 +165,42 @@ class TopKEF(Algorithm):
             vals[...] = vals.astype(np.float16)  # what the receiver decodes
         if not no_memory:
             r[pos] -= vals  # 0 for fp32; the fp16 rounding error stays in the residual
-        body = message.padded_body
-        body[: self._up_length] = 0
-        codec, flags, self._up_length = encode_sparse_values(
-            self.positions, self.values, end, self.num_params, body, fp16=self.fp16)
-        message.set_body(codec, flags, self._up_length)
+        uplink.write(*encode_sparse_values(self.positions, self.values, end, self.num_params,
+                                           uplink.padded_body, fp16=self.fp16))
 
     # ---------------------------------------------------------------- server
-    def server_step(self, uplinks, message, step):
+    def server_step(self, ctx, uplinks, downlink):
         d, m = self.num_params, self.num_workers
         if self._rows_pos is None:
             self._rows_pos = np.zeros((m, self.capacity), dtype=np.int64)
             self._rows_val = np.zeros((m, self.capacity), dtype=np.float32)
-        for w in range(m):
-            header = uplinks.header(w + 1)
-            self._counts[w] = SPARSE_VALUES.decode_into(
-                uplinks.rows[w, : header.body_length], d, header.flags, self._rows_pos[w],
-                self._rows_val[w], what=f"uplink message from rank {w + 1} at step {step}")
+        decode_into_rows(uplinks, self._decode_row, (self._rows_pos, self._rows_val),
+                         self._counts)
         union = sparse.merge_sum(self._rows_pos, self._rows_val, self._counts, self._heads,
                                  np.float32(m), self.union_pos, self.union_val)
         marked = None
         if self.rule == "leader":
-            w = self.leader(step) - 1
+            w = self.leader(ctx.step) - 1
             marked = self.marked[:union]
             marked[...] = np.isin(self.union_pos[:union],
                                   self._rows_pos[w, : self._counts[w]])
-        body = message.padded_body
-        body[: self._down_length] = 0
-        codec, flags, self._down_length = encode_sparse_values(
-            self.union_pos, self.union_val, union, d, body, marked=marked)
-        message.set_body(codec, flags, self._down_length)
+        downlink.write(*encode_sparse_values(self.union_pos, self.union_val, union, d,
+                                             downlink.padded_body, marked=marked))
         self.step_stats = {"nnz_up": self._counts, "nnz_down": union, "union_size": union}
 
+    def _decode_row(self, body, header, positions, values, what):
+        return SPARSE_VALUES.decode_into(body, self.num_params, header.flags, positions,
+                                         values, what=what)
+
     # ---------------------------------------------------------- every rank
-    def apply(self, params, body, step, header=None):
-        d = self.num_params
+    def decode(self, ctx, downlink):
+        """The dense aggregate (0 off the union U), and U, a and the leader's announcement
+        kept for the next step's selection."""
+        header, step = downlink.header, ctx.step
         marked = self.marked if self.rule == "leader" else None
-        nnz = SPARSE_VALUES.decode_into(body[: header.body_length], d, header.flags,
-                                        self.union_pos, self.union_val, marked,
+        nnz = SPARSE_VALUES.decode_into(downlink.padded_body[: header.body_length],
+                                        self.num_params, header.flags, self.union_pos,
+                                        self.union_val, marked,
                                         what=f"downlink message at step {step}")
         self.union_nnz = nnz
         if marked is not None:
@@ -215,4 +212,7 @@ class TopKEF(Algorithm):
             self.announced_nnz = chosen.size
         self.aggregate[:] = 0
         sparse.scatter_values(self.union_pos, self.union_val, nnz, self.aggregate)
-        self.sgd.step(params, self.aggregate)
+        return self.aggregate
+
+    def apply(self, ctx, aggregate):
+        self.sgd.step(ctx.params, aggregate)

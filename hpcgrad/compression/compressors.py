@@ -48,8 +48,10 @@ class Compressor:
     def codecs(self) -> tuple:
         return (self.codec,)
 
-    def compress(self, values, message, step: int, sender: int) -> None:
-        """Write ``C(values)`` into ``message.padded_body`` and declare it (``set_body``)."""
+    def compress(self, ctx, values, message):
+        """Write ``C(values)`` into ``message.padded_body``, declare it, and return the header
+        sent (``message.write``).  Coins and random positions are keyed by ``ctx.step`` and
+        the sender, ``ctx.rank``."""
         raise NotImplementedError
 
     def decompress(self, padded_body, header, out, *, accumulate=False,
@@ -61,9 +63,9 @@ class Compressor:
 class Identity(Compressor):
     name = "identity"
 
-    def compress(self, values, message, step, sender):
+    def compress(self, ctx, values, message):
         FP32.encode(values, message.padded_body)
-        message.set_body(FP32.id, 0, FP32.body_length(self.count))
+        return message.write(FP32.id, 0, FP32.body_length(self.count))
 
     def decompress(self, padded_body, header, out, *, accumulate=False, what="message"):
         FP32.check_flags(header.flags, what)
@@ -78,13 +80,13 @@ class ScaledSign(Compressor):
     name = "scaled-sign"
     codec = SCALED_SIGN
 
-    def compress(self, values, message, step, sender):
+    def compress(self, ctx, values, message):
         body = message.padded_body
         k = kernels.for_array(values)
         k.sign_pack(values, body)  # writes whole 8-byte words: the scale goes in after
         scale = np.float32(k.magnitude_sum(values) / self.count)
         SCALED_SIGN.write_scale(body, self.count, scale)
-        message.set_body(SCALED_SIGN.id, 0, SCALED_SIGN.body_length(self.count))
+        return message.write(SCALED_SIGN.id, 0, SCALED_SIGN.body_length(self.count))
 
     def decompress(self, padded_body, header, out, *, accumulate=False, what="message"):
         SCALED_SIGN.check_flags(header.flags, what)
@@ -111,18 +113,14 @@ class _Sparse(Compressor):
         # Decoding scratch: a downlink of the server's compress-back has at most K too.
         self._pos = np.zeros(k, dtype=np.int64)
         self._val = np.zeros(k, dtype=np.float32)
-        self._length = 0
 
     def _choose(self, values, step, sender) -> int:
         raise NotImplementedError
 
-    def compress(self, values, message, step, sender):
-        nnz = self._choose(values, step, sender)
-        body = message.padded_body
-        body[: self._length] = 0
-        codec, flags, self._length = encode_sparse_values(
-            self.positions, self.values, nnz, self.count, body)
-        message.set_body(codec, flags, self._length)
+    def compress(self, ctx, values, message):
+        nnz = self._choose(values, ctx.step, ctx.rank)
+        return message.write(*encode_sparse_values(self.positions, self.values, nnz,
+                                                   self.count, message.padded_body))
 
     def decompress(self, padded_body, header, out, *, accumulate=False, what="message"):
         nnz = SPARSE_VALUES.decode_into(padded_body[: header.body_length], self.count,
@@ -174,11 +172,11 @@ class QSGDCompressor(Compressor):
         self.codec = QSGDCodec(segments, self.bits, fp32=False)
         self._norms = np.zeros(len(segments), dtype=np.float32)
 
-    def compress(self, values, message, step, sender):
-        key = quantize.stream_key(self.seed, step, sender)
+    def compress(self, ctx, values, message):
+        key = quantize.stream_key(self.seed, ctx.step, ctx.rank)
         length = encode_qsgd(values, self.offsets, self.bits, key, message.padded_body,
                              self._norms)
-        message.set_body(QSGDCodec.id, QSGDCodec.flags(self.bits), length)
+        return message.write(QSGDCodec.id, QSGDCodec.flags(self.bits), length)
 
     def decompress(self, padded_body, header, out, *, accumulate=False, what="message"):
         if QSGDCodec.split_flags(header.flags) != (self.bits, 0):

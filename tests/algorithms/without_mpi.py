@@ -1,43 +1,65 @@
 """One parameter-server step without MPI, for algorithm tests: worker messages are built in
 real message buffers and copied into a real receive buffer (``transport.Uplinks``), as
-``Gatherv`` would place them; the server then aggregates.  The MPI transport itself is
-tested under mpiexec (tests/training/test_runtime_mpi.py)."""
+``Gatherv`` would place them, with their headers accepted as the transport does after its
+checks; the server then aggregates.  The MPI transport itself is tested under mpiexec
+(tests/training/test_runtime_mpi.py)."""
 
 import numpy as np
 
+from hpcgrad.algorithms.step import StepContext
 from hpcgrad.comm.transport import Uplinks
-from hpcgrad.wire import HEADER_SIZE, Header, MessageBuffer
+from hpcgrad.wire import HEADER_SIZE, Header, MessageBuffer, read_header
 
 
 def _capacity(codecs, d):
     return max(c.max_body_length(d) for c in codecs)
 
 
+def context(alg, rank, step=0, params=None):
+    """The step context the exchange would hand ``alg`` on ``rank`` (0: the server)."""
+    return StepContext(rank, alg.num_workers, alg.shard, params, "cpu", alg.config.lr, step)
+
+
 def uplink_buffer(alg, sender):
     d = alg.num_params
-    return MessageBuffer(Header(alg.uplink.id, d, _capacity(alg.uplink_codecs(), d), 0, sender))
+    return MessageBuffer(Header(alg.uplink.id, d, _capacity(alg.uplink_codecs(), d), 0, sender),
+                         variable=alg.variable_length)
 
 
 def downlink_buffer(alg):
     d = alg.num_params
-    return MessageBuffer(Header(alg.downlink.id, d, _capacity(alg.downlink_codecs(), d), 0, 0))
+    return MessageBuffer(Header(alg.downlink.id, d, _capacity(alg.downlink_codecs(), d), 0, 0),
+                         variable=alg.variable_length)
 
 
-def exchange(workers, server, grads, step=0, tamper=None):
+def receive(up, rank, msg):
+    """Place ``msg`` in ``up``'s slot of ``rank`` and accept its header, as the transport does."""
+    start = rank * up.slot
+    up.raw[start:start + msg.length] = msg.wire
+    up.accept(rank, read_header(msg.wire))
+
+
+def exchange(workers, server, grads, step=0, tamper=None, params=None):
     """Worker steps on ``grads`` (one per worker), then the server step; returns the
-    receive buffer and the downlink.  ``tamper(rank, message)`` may corrupt an uplink."""
+    receive buffer and the downlink.  ``tamper(rank, message)`` may corrupt an uplink;
+    ``params`` (one per worker) are the workers' ``ctx.params``."""
     d = server.num_params
     up = Uplinks(len(grads) + 1, HEADER_SIZE + _capacity(server.uplink_codecs(), d))
     for rank, (alg, grad) in enumerate(zip(workers, grads), start=1):
         msg = uplink_buffer(alg, rank)
-        msg.stamp(step)
-        alg.worker_step(np.asarray(grad, dtype=np.float32), msg, step)
+        msg.begin(step)
+        alg.worker_step(context(alg, rank, step, None if params is None else params[rank - 1]),
+                        np.asarray(grad, dtype=np.float32), msg)
         if tamper:
             tamper(rank, msg)
-        start = rank * up.slot
-        up.raw[start:start + msg.length] = msg.wire
-        up.lengths[rank] = msg.length
+        receive(up, rank, msg)
     down = downlink_buffer(server)
-    down.stamp(step)
-    server.server_step(up, down, step)
+    down.begin(step)
+    server.server_step(context(server, 0, step), up, down)
     return up, down
+
+
+def apply(alg, rank, params, down, step=0):
+    """Every rank's end of the step: decode the downlink ``down``, update ``params``."""
+    ctx = context(alg, rank, step, params)
+    alg.apply(ctx, alg.decode(ctx, down))

@@ -59,7 +59,9 @@ def test_variable_length_messages_move_exactly_their_announced_bytes(comm):
                          variable=True, uplink_codecs=(5,), downlink_codecs=(5, 6))
     if rank:
         ps.uplink.stamp(3)
-        ps.uplink.set_body(5, rank, 2 * rank + 1)  # 3, 5, 7, ... bytes
+        sent = ps.uplink.write(5, rank, 2 * rank + 1)  # 3, 5, 7, ... bytes
+        assert (sent.codec, sent.flags, sent.body_length, sent.step, sent.sender) == \
+            (5, rank, 2 * rank + 1, 3, rank)
         ps.uplink.body[:] = rank
     ps.gather(3)
     if rank == 0:
@@ -67,15 +69,15 @@ def test_variable_length_messages_move_exactly_their_announced_bytes(comm):
         for worker in range(1, size):
             n = 2 * worker + 1
             assert up.lengths[worker] == HEADER_SIZE + n
-            assert up.header(worker).flags == worker
+            assert up.header(worker - 1).flags == worker  # parsed on receipt
             assert (up.rows[worker - 1, :n] == worker).all()
             assert not up.rows[worker - 1, n:].any()  # nothing past the announced length
         ps.downlink.stamp(3)
-        ps.downlink.set_body(6, 0, 11)
+        ps.downlink.write(6, 0, 11)
         ps.downlink.body[:] = 200
     ps.broadcast(3)
     assert ps.downlink.length == HEADER_SIZE + 11 and (ps.downlink.body == 200).all()
-    assert ps.downlink_header().codec == 6
+    assert ps.downlink.header.codec == 6 and ps.downlink.header.body_length == 11
 
 
 def test_a_variable_length_header_over_capacity_is_refused(comm):
@@ -84,7 +86,7 @@ def test_a_variable_length_header_over_capacity_is_refused(comm):
                          variable=True)
     if rank:
         ps.uplink.stamp(0)
-        ps.uplink.set_body(5, 0, 16)
+        ps.uplink.write(5, 0, 16)
         if rank == 1:  # corrupt the announced length after the capacity check
             ps.uplink.raw[16:24] = np.frombuffer(np.uint64(17).tobytes(), np.uint8)
     if rank == 0:

@@ -17,7 +17,10 @@ Server: a = (C(d_1) + ... + C(d_M)) / M in float32, worker order; broadcast a in
 or with ``--server-feedback`` C(a + e_s) with its own residual e_s <- a + e_s - C(a + e_s).
 Every rank: x <- x - (the decoded downlink).
 
-State (``state_names``, saved by checkpoints): the residual e, the momentum b and e_s.
+The residuals e and e_s are :class:`hpcgrad.compression.feedback.Residual` memories (the
+one helper topk and s3gd-mv use too).  State (``state_names``, saved by checkpoints): the
+residual e, the momentum b and e_s (paths ``residual`` and ``server_residual``, as before
+the memories moved into the helper).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..compression import compressors
+from ..compression.feedback import Residual, residual_of
 from ..errors import ConfigError
 from .base import Algorithm, MomentumSGD, f32
 from .step import decode_into_sum
@@ -38,6 +42,8 @@ class ErrorFeedbackSGD(Algorithm):
                 "sparsity": 0.01, "bits": 4}
     step_fields = {"bytes_average": (True, np.int64)}
     state_names = ("residual", "sgd.buffer", "server_residual")
+    residual = residual_of("memory")
+    server_residual = residual_of("server_memory")
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)
@@ -57,9 +63,11 @@ class ErrorFeedbackSGD(Algorithm):
         # The workers' local momentum SGD: its update u = lr*b is sent, not applied.
         self.sgd = MomentumSGD(num_params, config.lr, config.momentum, config.weight_decay)
         d = num_params
-        self.residual = np.zeros(d, dtype=np.float32) if self.feedback != "none" else None
-        self.server_residual = np.zeros(d, dtype=np.float32) if self.server_feedback else None
-        self.update = np.zeros(d, dtype=np.float32)   # d = u + e, then the aggregate a
+        #: e: what C left out of the worker's last uplinks (None for --feedback none).
+        self.memory = Residual(size=d) if self.feedback != "none" else None
+        #: e_s: what C left out of the server's downlinks (--server-feedback).
+        self.server_memory = Residual(size=d) if self.server_feedback else None
+        self.update = np.zeros(d, dtype=np.float32)   # u, then the aggregate a
         self.decoded = np.zeros(d, dtype=np.float32)  # C(d) as the receiver decodes it
         self._saved = None  # step-ahead: x, while the gradient is taken at x - e
 
@@ -88,21 +96,20 @@ class ErrorFeedbackSGD(Algorithm):
             ctx.params[...] = self._saved  # a copy back: x - e + e need not round to x
 
     def worker_step(self, ctx, grad, uplink):
-        d = self.update
-        self.sgd.update(ctx.params, grad, d)
-        if self.residual is not None:
-            d += self.residual
+        u = self.update
+        self.sgd.update(ctx.params, grad, u)
+        d = u if self.memory is None else self.memory.compensate(u)  # e <- e + u: d in e
         sent = self.compressor.compress(ctx, d, uplink)
-        if self.residual is not None:
+        if self.memory is not None:
             self.compressor.decompress(uplink.padded_body, sent, self.decoded,
                                        what=f"own uplink at step {ctx.step}")
-            np.subtract(d, self.decoded, out=self.residual)
+            self.memory.subtract(self.decoded)  # e <- d - C(d)
 
     def residual_to_average(self, ctx):
         """The array to replace by the workers' mean after this step's update, or None."""
-        if self.average_every and self.residual is not None \
+        if self.average_every and self.memory is not None \
                 and (ctx.step + 1) % self.average_every == 0:
-            return self.residual
+            return self.memory.values
         return None
 
     # ---------------------------------------------------------------- server
@@ -110,13 +117,13 @@ class ErrorFeedbackSGD(Algorithm):
         a, step = self.update, ctx.step
         decode_into_sum(uplinks, self.compressor.decompress, a)
         a /= f32(self.num_workers)
-        if self.server_feedback:
-            a += self.server_residual
+        if self.server_memory is not None:
+            a = self.server_memory.compensate(a)  # e_s <- e_s + a: a + e_s in e_s
         sent = self.down_compressor.compress(ctx, a, downlink)
-        if self.server_feedback:
+        if self.server_memory is not None:
             self.compressor.decompress(downlink.padded_body, sent, self.decoded,
                                        what=f"downlink at step {step}")
-            np.subtract(a, self.decoded, out=self.server_residual)
+            self.server_memory.subtract(self.decoded)  # e_s <- a + e_s - C(a + e_s)
         # What each worker passes to the error-averaging Allreduce (config: feedback on).
         bytes_average = 4 * self.num_params if self.average_every \
             and (step + 1) % self.average_every == 0 else 0

@@ -21,6 +21,9 @@ The server computes b_{n+1} from the norms in step n's uplinks and sends it in
 bits 8-12 of step n's downlink header flags; workers start at
 ``--dq-start-bits``.  No extra message, no extra round.
 
+Both directions quantize through :class:`hpcgrad.compression.compressors.QSGDCompressor`,
+the compressor ``ef-sgd --compressor qsgd`` uses.
+
 Wire (``docs/wire-format.md`` §4.8): codec ``qsgd`` (7) up; down ``fp32`` (1)
 for qsgd, ``qsgd`` (b = 0: fp32 values, or b = b_n) for dq-sgd and with
 ``--quantize-downlink``.
@@ -32,7 +35,8 @@ import math
 
 import numpy as np
 
-from ..wire.codecs import FP32, QSGDCodec, encode_qsgd
+from ..compression.compressors import QSGDCompressor
+from ..wire.codecs import FP32, QSGDCodec
 from ..errors import ConfigError, WireFormatError
 from ..kernels import quantize
 from .base import Algorithm, MomentumSGD, f32
@@ -108,18 +112,28 @@ class QSGD(Algorithm):
                               "supported for it yet")
         self.seed = config.seed
         self.quantize_downlink = bool(config.quantize_downlink)
-        self.bits = self._first_bits(config)
         widest = self._widest(config)
-        self.uplink = QSGDCodec(self.segments, widest, fp32=False)
+        #: Quantizes the uplinks (and a --quantize-downlink downlink) at ``self.bits``.
+        self.compressor = QSGDCompressor(config, self.segments, self.offsets,
+                                         bits=self._first_bits(config), widest=widest)
+        self.uplink = self.compressor.codec
         if self.quantize_downlink or self.dynamic:
             self.downlink = QSGDCodec(self.segments, widest, fp32=not self.quantize_downlink)
         else:
             self.downlink = FP32
-        self._norms = np.zeros(len(self.segments), dtype=np.float32)
         self.mean = np.zeros(num_params, dtype=np.float32)
         self._grad_norm = 0.0  # server: the sum over workers of their gradients' norms
         self.sgd = MomentumSGD(num_params, config.lr, config.momentum, config.weight_decay)
         quantize.warm_up()
+
+    @property
+    def bits(self) -> int:
+        """This step's width b (the compressor's; dq-sgd changes it every step)."""
+        return self.compressor.bits
+
+    @bits.setter
+    def bits(self, value) -> None:
+        self.compressor.bits = int(value)
 
     def _first_bits(self, config) -> int:
         return int(config.bits)
@@ -138,38 +152,23 @@ class QSGD(Algorithm):
 
     # ---------------------------------------------------------------- worker
     def worker_step(self, ctx, grad, uplink):
-        key = quantize.stream_key(self.seed, ctx.step, ctx.rank)
-        length = encode_qsgd(grad, self.offsets, self.bits, key, uplink.padded_body,
-                             self._norms)
-        uplink.write(QSGDCodec.id, QSGDCodec.flags(self.bits), length)
+        self.compressor.compress(ctx, grad, uplink)
 
     # ---------------------------------------------------------------- server
-    def _decode_uplink(self, padded_body, header, out, *, accumulate, what):
-        b = self.bits
-        if header.flags != QSGDCodec.flags(b):
-            bits, nxt = QSGDCodec.split_flags(header.flags)
-            raise WireFormatError(f"{what}: header flags {header.flags:#06x} (width {bits}, "
-                                  f"next {nxt}); expected width {b}, next 0")
-        self.uplink.decode_into(padded_body[: header.body_length], self.num_params,
-                                header.flags, out, accumulate=accumulate, norms=self._norms,
-                                what=what)
-
     def _add_norm(self, w, header):
-        norms = self._norms.astype(np.float64)
+        norms = self.compressor.norms.astype(np.float64)  # worker w's, just decoded
         self._grad_norm += math.sqrt(float(np.dot(norms, norms)))
 
     def server_step(self, ctx, uplinks, downlink):
         d, m, b, step = self.num_params, self.num_workers, self.bits, ctx.step
         self._grad_norm = 0.0
-        decode_into_sum(uplinks, self._decode_uplink, self.mean, each=self._add_norm)
+        decode_into_sum(uplinks, self.compressor.decompress, self.mean, each=self._add_norm)
         self.mean /= f32(m)
         grad_norm = self._grad_norm / m
         nxt = self._next_bits(step, grad_norm)
         body = downlink.padded_body
-        if self.quantize_downlink:
-            key = quantize.stream_key(self.seed, step, 0)
-            length = encode_qsgd(self.mean, self.offsets, b, key, body, self._norms)
-            downlink.write(QSGDCodec.id, QSGDCodec.flags(b, nxt), length)
+        if self.quantize_downlink:  # at this step's b, coins keyed by sender 0
+            self.compressor.compress(ctx, self.mean, downlink, next_bits=nxt)
             bits_down = b
         else:
             body[: 4 * d].view("<f4")[...] = self.mean
@@ -191,8 +190,8 @@ class QSGD(Algorithm):
                                       f"expected {4 * d}")
             self.mean[...] = body.view("<f4")
         else:
-            self.downlink.decode_into(body, d, header.flags, self.mean, norms=self._norms,
-                                      what=what)
+            self.downlink.decode_into(body, d, header.flags, self.mean,
+                                      norms=self.compressor.norms, what=what)
             self._take_next(header.flags, what)
         return self.mean
 

@@ -15,18 +15,20 @@ as a bitmap or as Golomb-Rice gaps, whichever is shortest for the message,
 then one sign bit per entry); downlink ternary over the union of the workers'
 supports, ``sparse-sign`` or ``base3``, whichever is shorter.
 
-K: ``--sparsity s`` gives K_l = ceil(s * numel_l).  ``--k-per-worker auto``
-gives K_l = ceil(c * numel_l / M) with c = ``--votes-per-coordinate``: each
+K (:mod:`hpcgrad.compression.selection`'s K rules): ``--sparsity s`` gives
+K_l = ceil(s * numel_l) (``k_by_fraction``).  ``--k-per-worker auto`` gives
+K_l = ceil(c * numel_l / M) with c = ``--votes-per-coordinate`` (``k_by_votes``): each
 coordinate gets about c votes per step.  The paper sets K from M and d; its
 formula was not readable, so this rule is **our reading**.
 
 An entry of ``a`` that is exactly 0 is never sent (sign(0) = 0), so with
 sparsity 1 and rho = 0 this is signSGD-MV with tie rule ``zero``, bit for bit.
+
+The residual a is a :class:`hpcgrad.compression.feedback.Residual` (the memory ef-sgd
+uses), the selection the shared ``TopKSelector``.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -34,7 +36,8 @@ from ..wire.codecs import BASE3, SPARSE_SIGN, by_id, encode_sparse_ternary
 from ..errors import ConfigError
 from ..kernels import cpu, sparse
 from ..kernels.generic import packed_length
-from ..compression.selection import TopK
+from ..compression.feedback import Residual, residual_of
+from ..compression.selection import TopKSelector, k_by_fraction, k_by_votes
 from ..wire import round_up
 from .base import Algorithm, MomentumSGD, f32
 from .step import decode_into_rows
@@ -43,18 +46,11 @@ from .step import decode_into_rows
 CODING_BASE3 = 3
 
 
-def k_per_segment(numels, sparsity, k_per_worker, votes_per_coordinate, workers) -> list[int]:
-    """K_l for each tensor, from the settings (see the module docstring)."""
-    if k_per_worker == "auto":
-        ks = [math.ceil(votes_per_coordinate * n / workers) for n in numels]
-        rule = f"--votes-per-coordinate {votes_per_coordinate} over {workers} workers"
-    else:
-        ks = [math.ceil(sparsity * n) for n in numels]
-        rule = f"--sparsity {sparsity}"
-    for k, n in zip(ks, numels):
-        if not 1 <= k <= n:
-            raise ConfigError(f"s3gd-mv: {rule} asks K = {k} entries of a tensor of {n}")
-    return ks
+def k_per_tensor(config, numels, workers) -> list[int]:
+    """K_l for each tensor, by the K rule the settings choose (see the module docstring)."""
+    if config.k_per_worker == "auto":
+        return k_by_votes(numels, config.votes_per_coordinate, workers, "s3gd-mv")
+    return k_by_fraction(numels, config.sparsity)
 
 
 class S3GDMV(Algorithm):
@@ -67,6 +63,7 @@ class S3GDMV(Algorithm):
                    "union_size": (False, np.int64), "coding_up": (True, np.uint8),
                    "coding_down": (False, np.uint8)}
     state_names = ("residual", "sgd.buffer")
+    residual = residual_of("memory")
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)
@@ -74,19 +71,17 @@ class S3GDMV(Algorithm):
             raise ConfigError("s3gd-mv runs its selection and coding on the host; "
                               "--device cuda is not supported for it yet")
         d = num_params
-        self.ks = k_per_segment(self.segments, config.sparsity, config.k_per_worker,
-                                config.votes_per_coordinate, num_workers)
+        self.ks = k_per_tensor(config, self.segments, num_workers)
         self.rho = f32(config.residual)
         self.lr, self.wd = f32(config.lr), f32(config.weight_decay)
-        band = 0.1
-        self.selectors = [TopK(int(o), n, k, config.selection, band)
-                          for o, n, k in zip(self.offsets, self.segments, self.ks)]
+        self.selector = TopKSelector(self.offsets, self.segments, self.ks, config.selection,
+                                     band=0.1)
         # The most entries one uplink may carry: K, or K(1 + band) for threshold selection.
-        self.capacity = sum(min(n, int(k * (1 + band)) if config.selection == "threshold" else k)
-                            for n, k in zip(self.segments, self.ks))
+        self.capacity = self.selector.capacity
         self.positions = np.zeros(self.capacity, dtype=np.int64)
         self.negative = np.zeros(self.capacity, dtype=np.uint8)
-        self.residual = None  # worker state, allocated on first use
+        # Worker state (rho = 0: none, a = g), allocated on first use.
+        self.memory = Residual(config.residual) if self.rho else None
         # Server: every worker's decoded entries, and the vote result.
         self._rows_pos = self._rows_neg = None
         self._counts = np.zeros(num_workers, dtype=np.int64)
@@ -112,21 +107,10 @@ class S3GDMV(Algorithm):
 
     # ---------------------------------------------------------------- worker
     def worker_step(self, ctx, grad, uplink):
-        if self.rho:
-            if self.residual is None:
-                self.residual = np.zeros_like(grad)
-            a = self.residual
-            if self.rho != 1:
-                a *= self.rho
-            a += grad
-        else:
-            a = grad
-        end = 0
-        for sel in self.selectors:
-            end = sel.select(a[sel.offset: sel.offset + sel.size], self.positions,
-                             self.negative, end)
-        if self.rho:
-            sparse.zero_at(a, self.positions, 0, end)
+        a = grad if self.memory is None else self.memory.compensate(grad)
+        end = self.selector.select(a, self.positions, self.negative)
+        if self.memory is not None:
+            self.memory.forget(self.positions, end)
         uplink.write(*encode_sparse_ternary(self.positions, self.negative, end,
                                             self.num_params, uplink.padded_body))
 

@@ -12,7 +12,9 @@ Server:
 Every rank:
     scatter a into a dense float32 vector (0 off U), then ``MomentumSGD``.
 
-K_l = ceil(sparsity * numel_l) (``--sparsity``, shared with s3gd-mv); K = sum K_l.
+K_l = ceil(sparsity * numel_l) (``--sparsity``, shared with s3gd-mv; ``k_by_fraction``,
+with top-K's rule K = sum K_l < d; :mod:`hpcgrad.compression.selection`).  The residual r
+is a :class:`hpcgrad.compression.feedback.Residual` (the memory ef-sgd uses).
 
 Selection rules (``--topk-selection``), all with the residual:
 
@@ -50,7 +52,8 @@ import numpy as np
 from ..wire.codecs import SPARSE_VALUES, encode_sparse_values
 from ..errors import ConfigError, WireFormatError
 from ..kernels import sparse
-from ..compression.selection import TopK, k_per_segment
+from ..compression.feedback import Residual, residual_of
+from ..compression.selection import TopKSelector, k_by_fraction, require_k_below_d
 from .base import Algorithm, MomentumSGD
 from .step import decode_into_rows
 
@@ -65,6 +68,7 @@ class TopKEF(Algorithm):
     # The previous downlink (U_prev, a_prev, the leader's announcement) steers selection.
     state_names = ("residual", "sgd.buffer", "union_pos", "union_val", "union_nnz", "marked",
                    "announced", "announced_nnz", "aggregate")
+    residual = residual_of("memory")
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)
@@ -72,7 +76,8 @@ class TopKEF(Algorithm):
             raise ConfigError("topk runs its selection and coding on the host; "
                               "--device cuda is not supported for it yet")
         d, m = num_params, num_workers
-        self.ks = k_per_segment(self.segments, config.sparsity)
+        self.ks = require_k_below_d(k_by_fraction(self.segments, config.sparsity),
+                                    self.segments, "topk", f"--sparsity {config.sparsity}")
         self.k_total = sum(self.ks)
         self.rule = config.topk_selection
         self.fp16 = config.topk_values == "fp16"
@@ -80,13 +85,14 @@ class TopKEF(Algorithm):
         self.hint = np.float32(1.0 if config.aggregate_hint is None else config.aggregate_hint)
         self.unbiased = bool(config.unbiased)
         self.seed = config.seed
-        self.selectors = [TopK(int(o), n, k, "exact")
-                          for o, n, k in zip(self.offsets, self.segments, self.ks)]
-        self.capacity = self.k_total  # entries of one uplink
+        self.selector = TopKSelector(self.offsets, self.segments, self.ks, "exact")
+        self.capacity = self.selector.capacity  # entries of one uplink: K
         self.positions = np.zeros(self.capacity, dtype=np.int64)
         self.negative = np.zeros(self.capacity, dtype=np.uint8)  # TopK's sign output, unused
         self.values = np.zeros(self.capacity, dtype=np.float32)
-        self.residual = self.score = None  # worker state, allocated on first use
+        # Worker state: r (none for --unbiased: rand-K without memory), and the scores.
+        self.memory = None if self.unbiased else Residual()
+        self.score = None  # allocated on first use
         # Server: decoded uplinks and the merge.
         self._rows_pos = self._rows_val = None
         self._counts = np.zeros(m, dtype=np.int64)
@@ -138,21 +144,10 @@ class TopKEF(Algorithm):
                 score += self.hint * np.abs(self.aggregate)
         else:
             score = r
-        end = 0
-        for sel in self.selectors:
-            end = sel.select(score[sel.offset: sel.offset + sel.size], self.positions,
-                             self.negative, end)
-        return end
+        return self.selector.select(score, self.positions, self.negative)
 
     def worker_step(self, ctx, grad, uplink):
-        no_memory = self.unbiased
-        if no_memory:
-            r = grad
-        else:
-            if self.residual is None:
-                self.residual = np.zeros_like(grad)
-            r = self.residual
-            r += grad
+        r = grad if self.memory is None else self.memory.compensate(grad)
         end = self._select(r, ctx.step, ctx.rank)
         pos = self.positions[:end]
         vals = self.values[:end]
@@ -163,8 +158,8 @@ class TopKEF(Algorithm):
         if self.fp16:  # saturate at fp16's largest finite value: the rest stays in r
             np.clip(vals, np.float32(-65504), np.float32(65504), out=vals)
             vals[...] = vals.astype(np.float16)  # what the receiver decodes
-        if not no_memory:
-            r[pos] -= vals  # 0 for fp32; the fp16 rounding error stays in the residual
+        if self.memory is not None:
+            self.memory.subtract_at(pos, vals)  # 0 for fp32; the fp16 rounding error stays
         uplink.write(*encode_sparse_values(self.positions, self.values, end, self.num_params,
                                            uplink.padded_body, fp16=self.fp16))
 

@@ -8,10 +8,9 @@ import pytest
 
 from hpcgrad.wire import codecs
 from hpcgrad.algorithms import create
-from hpcgrad.algorithms.s3gd_mv import k_per_segment
 from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import ConfigError, WireFormatError
-from hpcgrad.compression.selection import TopK
+from hpcgrad.compression.selection import TopK, k_by_votes
 from hpcgrad.comm.transport import Uplinks
 from hpcgrad.wire import HEADER_SIZE
 from without_mpi import apply, context, downlink_buffer, exchange, receive, uplink_buffer
@@ -95,10 +94,11 @@ def test_segments_get_their_own_k_and_positions_stay_sorted():
 
 
 def test_k_per_worker_auto_is_c_d_over_m():
-    assert k_per_segment([1000, 10], None, "auto", 1.0, 4) == [250, 3]
-    assert k_per_segment([1000], None, "auto", 2.0, 8) == [250]
-    with pytest.raises(ConfigError, match="asks K = 1500 entries of a tensor of 1000"):
-        k_per_segment([1000], None, "auto", 6.0, 4)
+    assert k_by_votes([1000, 10], 1.0, 4, "s3gd-mv") == [250, 3]
+    assert k_by_votes([1000], 2.0, 8, "s3gd-mv") == [250]
+    with pytest.raises(ConfigError, match="s3gd-mv: --votes-per-coordinate 6.0 over 4 "
+                                          "workers asks K = 1500 entries of a tensor of 1000"):
+        k_by_votes([1000], 6.0, 4, "s3gd-mv")
 
 
 def test_exact_selection_breaks_ties_by_index_and_skips_zeros():

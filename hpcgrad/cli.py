@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 
 from . import __version__
 from .options import add_arguments, owners_text

@@ -33,9 +33,12 @@ class AllreduceSGD(Algorithm):
         super().__init__(config, num_params, num_workers, segments)
         self.sgd = MomentumSGD(num_params, config.lr, config.momentum, config.weight_decay)
 
-    def worker_step(self, grad, sendbuf, step):
+    def worker_step(self, ctx, grad, sendbuf):
         np.copyto(sendbuf, grad)
 
-    def apply(self, params, total, step, header=None):
+    def decode(self, ctx, total):
+        return total  # the Allreduce's fp32 sum: nothing to decode
+
+    def apply(self, ctx, total):
         total /= f32(self.num_workers)
-        self.sgd.step(params, total)
+        self.sgd.step(ctx.params, total)

@@ -1,24 +1,39 @@
 """The contract every algorithm implements.
 
-An algorithm is three small functions around explicit state, in the spirit of
-PyTorch's DDP communication hooks:
+An algorithm is a few small functions around explicit state, in the spirit of
+PyTorch's DDP communication hooks.  Each receives the rank's
+:class:`~hpcgrad.algorithms.step.StepContext` ``ctx`` (rank, worker index, step,
+learning rate, the flat parameters, the device, the shard of coordinates):
 
-``worker_step(grad, message, step)``
+``before_gradient(ctx)`` / ``after_gradient(ctx)``
+    on ranks 1..M, around the forward/backward pass: the point the gradient is
+    taken at may move (step-ahead error feedback), and is put back after;
+``worker_step(ctx, grad, uplink)``
     on ranks 1..M: turn the local gradient into the uplink message body
     (worker-side state such as momentum or residuals lives on the object);
-``server_step(uplinks, message, step)``
-    on rank 0: aggregate the M uplink bodies into the downlink body;
-``apply(params, body, step, header)``
-    on every rank, server included: update the flat parameter vector from the
-    downlink body (``header`` is the downlink's parsed header), so every replica
-    stays bit-identical.
+``server_step(ctx, uplinks, downlink)``
+    on rank 0: aggregate the M uplinks (``uplinks.header(w)``, ``uplinks.body(w)``,
+    headers parsed once, by the transport; :func:`~hpcgrad.algorithms.step.decode_into_sum`
+    and :func:`~hpcgrad.algorithms.step.decode_into_rows` run the usual loops) into the
+    downlink body;
+``decode(ctx, downlink)``
+    on every rank, server included: the downlink body (``downlink.padded_body``, its
+    header ``downlink.header``) into what the update reads -- phase ``decode``.  An
+    algorithm whose update kernel reads the body itself (signum-mv's packed signs)
+    returns the body;
+``apply(ctx, decoded)``
+    on every rank: update ``ctx.params`` from what :meth:`decode` returned -- phase
+    ``update`` -- so every replica stays bit-identical.
 
-Which codec carries each direction is declared by ``uplink`` / ``downlink``.
-An algorithm whose messages change length from step to step (sparse or
-adaptive codecs) sets ``variable_length`` and lists every codec a direction
-may use in ``uplink_codecs()`` / ``downlink_codecs()``; its steps then declare
-what they wrote with ``message.set_body(codec, flags, body_length)``.  The
-runtime (``exchange.py``) owns buffers, MPI, header checks, timing and logging.
+Messages: an outgoing message (``uplink`` on workers, ``downlink`` on the server) has
+``padded_body``, where the body is written (zeroed where the previous step's body was,
+for variable-length messages), ``write(codec, flags, body_length) -> Header``, which
+declares the body and returns the header that is sent, and ``header`` (the header
+sent).  Which codec carries each direction is declared by ``uplink`` / ``downlink``.
+An algorithm whose messages change length from step to step (sparse or adaptive
+codecs) sets ``variable_length`` and lists every codec a direction may use in
+``uplink_codecs()`` / ``downlink_codecs()``; a fixed-length message needs no ``write``.
+The runtime (``exchange.py``) owns buffers, MPI, header checks, timing and logging.
 
 Per-step figures for the log (``nnz_up``, ``union_size``, ...) are declared in
 ``step_fields`` and filled by ``server_step`` into ``self.step_stats``.
@@ -37,7 +52,8 @@ import numpy as np
 
 from .. import kernels
 from ..options import Configurable
-from ..wire.codecs import Codec, segment_offsets
+from ..wire.codecs import Codec
+from .step import Shard
 
 
 def f32(value) -> np.float32:
@@ -70,8 +86,10 @@ class Algorithm(Configurable):
         self.num_workers = num_workers
         #: Sizes of the parameter tensors, in flat-vector order (one segment if unknown).
         self.segments = [int(n) for n in segments] if segments is not None else [num_params]
+        #: The coordinates the exchange covers, and the tensors in them (one shard today).
+        self.shard = Shard.whole(self.segments)
         #: Where each tensor starts in the flat vector, plus the end (L + 1 int64).
-        self.offsets = segment_offsets(self.segments)
+        self.offsets = self.shard.offsets
         #: Rank 0, after each server_step: the values of ``step_fields`` for the step.
         self.step_stats = {}
 
@@ -104,25 +122,29 @@ class Algorithm(Configurable):
                                       "self.lr nor in self.sgd; it must override set_lr to "
                                       "follow --lr-schedule")
 
-    def before_gradient(self, params, step: int) -> None:
+    def before_gradient(self, ctx) -> None:
         """Workers, before the forward pass: the point the gradient is taken at may move
-        (step-ahead error feedback); :meth:`after_gradient` puts ``params`` back."""
+        (step-ahead error feedback); :meth:`after_gradient` puts ``ctx.params`` back."""
 
-    def after_gradient(self, params, step: int) -> None:
+    def after_gradient(self, ctx) -> None:
         """Workers, after the backward pass: undo :meth:`before_gradient`."""
 
-    def residual_to_average(self, step: int):
+    def residual_to_average(self, ctx):
         """Workers, after the update: an array to replace by the workers' mean, or None
         (error averaging; the exchange runs the Allreduce among the workers)."""
         return None
 
-    def worker_step(self, grad, message, step: int) -> None:
+    def worker_step(self, ctx, grad, uplink) -> None:
         raise NotImplementedError
 
-    def server_step(self, uplinks, message, step: int) -> None:
+    def server_step(self, ctx, uplinks, downlink) -> None:
         raise NotImplementedError
 
-    def apply(self, params, body, step: int, header=None) -> None:
+    def decode(self, ctx, downlink):
+        """The downlink body as the update reads it (default: the padded body itself)."""
+        return downlink.padded_body
+
+    def apply(self, ctx, decoded) -> None:
         raise NotImplementedError
 
 

@@ -28,27 +28,30 @@ class DensePS(Algorithm):
     def _values(self, body):
         return body[: self.codec.body_length(self.num_params)].view(self.codec.dtype)
 
-    def worker_step(self, grad, message, step):
-        self.codec.encode(grad, message.padded_body)
+    def worker_step(self, ctx, grad, uplink):
+        self.codec.encode(grad, uplink.padded_body)
 
     def _scratch(self, like):
         if self.mean is None:
             self.mean = kernels.array_module(like).zeros(self.num_params, dtype=np.float32)
         return self.mean
 
-    def server_step(self, uplinks, message, step):
+    def server_step(self, ctx, uplinks, downlink):
         values = uplinks.values(self.codec.dtype, self.num_params)
         self._scratch(values)
         np.copyto(self.mean, values[0])
         for row in values[1:]:
             np.add(self.mean, row, out=self.mean)
         self.mean /= f32(self.num_workers)
-        self.codec.encode(self.mean, message.padded_body)
+        self.codec.encode(self.mean, downlink.padded_body)
 
-    def apply(self, params, body, step, header=None):
-        mean = self._scratch(params)
-        mean[...] = self._values(body)
-        self.sgd.step(params, mean)
+    def decode(self, ctx, downlink):
+        mean = self._scratch(ctx.params)
+        mean[...] = self._values(downlink.padded_body)
+        return mean
+
+    def apply(self, ctx, mean):
+        self.sgd.step(ctx.params, mean)
 
 
 class FP32PS(DensePS):

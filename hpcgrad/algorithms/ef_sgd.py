@@ -17,7 +17,10 @@ Server: a = (C(d_1) + ... + C(d_M)) / M in float32, worker order; broadcast a in
 or with ``--server-feedback`` C(a + e_s) with its own residual e_s <- a + e_s - C(a + e_s).
 Every rank: x <- x - (the decoded downlink).
 
-State (``state_names``, saved by checkpoints): the residual e, the momentum b and e_s.
+The residuals e and e_s are :class:`hpcgrad.compression.feedback.Residual` memories (the
+one helper topk and s3gd-mv use too).  State (``state_names``, saved by checkpoints): the
+residual e, the momentum b and e_s (paths ``residual`` and ``server_residual``, as before
+the memories moved into the helper).
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ import numpy as np
 
 from ..compression import compressors
 from ..compression.compressors import COMPRESSORS
+from ..compression.feedback import Residual, residual_of
 from ..options import Option, fail
 from .base import Algorithm, MomentumSGD, f32
+from .step import decode_into_sum
 
 FEEDBACK_MODES = ("none", "ef", "step-ahead")
 
@@ -65,6 +70,8 @@ class ErrorFeedbackSGD(Algorithm):
                 "sparsity": 0.01, "bits": 4}
     step_fields = {"bytes_average": (True, np.int64)}
     state_names = ("residual", "sgd.buffer", "server_residual")
+    residual = residual_of("memory")
+    server_residual = residual_of("server_memory")
 
     @classmethod
     def parts(cls, cfg):
@@ -90,11 +97,13 @@ class ErrorFeedbackSGD(Algorithm):
         # The workers' local momentum SGD: its update u = lr*b is sent, not applied.
         self.sgd = MomentumSGD(num_params, config.lr, config.momentum, config.weight_decay)
         d = num_params
-        self.residual = np.zeros(d, dtype=np.float32) if self.feedback != "none" else None
-        self.server_residual = np.zeros(d, dtype=np.float32) if self.server_feedback else None
-        self.update = np.zeros(d, dtype=np.float32)   # d = u + e, then the aggregate a
+        #: e: what C left out of the worker's last uplinks (None for --feedback none).
+        self.memory = Residual(size=d) if self.feedback != "none" else None
+        #: e_s: what C left out of the server's downlinks (--server-feedback).
+        self.server_memory = Residual(size=d) if self.server_feedback else None
+        self.update = np.zeros(d, dtype=np.float32)   # u, then the aggregate a
         self.decoded = np.zeros(d, dtype=np.float32)  # C(d) as the receiver decodes it
-        self._params = self._saved = None
+        self._saved = None  # step-ahead: x, while the gradient is taken at x - e
 
     def metadata(self) -> dict:
         return {"compressor": self.compressor.name, "feedback": self.feedback,
@@ -108,66 +117,58 @@ class ErrorFeedbackSGD(Algorithm):
         return self.down_compressor.codecs()
 
     # ---------------------------------------------------------------- worker
-    def before_gradient(self, params, step):
-        self._params = params
+    def before_gradient(self, ctx):
         if self.feedback == "step-ahead":
+            params = ctx.params
             if self._saved is None:
                 self._saved = np.empty_like(params)
             self._saved[...] = params
             params -= self.residual
 
-    def after_gradient(self, params, step):
+    def after_gradient(self, ctx):
         if self.feedback == "step-ahead":
-            params[...] = self._saved  # a copy back: x - e + e need not round to x
+            ctx.params[...] = self._saved  # a copy back: x - e + e need not round to x
 
-    def worker_step(self, grad, message, step):
-        d = self.update
-        self.sgd.update(self._params, grad, d)  # before_gradient handed over x
-        if self.residual is not None:
-            d += self.residual
-        sender = getattr(message, "host", message).header.sender
-        self.compressor.compress(d, message, step, sender)
-        if self.residual is not None:
-            self.compressor.decompress(message.padded_body, _declared(message), self.decoded,
-                                       what=f"own uplink at step {step}")
-            np.subtract(d, self.decoded, out=self.residual)
+    def worker_step(self, ctx, grad, uplink):
+        u = self.update
+        self.sgd.update(ctx.params, grad, u)
+        d = u if self.memory is None else self.memory.compensate(u)  # e <- e + u: d in e
+        sent = self.compressor.compress(ctx, d, uplink)
+        if self.memory is not None:
+            self.compressor.decompress(uplink.padded_body, sent, self.decoded,
+                                       what=f"own uplink at step {ctx.step}")
+            self.memory.subtract(self.decoded)  # e <- d - C(d)
 
-    def residual_to_average(self, step: int):
+    def residual_to_average(self, ctx):
         """The array to replace by the workers' mean after this step's update, or None."""
-        if self.average_every and self.residual is not None \
-                and (step + 1) % self.average_every == 0:
-            return self.residual
+        if self.average_every and self.memory is not None \
+                and (ctx.step + 1) % self.average_every == 0:
+            return self.memory.values
         return None
 
     # ---------------------------------------------------------------- server
-    def server_step(self, uplinks, message, step):
-        a = self.update
-        for w in range(self.num_workers):
-            self.compressor.decompress(uplinks.rows[w], uplinks.header(w + 1), a,
-                                       accumulate=w > 0,
-                                       what=f"uplink message from rank {w + 1} at step {step}")
+    def server_step(self, ctx, uplinks, downlink):
+        a, step = self.update, ctx.step
+        decode_into_sum(uplinks, self.compressor.decompress, a)
         a /= f32(self.num_workers)
-        if self.server_feedback:
-            a += self.server_residual
-        self.down_compressor.compress(a, message, step, 0)
-        if self.server_feedback:
-            self.compressor.decompress(message.padded_body, _declared(message), self.decoded,
+        if self.server_memory is not None:
+            a = self.server_memory.compensate(a)  # e_s <- e_s + a: a + e_s in e_s
+        sent = self.down_compressor.compress(ctx, a, downlink)
+        if self.server_memory is not None:
+            self.compressor.decompress(downlink.padded_body, sent, self.decoded,
                                        what=f"downlink at step {step}")
-            np.subtract(a, self.decoded, out=self.server_residual)
+            self.server_memory.subtract(self.decoded)  # e_s <- a + e_s - C(a + e_s)
         # What each worker passes to the error-averaging Allreduce (config: feedback on).
         bytes_average = 4 * self.num_params if self.average_every \
             and (step + 1) % self.average_every == 0 else 0
         self.step_stats = {"bytes_average": np.full(self.num_workers, bytes_average)}
 
     # ---------------------------------------------------------- every rank
-    def apply(self, params, body, step, header=None):
-        self.down_compressor.decompress(body, header, self.decoded,
-                                        what=f"downlink message at step {step}")
-        params -= self.decoded
+    def decode(self, ctx, downlink):
+        """The step to take, ``C(a + e_s)`` or ``a``, decoded into ``self.decoded``."""
+        self.down_compressor.decompress(downlink.padded_body, downlink.header, self.decoded,
+                                        what=f"downlink message at step {ctx.step}")
+        return self.decoded
 
-
-def _declared(message):
-    """The header a receiver would parse for what ``message`` holds now."""
-    from ..wire import read_header
-    host = getattr(message, "host", message)
-    return read_header(host.raw)
+    def apply(self, ctx, decoded):
+        ctx.params -= decoded

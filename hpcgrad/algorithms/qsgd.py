@@ -21,6 +21,9 @@ The server computes b_{n+1} from the norms in step n's uplinks and sends it in
 bits 8-12 of step n's downlink header flags; workers start at
 ``--dq-start-bits``.  No extra message, no extra round.
 
+Both directions quantize through :class:`hpcgrad.compression.compressors.QSGDCompressor`,
+the compressor ``ef-sgd --compressor qsgd`` uses.
+
 Wire (``docs/wire-format.md`` §4.8): codec ``qsgd`` (7) up; down ``fp32`` (1)
 for qsgd, ``qsgd`` (b = 0: fp32 values, or b = b_n) for dq-sgd and with
 ``--quantize-downlink``.
@@ -32,12 +35,14 @@ import math
 
 import numpy as np
 
-from ..wire.codecs import FP32, QSGDCodec, encode_qsgd
+from ..compression.compressors import QSGDCompressor
+from ..wire.codecs import FP32, QSGDCodec
 from ..errors import WireFormatError
 from ..kernels import quantize
 from ..compression.compressors import BITS, check_width
 from ..options import Option, fail
 from .base import Algorithm, MomentumSGD, f32
+from .step import decode_into_sum
 
 #: ``bits_down`` in the log for an unquantized (fp32) downlink.
 FP32_BITS = 32
@@ -134,17 +139,28 @@ class QSGD(Algorithm):
         super().__init__(config, num_params, num_workers, segments)
         self.seed = config.seed
         self.quantize_downlink = bool(config.quantize_downlink)
-        self.bits = self._first_bits(config)
         widest = self._widest(config)
-        self.uplink = QSGDCodec(self.segments, widest, fp32=False)
+        #: Quantizes the uplinks (and a --quantize-downlink downlink) at ``self.bits``.
+        self.compressor = QSGDCompressor(config, self.segments, self.offsets,
+                                         bits=self._first_bits(config), widest=widest)
+        self.uplink = self.compressor.codec
         if self.quantize_downlink or self.dynamic:
             self.downlink = QSGDCodec(self.segments, widest, fp32=not self.quantize_downlink)
         else:
             self.downlink = FP32
-        self._norms = np.zeros(len(self.segments), dtype=np.float32)
         self.mean = np.zeros(num_params, dtype=np.float32)
+        self._grad_norm = 0.0  # server: the sum over workers of their gradients' norms
         self.sgd = MomentumSGD(num_params, config.lr, config.momentum, config.weight_decay)
         quantize.warm_up()
+
+    @property
+    def bits(self) -> int:
+        """This step's width b (the compressor's; dq-sgd changes it every step)."""
+        return self.compressor.bits
+
+    @bits.setter
+    def bits(self, value) -> None:
+        self.compressor.bits = int(value)
 
     def _first_bits(self, config) -> int:
         return int(config.bits)
@@ -162,49 +178,38 @@ class QSGD(Algorithm):
         return {"segments": self.segments, "quantize_downlink": self.quantize_downlink}
 
     # ---------------------------------------------------------------- worker
-    def worker_step(self, grad, message, step):
-        sender = getattr(message, "host", message).header.sender
-        key = quantize.stream_key(self.seed, step, sender)
-        length = encode_qsgd(grad, self.offsets, self.bits, key, message.padded_body,
-                             self._norms)
-        message.set_body(QSGDCodec.id, QSGDCodec.flags(self.bits), length)
+    def worker_step(self, ctx, grad, uplink):
+        self.compressor.compress(ctx, grad, uplink)
 
     # ---------------------------------------------------------------- server
-    def server_step(self, uplinks, message, step):
-        d, m, b = self.num_params, self.num_workers, self.bits
-        grad_norm = 0.0
-        for w in range(m):
-            header = uplinks.header(w + 1)
-            what = f"uplink message from rank {w + 1} at step {step}"
-            if header.flags != QSGDCodec.flags(b):
-                bits, nxt = QSGDCodec.split_flags(header.flags)
-                raise WireFormatError(f"{what}: header flags {header.flags:#06x} (width {bits}, "
-                                      f"next {nxt}); expected width {b}, next 0")
-            self.uplink.decode_into(uplinks.rows[w, : header.body_length], d, header.flags,
-                                    self.mean, accumulate=w > 0, norms=self._norms, what=what)
-            grad_norm += math.sqrt(float(np.dot(self._norms.astype(np.float64),
-                                                self._norms.astype(np.float64))))
+    def _add_norm(self, w, header):
+        norms = self.compressor.norms.astype(np.float64)  # worker w's, just decoded
+        self._grad_norm += math.sqrt(float(np.dot(norms, norms)))
+
+    def server_step(self, ctx, uplinks, downlink):
+        d, m, b, step = self.num_params, self.num_workers, self.bits, ctx.step
+        self._grad_norm = 0.0
+        decode_into_sum(uplinks, self.compressor.decompress, self.mean, each=self._add_norm)
         self.mean /= f32(m)
-        grad_norm /= m
+        grad_norm = self._grad_norm / m
         nxt = self._next_bits(step, grad_norm)
-        body = message.padded_body
-        if self.quantize_downlink:
-            key = quantize.stream_key(self.seed, step, 0)
-            length = encode_qsgd(self.mean, self.offsets, b, key, body, self._norms)
-            message.set_body(QSGDCodec.id, QSGDCodec.flags(b, nxt), length)
+        body = downlink.padded_body
+        if self.quantize_downlink:  # at this step's b, coins keyed by sender 0
+            self.compressor.compress(ctx, self.mean, downlink, next_bits=nxt)
             bits_down = b
         else:
             body[: 4 * d].view("<f4")[...] = self.mean
             codec = QSGDCodec.id if self.dynamic else FP32.id
-            message.set_body(codec, QSGDCodec.flags(0, nxt), 4 * d)
+            downlink.write(codec, QSGDCodec.flags(0, nxt), 4 * d)
             bits_down = FP32_BITS
         self.step_stats = {"bits": b, "bits_down": bits_down, "grad_norm": grad_norm}
 
     # ---------------------------------------------------------- every rank
-    def apply(self, params, body, step, header=None):
-        d = self.num_params
-        what = f"downlink message at step {step}"
-        body = body[: header.body_length]
+    def decode(self, ctx, downlink):
+        """The mean gradient (float32), and dq-sgd's next width taken from the header."""
+        d, header = self.num_params, downlink.header
+        what = f"downlink message at step {ctx.step}"
+        body = downlink.padded_body[: header.body_length]
         if header.codec == FP32.id:
             FP32.check_flags(header.flags, what)
             if header.body_length != 4 * d:
@@ -212,10 +217,13 @@ class QSGD(Algorithm):
                                       f"expected {4 * d}")
             self.mean[...] = body.view("<f4")
         else:
-            self.downlink.decode_into(body, d, header.flags, self.mean, norms=self._norms,
-                                      what=what)
+            self.downlink.decode_into(body, d, header.flags, self.mean,
+                                      norms=self.compressor.norms, what=what)
             self._take_next(header.flags, what)
-        self.sgd.step(params, self.mean)
+        return self.mean
+
+    def apply(self, ctx, mean):
+        self.sgd.step(ctx.params, mean)
 
     def _take_next(self, flags, what) -> None:
         if QSGDCodec.split_flags(flags)[1]:

@@ -15,30 +15,33 @@ as a bitmap or as Golomb-Rice gaps, whichever is shortest for the message,
 then one sign bit per entry); downlink ternary over the union of the workers'
 supports, ``sparse-sign`` or ``base3``, whichever is shorter.
 
-K: ``--sparsity s`` gives K_l = ceil(s * numel_l).  ``--k-per-worker auto``
-gives K_l = ceil(c * numel_l / M) with c = ``--votes-per-coordinate``: each
+K (:mod:`hpcgrad.compression.selection`'s K rules): ``--sparsity s`` gives
+K_l = ceil(s * numel_l) (``k_by_fraction``).  ``--k-per-worker auto`` gives
+K_l = ceil(c * numel_l / M) with c = ``--votes-per-coordinate`` (``k_by_votes``): each
 coordinate gets about c votes per step.  The paper sets K from M and d; its
 formula was not readable, so this rule is **our reading**.
 
 An entry of ``a`` that is exactly 0 is never sent (sign(0) = 0), so with
 sparsity 1 and rho = 0 this is signSGD-MV with tie rule ``zero``, bit for bit.
+
+The residual a is a :class:`hpcgrad.compression.feedback.Residual` (the memory ef-sgd
+uses), the selection the shared ``TopKSelector``.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..wire.codecs import BASE3, SPARSE_SIGN, by_id, encode_sparse_ternary
-from ..errors import ConfigError
 from ..options import Option
 from ..kernels import cpu, sparse
 from ..kernels.generic import packed_length
 from ..compression.compressors import SPARSITY
-from ..compression.selection import SELECTIONS, TopK
+from ..compression.feedback import Residual, residual_of
+from ..compression.selection import SELECTIONS, TopKSelector, k_by_fraction, k_by_votes
 from ..wire import round_up
 from .base import Algorithm, MomentumSGD, f32
+from .step import decode_into_rows
 
 #: ``coding_up`` / ``coding_down`` values in the log.
 CODING_BASE3 = 3
@@ -59,18 +62,11 @@ SELECTION = Option("selection", str, "exact", choices=SELECTIONS,
                         "threshold refined to within 10% of K; faster, K varies)")
 
 
-def k_per_segment(numels, sparsity, k_per_worker, votes_per_coordinate, workers) -> list[int]:
-    """K_l for each tensor, from the settings (see the module docstring)."""
-    if k_per_worker == "auto":
-        ks = [math.ceil(votes_per_coordinate * n / workers) for n in numels]
-        rule = f"--votes-per-coordinate {votes_per_coordinate} over {workers} workers"
-    else:
-        ks = [math.ceil(sparsity * n) for n in numels]
-        rule = f"--sparsity {sparsity}"
-    for k, n in zip(ks, numels):
-        if not 1 <= k <= n:
-            raise ConfigError(f"s3gd-mv: {rule} asks K = {k} entries of a tensor of {n}")
-    return ks
+def k_per_tensor(config, numels, workers) -> list[int]:
+    """K_l for each tensor, by the K rule the settings choose (see the module docstring)."""
+    if config.k_per_worker == "auto":
+        return k_by_votes(numels, config.votes_per_coordinate, workers, "s3gd-mv")
+    return k_by_fraction(numels, config.sparsity)
 
 
 class S3GDMV(Algorithm):
@@ -89,31 +85,28 @@ class S3GDMV(Algorithm):
                    "union_size": (False, np.int64), "coding_up": (True, np.uint8),
                    "coding_down": (False, np.uint8)}
     state_names = ("residual", "sgd.buffer")
+    residual = residual_of("memory")
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)
         d = num_params
-        self.ks = k_per_segment(self.segments, config.sparsity, config.k_per_worker,
-                                config.votes_per_coordinate, num_workers)
+        self.ks = k_per_tensor(config, self.segments, num_workers)
         self.rho = f32(config.residual)
         self.lr, self.wd = f32(config.lr), f32(config.weight_decay)
-        band = 0.1
-        self.selectors = [TopK(int(o), n, k, config.selection, band)
-                          for o, n, k in zip(self.offsets, self.segments, self.ks)]
+        self.selector = TopKSelector(self.offsets, self.segments, self.ks, config.selection,
+                                     band=0.1)
         # The most entries one uplink may carry: K, or K(1 + band) for threshold selection.
-        self.capacity = sum(min(n, int(k * (1 + band)) if config.selection == "threshold" else k)
-                            for n, k in zip(self.segments, self.ks))
+        self.capacity = self.selector.capacity
         self.positions = np.zeros(self.capacity, dtype=np.int64)
         self.negative = np.zeros(self.capacity, dtype=np.uint8)
-        self.residual = None  # worker state, allocated on first use
-        self._up_length = 0
+        # Worker state (rho = 0: none, a = g), allocated on first use.
+        self.memory = Residual(config.residual) if self.rho else None
         # Server: every worker's decoded entries, and the vote result.
         self._rows_pos = self._rows_neg = None
         self._counts = np.zeros(num_workers, dtype=np.int64)
         self._heads = np.zeros(num_workers, dtype=np.int64)
         self._coding_up = np.zeros(num_workers, dtype=np.uint8)
         self._union = np.zeros(1, dtype=np.int64)
-        self._down_length = 0
         # Every rank: the decoded downlink, and what the update needs.
         down_capacity = min(d, num_workers * self.capacity)
         self.direction_pos = np.zeros(down_capacity, dtype=np.int64)
@@ -132,59 +125,50 @@ class S3GDMV(Algorithm):
                 "selection": self.config.selection, "uplink_capacity_entries": self.capacity}
 
     # ---------------------------------------------------------------- worker
-    def worker_step(self, grad, message, step):
-        if self.rho:
-            if self.residual is None:
-                self.residual = np.zeros_like(grad)
-            a = self.residual
-            if self.rho != 1:
-                a *= self.rho
-            a += grad
-        else:
-            a = grad
-        end = 0
-        for sel in self.selectors:
-            end = sel.select(a[sel.offset: sel.offset + sel.size], self.positions,
-                             self.negative, end)
-        if self.rho:
-            sparse.zero_at(a, self.positions, 0, end)
-        body = message.padded_body
-        body[: self._up_length] = 0
-        codec, flags, self._up_length = encode_sparse_ternary(
-            self.positions, self.negative, end, self.num_params, body)
-        message.set_body(codec, flags, self._up_length)
+    def worker_step(self, ctx, grad, uplink):
+        a = grad if self.memory is None else self.memory.compensate(grad)
+        end = self.selector.select(a, self.positions, self.negative)
+        if self.memory is not None:
+            self.memory.forget(self.positions, end)
+        uplink.write(*encode_sparse_ternary(self.positions, self.negative, end,
+                                            self.num_params, uplink.padded_body))
 
     # ---------------------------------------------------------------- server
-    def server_step(self, uplinks, message, step):
+    def server_step(self, ctx, uplinks, downlink):
         d, m = self.num_params, self.num_workers
         if self._rows_pos is None:
             self._rows_pos = np.zeros((m, self.capacity), dtype=np.int64)
             self._rows_neg = np.zeros((m, self.capacity), dtype=np.uint8)
+        decode_into_rows(uplinks, self._decode_row, (self._rows_pos, self._rows_neg),
+                         self._counts)
         coding_up = self._coding_up
         for w in range(m):
-            header = uplinks.header(w + 1)
-            self._counts[w] = SPARSE_SIGN.decode_into(
-                uplinks.rows[w, : header.body_length], d, header.flags, self._rows_pos[w],
-                self._rows_neg[w], what=f"uplink message from rank {w + 1} at step {step}")
-            coding_up[w] = header.flags & 0xFF
+            coding_up[w] = uplinks.header(w).flags & 0xFF
         nnz = sparse.merge_vote(self._rows_pos, self._rows_neg, self._counts, self._heads,
                                 self._union, self.direction_pos, self.direction_neg)
-        body = message.padded_body
-        body[: self._down_length] = 0
-        codec, flags, self._down_length = encode_sparse_ternary(
-            self.direction_pos, self.direction_neg, nnz, d, body, allow_base3=True)
-        message.set_body(codec, flags, self._down_length)
+        sent = downlink.write(*encode_sparse_ternary(
+            self.direction_pos, self.direction_neg, nnz, d, downlink.padded_body,
+            allow_base3=True))
         self.step_stats = {
             "nnz_up": self._counts, "nnz_down": nnz, "union_size": int(self._union[0]),
             "coding_up": coding_up,
-            "coding_down": CODING_BASE3 if codec == BASE3.id else flags & 0xFF}
+            "coding_down": CODING_BASE3 if sent.codec == BASE3.id else sent.flags & 0xFF}
+
+    def _decode_row(self, body, header, positions, negative, what):
+        return SPARSE_SIGN.decode_into(body, self.num_params, header.flags, positions,
+                                       negative, what=what)
 
     # ---------------------------------------------------------- every rank
-    def apply(self, params, body, step, header=None):
-        d = self.num_params
-        nnz = by_id(header.codec).decode_into(
-            body[: header.body_length], d, header.flags, self.direction_pos,
-            self.direction_neg, what=f"downlink message at step {step}")
+    def decode(self, ctx, downlink):
+        """The direction's non-zero entries: ``nnz`` of ``direction_pos``/``direction_neg``."""
+        header = downlink.header
+        return by_id(header.codec).decode_into(
+            downlink.padded_body[: header.body_length], self.num_params, header.flags,
+            self.direction_pos, self.direction_neg,
+            what=f"downlink message at step {ctx.step}")
+
+    def apply(self, ctx, nnz):
+        d, params = self.num_params, ctx.params
         pos, neg = self.direction_pos, self.direction_neg
         if self.sgd is not None:
             if self._direction is None:

@@ -15,7 +15,7 @@ for a tied vote (as many + as - votes):
   directions use ``ternary2`` (2 bits per coordinate).
 
 Every rank: ``x <- x - lr*(sign(v) + wd*x)`` (weight decay after the vote),
-fused with decoding the packed downlink.
+fused with decoding the packed downlink (so the ``decode`` phase is empty).
 """
 
 from __future__ import annotations
@@ -64,33 +64,37 @@ class SignumMV(Algorithm):
         else:
             kernels.for_array(rows).majority_vote(rows, 1, self.tie, a, a, b)
 
-    def worker_step(self, grad, message, step):
+    def worker_step(self, ctx, grad, uplink):
         if self.momentum is None:
             self.momentum = kernels.array_module(grad).zeros_like(grad)
         k = kernels.for_array(grad)
         if self.uplink is TERNARY2:
-            nonzero, negative = TERNARY2.planes(message.padded_body, self.num_params)
+            nonzero, negative = TERNARY2.planes(uplink.padded_body, self.num_params)
             k.momentum_ternary_pack(grad, self.momentum, self.beta, self.one_minus_beta,
                                     nonzero, negative)
         else:
             k.momentum_sign_pack(grad, self.momentum, self.beta, self.one_minus_beta,
-                                 message.padded_body)
+                                 uplink.padded_body)
 
-    def server_step(self, uplinks, message, step):
+    def server_step(self, ctx, uplinks, downlink):
         d = self.num_params
         if self.tie == TIE_RANDOM:
-            rng = np.random.default_rng([self.config.seed, step, 0x7E])
+            rng = np.random.default_rng([self.config.seed, ctx.step, 0x7E])
             nbytes = SIGN1.body_length(d)
             self.tie_bits[:nbytes] = np.frombuffer(rng.bytes(nbytes), dtype=np.uint8)
         k = kernels.for_array(uplinks.rows)
         if self.tie == TIE_ZERO:
-            nonzero, negative = TERNARY2.planes(message.padded_body, d)
+            nonzero, negative = TERNARY2.planes(downlink.padded_body, d)
             k.ternary_vote(uplinks.rows, d, TERNARY2.plane_stride(d), nonzero, negative)
         else:
-            k.majority_vote(uplinks.rows, d, self.tie, self.tie_bits, message.padded_body,
-                            message.padded_body)
+            k.majority_vote(uplinks.rows, d, self.tie, self.tie_bits, downlink.padded_body,
+                            downlink.padded_body)
 
-    def apply(self, params, body, step, header=None):
+    def decode(self, ctx, downlink):
+        return downlink.padded_body  # the update kernel decodes the packed signs itself
+
+    def apply(self, ctx, body):
+        params = ctx.params
         k = kernels.for_array(params)
         if self.downlink is TERNARY2:
             nonzero, negative = TERNARY2.planes(body, self.num_params)

@@ -12,7 +12,9 @@ Server:
 Every rank:
     scatter a into a dense float32 vector (0 off U), then ``MomentumSGD``.
 
-K_l = ceil(sparsity * numel_l) (``--sparsity``, shared with s3gd-mv); K = sum K_l.
+K_l = ceil(sparsity * numel_l) (``--sparsity``, shared with s3gd-mv; ``k_by_fraction``,
+with top-K's rule K = sum K_l < d; :mod:`hpcgrad.compression.selection`).  The residual r
+is a :class:`hpcgrad.compression.feedback.Residual` (the memory ef-sgd uses).
 
 Selection rules (``--topk-selection``), all with the residual:
 
@@ -51,9 +53,11 @@ from ..wire.codecs import SPARSE_VALUES, encode_sparse_values
 from ..errors import WireFormatError
 from ..kernels import sparse
 from ..compression.compressors import SPARSITY
-from ..compression.selection import TopK, k_per_segment
+from ..compression.feedback import Residual, residual_of
+from ..compression.selection import TopKSelector, k_by_fraction, require_k_below_d
 from ..options import Option, fail
 from .base import Algorithm, MomentumSGD
+from .step import decode_into_rows
 
 TOPK_SELECTIONS = ("local", "union-boost", "aggregate-hint", "shared-random", "leader")
 TOPK_VALUES = ("fp32", "fp16")
@@ -94,11 +98,13 @@ class TopKEF(Algorithm):
     # The previous downlink (U_prev, a_prev, the leader's announcement) steers selection.
     state_names = ("residual", "sgd.buffer", "union_pos", "union_val", "union_nnz", "marked",
                    "announced", "announced_nnz", "aggregate")
+    residual = residual_of("memory")
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)
         d, m = num_params, num_workers
-        self.ks = k_per_segment(self.segments, config.sparsity)
+        self.ks = require_k_below_d(k_by_fraction(self.segments, config.sparsity),
+                                    self.segments, "topk", f"--sparsity {config.sparsity}")
         self.k_total = sum(self.ks)
         self.rule = config.topk_selection
         self.fp16 = config.topk_values == "fp16"
@@ -106,19 +112,18 @@ class TopKEF(Algorithm):
         self.hint = np.float32(1.0 if config.aggregate_hint is None else config.aggregate_hint)
         self.unbiased = bool(config.unbiased)
         self.seed = config.seed
-        self.selectors = [TopK(int(o), n, k, "exact")
-                          for o, n, k in zip(self.offsets, self.segments, self.ks)]
-        self.capacity = self.k_total  # entries of one uplink
+        self.selector = TopKSelector(self.offsets, self.segments, self.ks, "exact")
+        self.capacity = self.selector.capacity  # entries of one uplink: K
         self.positions = np.zeros(self.capacity, dtype=np.int64)
         self.negative = np.zeros(self.capacity, dtype=np.uint8)  # TopK's sign output, unused
         self.values = np.zeros(self.capacity, dtype=np.float32)
-        self.residual = self.score = None  # worker state, allocated on first use
-        self._up_length = 0
+        # Worker state: r (none for --unbiased: rand-K without memory), and the scores.
+        self.memory = None if self.unbiased else Residual()
+        self.score = None  # allocated on first use
         # Server: decoded uplinks and the merge.
         self._rows_pos = self._rows_val = None
         self._counts = np.zeros(m, dtype=np.int64)
         self._heads = np.zeros(m, dtype=np.int64)
-        self._down_length = 0
         # Every rank: the decoded downlink (U_prev, a_prev), and the leader's announcement.
         down = min(d, m * self.capacity)
         self.union_pos = np.zeros(down, dtype=np.int64)
@@ -178,22 +183,11 @@ class TopKEF(Algorithm):
                 score += self.hint * np.abs(self.aggregate)
         else:
             score = r
-        end = 0
-        for sel in self.selectors:
-            end = sel.select(score[sel.offset: sel.offset + sel.size], self.positions,
-                             self.negative, end)
-        return end
+        return self.selector.select(score, self.positions, self.negative)
 
-    def worker_step(self, grad, message, step):
-        no_memory = self.unbiased
-        if no_memory:
-            r = grad
-        else:
-            if self.residual is None:
-                self.residual = np.zeros_like(grad)
-            r = self.residual
-            r += grad
-        end = self._select(r, step, getattr(message, "host", message).header.sender)
+    def worker_step(self, ctx, grad, uplink):
+        r = grad if self.memory is None else self.memory.compensate(grad)
+        end = self._select(r, ctx.step, ctx.rank)
         pos = self.positions[:end]
         vals = self.values[:end]
         np.take(r, pos, out=vals)
@@ -203,46 +197,44 @@ class TopKEF(Algorithm):
         if self.fp16:  # saturate at fp16's largest finite value: the rest stays in r
             np.clip(vals, np.float32(-65504), np.float32(65504), out=vals)
             vals[...] = vals.astype(np.float16)  # what the receiver decodes
-        if not no_memory:
-            r[pos] -= vals  # 0 for fp32; the fp16 rounding error stays in the residual
-        body = message.padded_body
-        body[: self._up_length] = 0
-        codec, flags, self._up_length = encode_sparse_values(
-            self.positions, self.values, end, self.num_params, body, fp16=self.fp16)
-        message.set_body(codec, flags, self._up_length)
+        if self.memory is not None:
+            self.memory.subtract_at(pos, vals)  # 0 for fp32; the fp16 rounding error stays
+        uplink.write(*encode_sparse_values(self.positions, self.values, end, self.num_params,
+                                           uplink.padded_body, fp16=self.fp16))
 
     # ---------------------------------------------------------------- server
-    def server_step(self, uplinks, message, step):
+    def server_step(self, ctx, uplinks, downlink):
         d, m = self.num_params, self.num_workers
         if self._rows_pos is None:
             self._rows_pos = np.zeros((m, self.capacity), dtype=np.int64)
             self._rows_val = np.zeros((m, self.capacity), dtype=np.float32)
-        for w in range(m):
-            header = uplinks.header(w + 1)
-            self._counts[w] = SPARSE_VALUES.decode_into(
-                uplinks.rows[w, : header.body_length], d, header.flags, self._rows_pos[w],
-                self._rows_val[w], what=f"uplink message from rank {w + 1} at step {step}")
+        decode_into_rows(uplinks, self._decode_row, (self._rows_pos, self._rows_val),
+                         self._counts)
         union = sparse.merge_sum(self._rows_pos, self._rows_val, self._counts, self._heads,
                                  np.float32(m), self.union_pos, self.union_val)
         marked = None
         if self.rule == "leader":
-            w = self.leader(step) - 1
+            w = self.leader(ctx.step) - 1
             marked = self.marked[:union]
             marked[...] = np.isin(self.union_pos[:union],
                                   self._rows_pos[w, : self._counts[w]])
-        body = message.padded_body
-        body[: self._down_length] = 0
-        codec, flags, self._down_length = encode_sparse_values(
-            self.union_pos, self.union_val, union, d, body, marked=marked)
-        message.set_body(codec, flags, self._down_length)
+        downlink.write(*encode_sparse_values(self.union_pos, self.union_val, union, d,
+                                             downlink.padded_body, marked=marked))
         self.step_stats = {"nnz_up": self._counts, "nnz_down": union, "union_size": union}
 
+    def _decode_row(self, body, header, positions, values, what):
+        return SPARSE_VALUES.decode_into(body, self.num_params, header.flags, positions,
+                                         values, what=what)
+
     # ---------------------------------------------------------- every rank
-    def apply(self, params, body, step, header=None):
-        d = self.num_params
+    def decode(self, ctx, downlink):
+        """The dense aggregate (0 off the union U), and U, a and the leader's announcement
+        kept for the next step's selection."""
+        header, step = downlink.header, ctx.step
         marked = self.marked if self.rule == "leader" else None
-        nnz = SPARSE_VALUES.decode_into(body[: header.body_length], d, header.flags,
-                                        self.union_pos, self.union_val, marked,
+        nnz = SPARSE_VALUES.decode_into(downlink.padded_body[: header.body_length],
+                                        self.num_params, header.flags, self.union_pos,
+                                        self.union_val, marked,
                                         what=f"downlink message at step {step}")
         self.union_nnz = nnz
         if marked is not None:
@@ -254,4 +246,7 @@ class TopKEF(Algorithm):
             self.announced_nnz = chosen.size
         self.aggregate[:] = 0
         sparse.scatter_values(self.union_pos, self.union_val, nnz, self.aggregate)
-        self.sgd.step(params, self.aggregate)
+        return self.aggregate
+
+    def apply(self, ctx, aggregate):
+        self.sgd.step(ctx.params, aggregate)

@@ -131,16 +131,17 @@ def _measure(comm, name: str, d: int, warmup: int, repeat: int, seed: int) -> di
     rank, size = comm.Get_rank(), comm.Get_size()
     config = config_for(name, warmup + repeat)
     alg = algorithms.create(config, d, size - 1)
-    step_exchange = exchange.create(comm, alg, Host())
     rng = np.random.default_rng([seed, rank])
     grads = rng.standard_normal(d, dtype=np.float32) if rank else np.zeros(d, np.float32)
     params = np.random.default_rng(seed).standard_normal(d, dtype=np.float32)
+    step_exchange = exchange.create(comm, alg, Host(), params)
     cpu.warm_up()
     clock = PhaseClock(warmup + repeat)
     for step in range(warmup + repeat):
         comm.Barrier()
+        step_exchange.begin(step)
         clock.start(step)
-        step_exchange.step(grads, params, step, clock)
+        step_exchange.step(grads, clock)
     # the compute column is unused here, and no benchmarked algorithm averages errors
     times = clock.times[warmup:, 1: 1 + len(PHASE_NAMES)]
     bytes_up = None

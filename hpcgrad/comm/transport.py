@@ -32,10 +32,17 @@ class Uplinks:
 
     Each slot holds one whole message (header then body) of at most
     ``capacity`` bytes; ``lengths[rank]`` is the length received this step.
+
+    What the server's algorithm reads is indexed by **worker** ``w = rank - 1``
+    (``0 .. workers - 1``): :meth:`header` (parsed once, when the transport checked
+    it on receipt), :meth:`body` (exactly the announced bytes), :meth:`padded_body`
+    (the body and its slot's zero padding, for kernels that read 64-bit words) and
+    ``rows`` (every worker's padded body, one row each).
     """
 
     def __init__(self, world_size: int, capacity: int):
         self.capacity = capacity
+        self.workers = world_size - 1
         self.slot = round_up(capacity)
         self.raw = np.zeros(world_size * self.slot, dtype=np.uint8)
         slots = self.raw.reshape(world_size, self.slot)
@@ -47,14 +54,44 @@ class Uplinks:
         self.header_counts = np.array([0] + [HEADER_SIZE] * (world_size - 1), dtype=np.int64)
         self.body_counts = np.zeros(world_size, dtype=np.int64)
         self.body_displacements = self.displacements + HEADER_SIZE
+        self._headers = [None] * self.workers
+
+    def accept(self, rank: int, header: Header) -> None:
+        """Record the checked header of ``rank``'s message this step (the transport's job;
+        a test that places messages by hand calls it as the transport would)."""
+        self._headers[rank - 1] = header
+        self.lengths[rank] = HEADER_SIZE + header.body_length
 
     def message(self, rank: int) -> np.ndarray:
         """The whole message (header + body) received from ``rank``."""
         start = rank * self.slot
         return self.raw[start:start + self.lengths[rank]]
 
-    def header(self, rank: int) -> Header:
-        return read_header(self.raw, rank * self.slot, what=f"uplink message from rank {rank}")
+    def header(self, worker: int) -> Header:
+        """The header of worker ``worker``'s uplink this step (rank ``worker + 1``)."""
+        header = self._headers[worker]
+        if header is None:
+            raise WireFormatError(f"no uplink from rank {worker + 1} has been received")
+        return header
+
+    def body(self, worker: int) -> np.ndarray:
+        """Exactly the body worker ``worker`` sent this step."""
+        return self.rows[worker, : self.header(worker).body_length]
+
+    def padded_body(self, worker: int) -> np.ndarray:
+        """Worker ``worker``'s body followed by the rest of its slot (zero padding)."""
+        return self.rows[worker]
+
+    def what(self, worker: int) -> str:
+        """How error messages name worker ``worker``'s uplink of this step."""
+        return f"uplink message from rank {worker + 1} at step {self.header(worker).step}"
+
+    def __len__(self) -> int:
+        return self.workers
+
+    def __iter__(self):
+        """``(header, body)`` of each worker's uplink, in worker order."""
+        return ((self.header(w), self.body(w)) for w in range(self.workers))
 
     def values(self, dtype, count: int) -> np.ndarray:
         """The bodies as an (M x count) array of ``dtype``, a view."""
@@ -82,20 +119,22 @@ class ParameterServer:
         self.uplink_header = uplink
         self.uplink_codecs = frozenset(uplink_codecs or (uplink.codec,))
         self.downlink_codecs = frozenset(downlink_codecs or (downlink.codec,))
-        self.downlink = MessageBuffer(downlink, zeros)
+        self.downlink = MessageBuffer(downlink, zeros, variable=variable)
         self.downlink_capacity = downlink.body_length
         if self.is_server:
             self.uplinks = Uplinks(self.size, HEADER_SIZE + uplink.body_length)
             self._empty = np.zeros(0, dtype=np.uint8)
         else:
             self.uplink = MessageBuffer(Header(uplink.codec, uplink.count, uplink.body_length,
-                                               0, self.rank, uplink.flags), zeros)
+                                               0, self.rank, uplink.flags), zeros,
+                                        variable=variable)
 
     def gather(self, step: int) -> None:
         """Collective: every worker's ``self.uplink`` lands in rank 0's ``self.uplinks``.
 
         Rank 0 checks every header against what step ``step`` expects and raises
-        :class:`WireFormatError` naming the sender on a mismatch.
+        :class:`WireFormatError` naming the sender on a mismatch; the checked headers
+        are what ``uplinks.header(w)`` then returns (each parsed once).
         """
         if not self.variable:
             if self.is_server:
@@ -127,26 +166,27 @@ class ParameterServer:
             what = f"uplink message from rank {rank} at step {step}"
             if not self.variable:
                 expected = Header(h.codec, h.count, h.body_length, step, rank, h.flags)
-                expect_header(up.message(rank), expected, what=what)
+                up.accept(rank, expect_header(up.message(rank), expected, what=what))
                 continue
             got = read_header(up.raw, rank * up.slot, what=what)
             _check_variable(got, self.uplink_codecs, h.count, h.body_length, step, rank, what)
             up.body_counts[rank] = got.body_length
-            up.lengths[rank] = HEADER_SIZE + got.body_length
+            up.accept(rank, got)
 
     def broadcast(self, step: int) -> None:
         """Collective: rank 0's ``self.downlink`` replaces every worker's.
 
-        Workers check the header against what step ``step`` expects.
+        Workers check the header against what step ``step`` expects; ``downlink.header``
+        is then the header received (on rank 0: the one sent).
         """
         down = self.downlink
         if not self.variable:
             self.comm.Bcast([down.wire, MPI.BYTE], root=SERVER)
             if not self.is_server:
                 h = down.header
-                expect_header(down.wire, Header(h.codec, h.count, h.body_length, step, SERVER,
-                                                h.flags),
-                              what=f"downlink message from rank 0 at step {step}")
+                down.receive(expect_header(
+                    down.wire, Header(h.codec, h.count, h.body_length, step, SERVER, h.flags),
+                    what=f"downlink message from rank 0 at step {step}"))
             return
         self.comm.Bcast([down.raw[:HEADER_SIZE], MPI.BYTE], root=SERVER)
         if not self.is_server:
@@ -154,11 +194,8 @@ class ParameterServer:
             got = read_header(down.raw, what=what)
             _check_variable(got, self.downlink_codecs, down.header.count,
                             self.downlink_capacity, step, SERVER, what)
-            down.set_body(got.codec, got.flags, got.body_length)
+            down.receive(got)
         self.comm.Bcast([down.body, MPI.BYTE], root=SERVER)
-
-    def downlink_header(self) -> Header:
-        return read_header(self.downlink.raw, what="downlink message")
 
 
 def _check_variable(got: Header, codecs, count, capacity, step, sender, what) -> None:

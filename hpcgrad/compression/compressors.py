@@ -1,9 +1,11 @@
 """Compressors ``C``: a float32 vector in, one message body out, and back.
 
-The compressor role of GRACE's split (compressor / memory / communicator):
-stateless given ``(seed, step, sender)``, so the error-feedback layer
-(:mod:`hpcgrad.algorithms.ef_sgd`) can wrap any of them, and a new one is
-one small class here.  Each writes a body of a documented codec
+The compressor role of GRACE's split (compressor / memory / communicator; the
+memory is :mod:`hpcgrad.compression.feedback`, the communicator
+:mod:`hpcgrad.comm.transport`): stateless given ``(seed, step, sender)``, so the
+error-feedback layer (:mod:`hpcgrad.algorithms.ef_sgd`) can wrap any of them, the
+``qsgd`` / ``dq-sgd`` algorithms send their uplinks through :class:`QSGDCompressor`,
+and a new one is one small class here.  Each writes a body of a documented codec
 (``docs/wire-format.md``) and reads one back, validating it:
 
 ``identity``     ``fp32``: the vector itself (C(v) = v; for the identities in tests).
@@ -17,7 +19,8 @@ one small class here.  Each writes a body of a documented codec
 ``qsgd``         ``qsgd`` at ``--bits``: per-tensor norm and stochastic levels, coins
                  keyed by ``(seed, step, sender)`` (unbiased).
 
-``K_l = ceil(sparsity * numel_l)`` as for the ``topk`` algorithm.
+``K_l = ceil(sparsity * numel_l)`` as for the ``topk`` algorithm (``k_by_fraction`` with
+top-K's rule K < d, :mod:`hpcgrad.compression.selection`; the same selector too).
 
 Each compressor declares the settings it reads (``options``; :mod:`hpcgrad.options`) and
 registers itself by subclassing :class:`Compressor` with a ``name``: ``--compressor`` lists
@@ -35,7 +38,7 @@ from ..wire.codecs import (FP32, SCALED_SIGN, SPARSE_VALUES, QSGDCodec, _check_p
                      encode_qsgd, encode_sparse_values)
 from ..errors import WireFormatError
 from ..kernels import quantize
-from .selection import TopK, k_per_segment
+from .selection import TopKSelector, k_by_fraction, require_k_below_d
 
 
 def check_width(value, label: str) -> None:
@@ -84,8 +87,10 @@ class Compressor(Configurable):
     def codecs(self) -> tuple:
         return (self.codec,)
 
-    def compress(self, values, message, step: int, sender: int) -> None:
-        """Write ``C(values)`` into ``message.padded_body`` and declare it (``set_body``)."""
+    def compress(self, ctx, values, message):
+        """Write ``C(values)`` into ``message.padded_body``, declare it, and return the header
+        sent (``message.write``).  Coins and random positions are keyed by ``ctx.step`` and
+        the sender, ``ctx.rank``."""
         raise NotImplementedError
 
     def decompress(self, padded_body, header, out, *, accumulate=False,
@@ -98,9 +103,9 @@ class Identity(Compressor):
     name = "identity"
     summary = "fp32, no compression"
 
-    def compress(self, values, message, step, sender):
+    def compress(self, ctx, values, message):
         FP32.encode(values, message.padded_body)
-        message.set_body(FP32.id, 0, FP32.body_length(self.count))
+        return message.write(FP32.id, 0, FP32.body_length(self.count))
 
     def decompress(self, padded_body, header, out, *, accumulate=False, what="message"):
         FP32.check_flags(header.flags, what)
@@ -116,13 +121,13 @@ class ScaledSign(Compressor):
     summary = "|v|_1/d * sign(v) over the model"
     codec = SCALED_SIGN
 
-    def compress(self, values, message, step, sender):
+    def compress(self, ctx, values, message):
         body = message.padded_body
         k = kernels.for_array(values)
         k.sign_pack(values, body)  # writes whole 8-byte words: the scale goes in after
         scale = np.float32(k.magnitude_sum(values) / self.count)
         SCALED_SIGN.write_scale(body, self.count, scale)
-        message.set_body(SCALED_SIGN.id, 0, SCALED_SIGN.body_length(self.count))
+        return message.write(SCALED_SIGN.id, 0, SCALED_SIGN.body_length(self.count))
 
     def decompress(self, padded_body, header, out, *, accumulate=False, what="message"):
         SCALED_SIGN.check_flags(header.flags, what)
@@ -148,25 +153,23 @@ class _Sparse(Compressor):
 
     def __init__(self, config, segments, offsets):
         super().__init__(config, segments, offsets)
-        self.ks = k_per_segment(segments, config.sparsity)
+        self.ks = require_k_below_d(k_by_fraction(segments, config.sparsity), segments,
+                                    f"the {self.name} compressor",
+                                    f"--sparsity {config.sparsity}")
         k = sum(self.ks)
         self.positions = np.zeros(k, dtype=np.int64)
         self.values = np.zeros(k, dtype=np.float32)
         # Decoding scratch: a downlink of the server's compress-back has at most K too.
         self._pos = np.zeros(k, dtype=np.int64)
         self._val = np.zeros(k, dtype=np.float32)
-        self._length = 0
 
     def _choose(self, values, step, sender) -> int:
         raise NotImplementedError
 
-    def compress(self, values, message, step, sender):
-        nnz = self._choose(values, step, sender)
-        body = message.padded_body
-        body[: self._length] = 0
-        codec, flags, self._length = encode_sparse_values(
-            self.positions, self.values, nnz, self.count, body)
-        message.set_body(codec, flags, self._length)
+    def compress(self, ctx, values, message):
+        nnz = self._choose(values, ctx.step, ctx.rank)
+        return message.write(*encode_sparse_values(self.positions, self.values, nnz,
+                                                   self.count, message.padded_body))
 
     def decompress(self, padded_body, header, out, *, accumulate=False, what="message"):
         nnz = SPARSE_VALUES.decode_into(padded_body[: header.body_length], self.count,
@@ -182,15 +185,11 @@ class TopKCompressor(_Sparse):
 
     def __init__(self, config, segments, offsets):
         super().__init__(config, segments, offsets)
-        self.selectors = [TopK(int(o), n, k, "exact")
-                          for o, n, k in zip(offsets, segments, self.ks)]
-        self._negative = np.zeros(sum(self.ks), dtype=np.uint8)  # TopK's sign output, unused
+        self.selector = TopKSelector(offsets, segments, self.ks, "exact")
+        self._negative = np.zeros(sum(self.ks), dtype=np.uint8)  # the sign output, unused
 
     def _choose(self, values, step, sender):
-        end = 0
-        for sel in self.selectors:
-            end = sel.select(values[sel.offset: sel.offset + sel.size], self.positions,
-                             self._negative, end)
+        end = self.selector.select(values, self.positions, self._negative)
         np.take(values, self.positions[:end], out=self.values[:end])
         return end
 
@@ -212,29 +211,37 @@ class RandomK(_Sparse):
 
 
 class QSGDCompressor(Compressor):
+    """``bits`` (``--bits`` unless given) is the width of the next :meth:`compress` and
+    the one :meth:`decompress` expects; it may change between steps up to ``widest``
+    (dq-sgd).  ``norms`` holds the per-tensor norms of the last body (de)compressed."""
+
     name = "qsgd"
     summary = "per-tensor norm and --bits stochastic levels (unbiased)"
     options = (BITS,)
     variable_length = True  # the qsgd codec's length depends on its width
 
-    def __init__(self, config, segments, offsets):
+    def __init__(self, config, segments, offsets, bits=None, widest=None):
         super().__init__(config, segments, offsets)
-        self.bits = int(config.bits)
-        self.codec = QSGDCodec(segments, self.bits, fp32=False)
-        self._norms = np.zeros(len(segments), dtype=np.float32)
+        self.bits = int(config.bits if bits is None else bits)
+        self.codec = QSGDCodec(segments, self.bits if widest is None else int(widest),
+                               fp32=False)
+        self.norms = np.zeros(len(segments), dtype=np.float32)
 
-    def compress(self, values, message, step, sender):
-        key = quantize.stream_key(self.seed, step, sender)
+    def compress(self, ctx, values, message, next_bits: int = 0):
+        """As :meth:`Compressor.compress`; ``next_bits`` (dq-sgd's downlink) goes in the
+        flags' next-width field."""
+        key = quantize.stream_key(self.seed, ctx.step, ctx.rank)
         length = encode_qsgd(values, self.offsets, self.bits, key, message.padded_body,
-                             self._norms)
-        message.set_body(QSGDCodec.id, QSGDCodec.flags(self.bits), length)
+                             self.norms)
+        return message.write(QSGDCodec.id, QSGDCodec.flags(self.bits, next_bits), length)
 
     def decompress(self, padded_body, header, out, *, accumulate=False, what="message"):
-        if QSGDCodec.split_flags(header.flags) != (self.bits, 0):
-            raise WireFormatError(f"{what}: qsgd flags {header.flags:#06x}, expected width "
-                                  f"{self.bits} and no next width")
+        if header.flags != QSGDCodec.flags(self.bits):
+            bits, nxt = QSGDCodec.split_flags(header.flags)
+            raise WireFormatError(f"{what}: header flags {header.flags:#06x} (width {bits}, "
+                                  f"next {nxt}); expected width {self.bits}, next 0")
         self.codec.decode_into(padded_body[: header.body_length], self.count, header.flags,
-                               out, accumulate=accumulate, norms=self._norms, what=what)
+                               out, accumulate=accumulate, norms=self.norms, what=what)
 
 
 def create(config, segments, offsets) -> Compressor:

@@ -1,6 +1,19 @@
-"""Top-K selection of the largest-magnitude entries of one tensor.
+"""Top-K selection: how many entries (the K rules) and which (the selection rules).
 
-Two rules, both writing sorted global positions and sign bits into
+K rules, per tensor l of ``numel_l`` coordinates (each returns the list of K_l):
+
+:func:`k_by_fraction`
+    ``K_l = ceil(s * numel_l)`` with ``1 <= K_l <= numel_l`` (``--sparsity s``; topk,
+    s3gd-mv, ef-sgd's topk / randomk compressors);
+:func:`k_by_votes`
+    ``K_l = ceil(c * numel_l / M)``: about c votes per coordinate from M workers
+    (s3gd-mv's ``--k-per-worker auto``; must stay within ``1..numel_l``);
+:func:`require_k_below_d`
+    top-K's rule that ``K = sum K_l < d``: selecting every coordinate is no compression.
+
+:class:`TopKSelector` applies one selection rule to every tensor of the flat vector; it
+is the selector every top-K user shares.  Per tensor (:class:`TopK`), two selection
+rules, both writing sorted global positions and sign bits into
 preallocated arrays, both skipping exact zeros (sign(0) = 0 sends nothing):
 
 ``exact``
@@ -126,11 +139,55 @@ class TopK:
         return sparse.take_top(values, threshold, count, self.offset, positions, negative, start)
 
 
-def k_per_segment(numels, sparsity) -> list[int]:
-    """K_l = ceil(sparsity * numel_l), at least 1 and at most numel_l, for each tensor; the
-    total must stay below d (top-K of every coordinate is no compression)."""
-    ks = [max(1, math.ceil(sparsity * n)) for n in numels]
+class TopKSelector:
+    """One selection rule over every tensor ``[offsets[l], offsets[l] + segments[l])`` of the
+    flat vector, K_l entries of tensor l (``ks``, from a K rule above).
+
+    :meth:`select` writes sorted global positions and sign bits of the selected entries
+    into ``positions`` / ``negative`` (``capacity`` entries at least) and returns how many.
+    """
+
+    def __init__(self, offsets, segments, ks, rule: str = "exact", band: float = 0.1):
+        if rule not in SELECTIONS:
+            raise ConfigError(f"unknown selection {rule!r}; choose one of: "
+                              f"{', '.join(SELECTIONS)}")
+        self.ks = list(ks)
+        self.parts = [TopK(int(o), int(n), int(k), rule, band)
+                      for o, n, k in zip(offsets, segments, self.ks)]
+        #: The most entries one selection returns: K, or up to K_l(1 + band) per tensor for
+        #: the threshold rule.
+        self.capacity = sum(min(n, int(k * (1 + band)) if rule == "threshold" else k)
+                            for n, k in zip(segments, self.ks))
+
+    def select(self, values, positions, negative) -> int:
+        end = 0
+        for part in self.parts:
+            end = part.select(values[part.offset: part.offset + part.size], positions,
+                              negative, end)
+        return end
+
+
+def k_by_fraction(numels, sparsity) -> list[int]:
+    """``K_l = ceil(sparsity * numel_l)``, at least 1 and at most numel_l, for each tensor."""
+    return [min(n, max(1, math.ceil(sparsity * n))) for n in numels]
+
+
+def k_by_votes(numels, votes_per_coordinate, workers, who: str) -> list[int]:
+    """``K_l = ceil(c * numel_l / M)``: each coordinate gets about ``c`` votes a step from
+    ``M = workers`` workers.  A K outside ``1..numel_l`` is a :class:`ConfigError` naming
+    ``who`` (the algorithm)."""
+    ks = [math.ceil(votes_per_coordinate * n / workers) for n in numels]
+    for k, n in zip(ks, numels):
+        if not 1 <= k <= n:
+            raise ConfigError(f"{who}: --votes-per-coordinate {votes_per_coordinate} over "
+                              f"{workers} workers asks K = {k} entries of a tensor of {n}")
+    return ks
+
+
+def require_k_below_d(ks, numels, who: str, setting: str) -> list[int]:
+    """Top-K's rule ``K = sum K_l < d``; returns ``ks``, or raises a :class:`ConfigError`
+    naming ``who`` and the ``setting`` that asked for it."""
     if sum(ks) >= sum(numels):
-        raise ConfigError(f"topk: --sparsity {sparsity} selects K = {sum(ks)} of "
-                          f"d = {sum(numels)} coordinates; top-K needs K < d")
-    return [min(k, n) for k, n in zip(ks, numels)]
+        raise ConfigError(f"{who}: {setting} selects K = {sum(ks)} of d = {sum(numels)} "
+                          "coordinates; top-K needs K < d")
+    return ks

@@ -4,19 +4,22 @@ The training loop (``runtime.py``) and the exchange benchmark (``bench/``) both
 drive this code, so what the benchmark times is what training runs::
 
     worker (rank m >= 1)                         server (rank 0)
-    alg.worker_step -> uplink body      encode
+    alg.worker_step(ctx, grad, uplink)  encode
     ParameterServer.gather  ------------------>  gather (headers checked)
-                                                 alg.server_step   aggregate
+                                                 alg.server_step(ctx, uplinks, downlink)
+                                                                   aggregate
     ParameterServer.broadcast <----------------  bcast (header checked on workers)
-    (decode is fused into apply)        decode
-    alg.apply(params, downlink)         update   alg.apply(params, downlink)
+    alg.decode(ctx, downlink)           decode   alg.decode(ctx, downlink)
+    alg.apply(ctx, decoded)             update   alg.apply(ctx, decoded)
 
-``allreduce`` replaces gather/aggregate/bcast by one ``Allreduce`` (timed as
-``gather``).  Error averaging (``alg.residual_to_average``) follows the update:
-an fp32 ``Allreduce`` on a communicator of the workers only (phase ``average``).
-Every buffer is allocated in the constructor (or by an algorithm on its first
-step); a steady-state step allocates no large arrays, only small Python objects
-such as parsed headers (``tests/bench/test_steady_state.py``).
+``ctx`` is the rank's :class:`~hpcgrad.algorithms.step.StepContext`: the exchange
+allocates it once and :meth:`ParameterServerExchange.begin` sets its step (and learning
+rate) before each step.  ``allreduce`` replaces gather/aggregate/bcast by one
+``Allreduce`` (timed as ``gather``).  Error averaging (``alg.residual_to_average``)
+follows the update: an fp32 ``Allreduce`` on a communicator of the workers only (phase
+``average``).  Every buffer is allocated in the constructor (or by an algorithm on its
+first step); a steady-state step allocates no large arrays, only small Python objects
+such as headers (``tests/bench/test_steady_state.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 import numpy as np
 
 from .phases import PHASES
+from ..algorithms.step import StepContext
 from ..comm.transport import Allreduce, ParameterServer, WorkerMean
 from ..wire import Header
 
@@ -51,19 +55,30 @@ class PhaseClock:
         self._last = now
 
 
-class Outgoing:
-    """A message body an algorithm writes: on the device, staged to ``host`` for MPI.
+class StagedMessage:
+    """A message as an algorithm sees it: its body where the rank computes (``padded_body``:
+    the host buffer itself, or a device twin staged through it), its header in ``host``.
 
-    Variable-length algorithms call :meth:`set_body` with the codec, flags and
-    length of what they wrote.
+    The algorithm-facing protocol is :class:`~hpcgrad.wire.MessageBuffer`'s: write the
+    body into ``padded_body``, declare it with :meth:`write`, read ``header``.
     """
 
     def __init__(self, host, padded_body):
         self.host = host
         self.padded_body = padded_body
 
-    def set_body(self, codec: int, flags: int, body_length: int) -> None:
-        self.host.set_body(codec, flags, body_length)
+    @property
+    def header(self) -> Header:
+        return self.host.header
+
+    def begin(self, step: int) -> None:
+        """As ``MessageBuffer.begin``, for the device twin too."""
+        if self.host.variable and self.padded_body is not self.host.padded_body:
+            self.padded_body[: self.host.header.body_length] = 0
+        self.host.begin(step)
+
+    def write(self, codec: int, flags: int, body_length: int) -> Header:
+        return self.host.write(codec, flags, body_length)
 
 
 def _capacity_header(codecs, count: int) -> Header:
@@ -71,15 +86,20 @@ def _capacity_header(codecs, count: int) -> Header:
 
 
 class ParameterServerExchange:
-    """The parameter-server exchange of one algorithm on one rank."""
+    """The parameter-server exchange of one algorithm on one rank.
+
+    Per step: :meth:`begin` (returns the step context; the runtime computes the
+    gradient in between), then :meth:`step`.
+    """
 
     #: An adversarial worker's :class:`hpcgrad.training.attacks.Attack` (set by the runtime), or None.
     attack = None
 
-    def __init__(self, comm, alg, where, zeros=np.zeros):
+    def __init__(self, comm, alg, where, params, zeros=np.zeros):
         self.alg = alg
         self.where = where
         self.is_server = comm.Get_rank() == 0
+        self.context = _context(comm, alg, where, params)
         d = alg.num_params
         up, down = alg.uplink_codecs(), alg.downlink_codecs()
         self.transport = ParameterServer(
@@ -89,16 +109,22 @@ class ParameterServerExchange:
         ps = self.transport
         # Where the algorithm reads and writes bodies: the host buffers MPI uses,
         # or device twins staged through them.
-        self.up = None if self.is_server else Outgoing(
+        self.up = None if self.is_server else StagedMessage(
             ps.uplink, where.empty_like_host(ps.uplink.padded_body))
-        self.down = where.empty_like_host(ps.downlink.padded_body)
+        self.down = StagedMessage(ps.downlink, where.empty_like_host(ps.downlink.padded_body))
         self.averaging = WorkerMean(comm) if alg.average_every else None
 
-    def step(self, grads, params, step: int, clock: PhaseClock) -> None:
-        ps, alg, where = self.transport, self.alg, self.where
+    def begin(self, step: int, lr=None) -> StepContext:
+        return _begin(self.context, self.alg, step, lr)
+
+    def step(self, grads, clock: PhaseClock) -> None:
+        """The exchange of the step :meth:`begin` started, ``grads`` this rank's gradient
+        (unused on the server)."""
+        ps, alg, where, ctx = self.transport, self.alg, self.where, self.context
+        step = ctx.step
         if not self.is_server:
-            ps.uplink.stamp(step)
-            alg.worker_step(grads, self.up, step)
+            self.up.begin(step)
+            alg.worker_step(ctx, grads, self.up)
             if self.attack is not None:  # an adversarial rank (attacks.py)
                 self.attack.corrupt_message(ps.uplink.raw, self.up.padded_body, step)
             where.to_host(self.up.padded_body, ps.uplink.padded_body)
@@ -106,19 +132,20 @@ class ParameterServerExchange:
         ps.gather(step)
         clock.lap(GATHER)
         if self.is_server:
-            ps.downlink.stamp(step)
-            alg.server_step(ps.uplinks, ps.downlink, step)
+            self.down.begin(step)
+            alg.server_step(ctx, ps.uplinks, self.down)
             clock.lap(AGGREGATE)
         ps.broadcast(step)
         clock.lap(BCAST)
-        if not self.is_server:
-            clock.lap(DECODE)
-        where.to_device(ps.downlink.padded_body, self.down)
-        alg.apply(params, self.down, step, ps.downlink_header())
+        where.to_device(ps.downlink.padded_body, self.down.padded_body)
+        decoded = alg.decode(ctx, self.down)
+        where.synchronize()
+        clock.lap(DECODE)
+        alg.apply(ctx, decoded)
         where.synchronize()
         clock.lap(UPDATE)
         if self.averaging is not None and not self.is_server:
-            residual = alg.residual_to_average(step)
+            residual = alg.residual_to_average(ctx)
             if residual is not None:
                 self.averaging.replace_by_mean(residual)
                 clock.lap(AVERAGE)
@@ -137,32 +164,41 @@ class ParameterServerExchange:
 
 
 class AllreduceExchange:
-    """The data-parallel baseline: one fp32 ``Allreduce`` among all ranks."""
+    """The data-parallel baseline: one fp32 ``Allreduce`` among all ranks.
+
+    The algorithm's "messages" are raw fp32 buffers: ``worker_step`` fills the send
+    buffer, ``decode`` and ``apply`` read the sum (no headers)."""
 
     #: An adversarial worker's :class:`hpcgrad.training.attacks.Attack` (set by the runtime), or None.
     attack = None
 
-    def __init__(self, comm, alg, where, zeros=np.zeros):
+    def __init__(self, comm, alg, where, params, zeros=np.zeros):
         self.alg = alg
         self.where = where
         self.is_server = comm.Get_rank() == 0
+        self.context = _context(comm, alg, where, params)
         self.transport = Allreduce(comm, alg.num_params, zeros)
         self.send = where.empty_like_host(self.transport.send)
         self.recv = where.empty_like_host(self.transport.recv)
         self._workers = comm.Get_size() - 1
 
-    def step(self, grads, params, step: int, clock: PhaseClock) -> None:
-        ar, alg, where = self.transport, self.alg, self.where
+    def begin(self, step: int, lr=None) -> StepContext:
+        return _begin(self.context, self.alg, step, lr)
+
+    def step(self, grads, clock: PhaseClock) -> None:
+        ar, alg, where, ctx = self.transport, self.alg, self.where, self.context
         if not self.is_server:
-            alg.worker_step(grads, self.send, step)
+            alg.worker_step(ctx, grads, self.send)
             if self.attack is not None:
-                self.attack.corrupt_raw(self.send, step)
+                self.attack.corrupt_raw(self.send, ctx.step)
             where.to_host(self.send, ar.send)
         clock.lap(ENCODE)
         ar.allreduce()
         clock.lap(GATHER)
         where.to_device(ar.recv, self.recv)
-        alg.apply(params, self.recv, step)
+        decoded = alg.decode(ctx, self.recv)
+        clock.lap(DECODE)
+        alg.apply(ctx, decoded)
         where.synchronize()
         clock.lap(UPDATE)
 
@@ -176,7 +212,23 @@ class AllreduceExchange:
         raise NotImplementedError("allreduce sends raw buffers, not messages")
 
 
-def create(comm, alg, where, zeros=np.zeros):
-    cls = AllreduceExchange if alg.topology == "allreduce" else ParameterServerExchange
-    return cls(comm, alg, where, zeros)
+def _context(comm, alg, where, params) -> StepContext:
+    return StepContext(comm.Get_rank(), alg.num_workers, alg.shard, params, where.name,
+                       alg.config.lr)
 
+
+def _begin(ctx: StepContext, alg, step: int, lr) -> StepContext:
+    """Set the context for step ``step``; a learning rate ``lr`` (``--lr-schedule``) also goes
+    to the algorithm (``Algorithm.set_lr``).  ``None``: the rate does not change."""
+    ctx.step = int(step)
+    if lr is not None:
+        ctx.lr = np.float32(lr)
+        alg.set_lr(lr)
+    return ctx
+
+
+def create(comm, alg, where, params, zeros=np.zeros):
+    """The exchange of ``alg`` on this rank; ``params`` is the flat parameter vector the
+    updates go to (on ``where``)."""
+    cls = AllreduceExchange if alg.topology == "allreduce" else ParameterServerExchange
+    return cls(comm, alg, where, params, zeros)

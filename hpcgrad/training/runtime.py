@@ -6,8 +6,8 @@
     ParameterServer.gather  ------------------>  gather
                                                  check headers, alg.server_step   aggregate
     ParameterServer.broadcast <----------------  bcast
-    check downlink header                decode
-    alg.apply(params, downlink)          update  alg.apply(params, downlink)
+    check header, alg.decode(downlink)  decode   alg.decode(downlink)
+    alg.apply(decoded)                  update   alg.apply(decoded)
 
 (``allreduce`` replaces gather/aggregate/bcast with one ``Allreduce``.)
 
@@ -199,7 +199,7 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
         _broadcast_params(comm, flat, params, where)  # rank 0 read them from its file
 
     zeros = np.zeros if where.name == "cpu" else device.pinned_zeros
-    step_exchange = exchange.create(comm, alg, where, zeros)
+    step_exchange = exchange.create(comm, alg, where, params, zeros)
     step_exchange.attack = agree(comm, lambda: attacks.create(config, alg, rank, size),
                                  "setting up the adversaries")
     if is_server and attacks.over_half(config.adversaries, workers):
@@ -299,24 +299,24 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
     for step in range(start_step, config.iterations):
         row = step - first_row
         lr = schedule.lr_at(step)
-        if not schedule.is_constant:  # a constant run never calls it: bit-identical as before
-            alg.set_lr(lr)
+        # A constant run never calls set_lr: bit-identical with runs before schedules.
+        ctx = step_exchange.begin(step, None if schedule.is_constant else lr)
         clock.start(row)
         if not is_server:
             x, y = sampler.next()
             x, y = x.to(where.torch_device), y.to(where.torch_device)
-            alg.before_gradient(params, step)  # step-ahead EF: the gradient at x - e
+            alg.before_gradient(ctx)  # step-ahead EF: the gradient at x - e
             flat.zero_grad()
             loss = F.cross_entropy(model(x), y)
             loss.backward()
-            alg.after_gradient(params, step)
+            alg.after_gradient(ctx)
             losses[row] = loss.item()
             if not np.isfinite(losses[row]):
                 raise NonFiniteError(f"worker rank {rank}: training loss is {losses[row]} "
                                      f"at step {step}")
             flat.check_grads_finite()
             clock.lap(COMPUTE)
-        step_exchange.step(grads, params, step, clock)
+        step_exchange.step(grads, clock)
         if is_server:
             records.record(row, step_exchange, {**alg.step_stats, "lr": float(np.float32(lr))})
             if step < config.record_messages:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import struct
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -91,23 +91,35 @@ def read_header(buffer, offset: int = 0, *, what: str = "message") -> Header:
                   sender=sender, flags=flags)
 
 
-def expect_header(buffer, expected: Header, *, what: str, offset: int = 0) -> None:
-    """Check the header at ``buffer[offset:]`` against the one the receiver expects."""
+def expect_header(buffer, expected: Header, *, what: str, offset: int = 0) -> Header:
+    """Check the header at ``buffer[offset:]`` against the one the receiver expects; return it."""
     got = read_header(buffer, offset, what=what)
     for field in ("codec", "flags", "count", "body_length", "step", "sender"):
         have, want = getattr(got, field), getattr(expected, field)
         if have != want:
             raise WireFormatError(f"{what}: header {field} is {have}, expected {want}")
+    return got
 
 
 class MessageBuffer:
-    """One preallocated outgoing message: header, body, zero padding to 8 bytes.
+    """One preallocated message: header, body, zero padding to 8 bytes.
 
-    ``wire`` is exactly what goes to MPI; ``body`` is where a codec writes.
+    ``wire`` is exactly what goes to MPI; ``body`` is where a codec writes; ``header``
+    is the header ``wire`` starts with (what is sent, or what was received), and
+    ``capacity`` the longest body the buffer holds.
+
+    The sender's protocol, once per step: :meth:`begin` (the step field; a
+    ``variable``-length message also gets the previous step's body zeroed, because the
+    sparse encoders OR bits into a zeroed body), the algorithm writes the body into
+    ``padded_body``, then :meth:`write` declares codec, flags and length and returns
+    the header that is sent.  A fixed-length message may skip :meth:`write`: its
+    header, declared at construction, does not change.
     """
 
-    def __init__(self, header: Header, zeros=np.zeros):
+    def __init__(self, header: Header, zeros=np.zeros, *, variable: bool = False):
         self.header = header
+        self.capacity = header.body_length
+        self.variable = variable
         self.length = HEADER_SIZE + header.body_length
         self.raw = zeros(round_up(self.length), dtype=np.uint8)
         self.wire = self.raw[: self.length]
@@ -118,20 +130,40 @@ class MessageBuffer:
         header.pack_into(self.raw)
 
     def stamp(self, step: int) -> None:
-        """Set the header's step field for iteration ``step`` (the rest never changes)."""
+        """Set the header's step field for iteration ``step``."""
         _STEP.pack_into(self.raw, _STEP_OFFSET, step)
+        self.header = replace(self.header, step=step)
 
-    def set_body(self, codec: int, flags: int, body_length: int) -> None:
-        """Declare this step's body for a variable-length message (capacity allocated).
+    def begin(self, step: int) -> None:
+        """Start the message of iteration ``step``: stamp it, and for a variable-length
+        message zero what the previous step's body occupied."""
+        if self.variable:
+            self.padded_body[: self.header.body_length] = 0
+        self.stamp(step)
 
-        Rewrites the header's codec, flags and body_length fields; ``wire`` and
-        ``body`` then cover exactly the bytes that go to MPI.
-        """
-        if body_length > self.header.body_length:
+    def write(self, codec: int, flags: int, body_length: int) -> Header:
+        """Declare the body just written: ``body_length`` bytes of codec ``codec`` with
+        ``flags``.  Rewrites those header fields (``wire`` and ``body`` then cover exactly
+        the bytes that go to MPI) and returns the header that is sent."""
+        if not 0 <= body_length <= self.capacity:
             raise WireFormatError(f"body of {body_length} bytes exceeds the message's "
-                                  f"capacity of {self.header.body_length}")
+                                  f"capacity of {self.capacity}")
         _CODEC_FLAGS.pack_into(self.raw, _CODEC_OFFSET, codec, flags)
         _BODY_LENGTH.pack_into(self.raw, _BODY_LENGTH_OFFSET, body_length)
+        self._cover(body_length)
+        self.header = replace(self.header, codec=codec, flags=flags, body_length=body_length)
+        return self.header
+
+    def receive(self, header: Header) -> None:
+        """A receiver's buffer: ``header`` was just parsed (and checked) off ``raw``;
+        ``header``, ``wire`` and ``body`` now describe that message."""
+        if header.body_length > self.capacity:
+            raise WireFormatError(f"body of {header.body_length} bytes exceeds the message's "
+                                  f"capacity of {self.capacity}")
+        self._cover(header.body_length)
+        self.header = header
+
+    def _cover(self, body_length: int) -> None:
         self.length = HEADER_SIZE + body_length
         self.wire = self.raw[: self.length]
         self.body = self.raw[HEADER_SIZE: self.length]

@@ -13,7 +13,7 @@ from hpcgrad.compression.compressors import COMPRESSORS
 from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import ConfigError, WireFormatError
 from hpcgrad.wire import read_header
-from without_mpi import exchange
+from without_mpi import apply, context, exchange
 
 SEGMENTS = [300, 20, 180, 7]
 D = sum(SEGMENTS)
@@ -39,12 +39,13 @@ def step_all(ranks, params, grad_at, step):
     and the update on every rank; returns (uplinks, downlink)."""
     grads = []
     for w, alg in enumerate(ranks[1:]):
-        alg.before_gradient(params[w + 1], step)
+        ctx = context(alg, w + 1, step, params[w + 1])
+        alg.before_gradient(ctx)
         grads.append(grad_at(w, params[w + 1].copy()))
-        alg.after_gradient(params[w + 1], step)
-    up, down = exchange(ranks[1:], ranks[0], grads, step)
-    for alg, p in zip(ranks, params):
-        alg.apply(p, down.padded_body, step, read_header(down.wire))
+        alg.after_gradient(ctx)
+    up, down = exchange(ranks[1:], ranks[0], grads, step, params=params[1:])
+    for rank, (alg, p) in enumerate(zip(ranks, params)):
+        apply(alg, rank, p, down, step)
     return up, down
 
 
@@ -97,9 +98,9 @@ def test_one_worker_with_the_identity_compressor_is_fp32_ps_bit_for_bit(feedback
     for step in range(5):
         step_all(ef, x_ef, grad, step)
         # fp32-ps's gradient at the same point, through the same exchange
-        up, down = exchange(ps[1:], ps[0], [grad(0, x_ps[1].copy())], step)
-        for alg, p in zip(ps, x_ps):
-            alg.apply(p, down.padded_body, step, read_header(down.wire))
+        up, down = exchange(ps[1:], ps[0], [grad(0, x_ps[1].copy())], step, params=x_ps[1:])
+        for rank, (alg, p) in enumerate(zip(ps, x_ps)):
+            apply(alg, rank, p, down, step)
         assert np.array_equal(x_ef[1], x_ps[1]), step
         assert not ef[1].residual.any() if feedback != "none" else ef[1].residual is None
 

@@ -14,7 +14,7 @@ from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import ConfigError, NonFiniteError, WireFormatError
 from hpcgrad.kernels import quantize
 from hpcgrad.wire import HEADER_SIZE, read_header
-from without_mpi import downlink_buffer, exchange
+from without_mpi import apply, downlink_buffer, exchange
 
 
 def algorithm(d, workers, name="qsgd", segments=None, **settings):
@@ -147,7 +147,7 @@ def test_qsgd_message_sizes_and_the_server_mean(bits, quantize_downlink):
     assert server.step_stats["bits_down"] == (bits if quantize_downlink else 32)
     # every rank applies the same downlink: momentum SGD on the mean
     params = np.ones(d, dtype=np.float32)
-    server.apply(params, down.padded_body, 4, read_header(down.wire))
+    apply(server, 0, params, down, 4)
     np.testing.assert_array_equal(params, np.float32(1) - np.float32(0.1) * values)
 
 
@@ -175,8 +175,8 @@ def test_dq_sgd_announces_the_next_width_in_the_downlink_and_workers_use_it():
             norms.append(math.sqrt((body ** 2).sum()))
         assert server.step_stats["grad_norm"] == pytest.approx(np.mean(norms), rel=1e-12)
         assert header.flags >> 8 == width_for(40.0 * np.mean(norms), 2, 8)
-        for alg, p in zip(ranks, params):
-            alg.apply(p, down.padded_body, step, header)
+        for rank, (alg, p) in enumerate(zip(ranks, params)):
+            apply(alg, rank, p, down, step)
         assert all(alg.bits == header.flags >> 8 for alg in ranks)
     assert widths[0] == 3 and len(set(widths)) > 1
     assert all(p.tobytes() == params[0].tobytes() for p in params)
@@ -205,10 +205,10 @@ def test_an_uplink_at_the_wrong_width_or_with_a_bad_norm_is_named():
 def test_a_downlink_announcing_a_width_outside_the_range_is_refused():
     alg = algorithm(20, 2, "dq-sgd", segments=[20], max_bits=6)
     down = downlink_buffer(alg)
-    down.set_body(7, codecs.QSGDCodec.flags(0, 7), 80)
+    down.write(7, codecs.QSGDCodec.flags(0, 7), 80)
     with pytest.raises(WireFormatError, match="next width 7 .* outside --min-bits 2 .. "
                                               "--max-bits 6"):
-        alg.apply(np.zeros(20, np.float32), down.padded_body, 0, read_header(down.wire))
+        apply(alg, 1, np.zeros(20, np.float32), down)
 
 
 # --------------------------------------------------------------- the width rule

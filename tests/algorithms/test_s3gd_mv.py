@@ -7,12 +7,12 @@ import pytest
 
 from hpcgrad.wire import codecs
 from hpcgrad.algorithms import create
-from hpcgrad.algorithms.s3gd_mv import k_per_segment
 from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import ConfigError, WireFormatError
+from hpcgrad.compression.selection import k_by_votes
 from hpcgrad.comm.transport import Uplinks
-from hpcgrad.wire import HEADER_SIZE, Header, MessageBuffer, read_header
-from without_mpi import downlink_buffer, exchange, uplink_buffer
+from hpcgrad.wire import HEADER_SIZE
+from without_mpi import apply, context, downlink_buffer, exchange, receive, uplink_buffer
 
 
 def algorithm(d, workers, name="s3gd-mv", segments=None, **settings):
@@ -49,7 +49,7 @@ def test_worked_example_votes_direction_union_and_residuals():
         np.testing.assert_array_equal(alg.residual, expected)
     # The update: x <- x - lr * direction.
     params = np.ones(6, dtype=np.float32)
-    server.apply(params, down.padded_body, 0, read_header(down.wire))
+    apply(server, 0, params, down)
     np.testing.assert_array_equal(params, np.float32(1) - np.float32(0.001) *
                                   np.array([1, 1, 0, -1, 0, 1], dtype=np.float32))
 
@@ -71,20 +71,10 @@ def test_sparsity_one_without_residual_is_signsgd_mv_with_tie_zero(workers, weig
         grads[:, ::7] = 0  # zeros vote 0
         grads[1, 1::5] = -grads[0, 1::5]  # ties between workers
         _, down = exchange(s3[1:], s3[0], grads, step)
-        s3[0].apply(params_s3, down.padded_body, step, read_header(down.wire))
+        apply(s3[0], 0, params_s3, down, step)
         # signum-mv's own exchange
-        bodies = []
-        for alg, g in zip(mv[1:], grads):
-            msg = MessageBuffer(Header(alg.uplink.id, d, alg.uplink.body_length(d), step, 1))
-            alg.worker_step(g, msg, step)
-            bodies.append(msg.body.copy())
-        up = Uplinks(workers + 1, HEADER_SIZE + mv[0].uplink.body_length(d))
-        for row, body in zip(up.rows, bodies):
-            row[: body.size] = body
-        mv_down = MessageBuffer(Header(mv[0].downlink.id, d, mv[0].downlink.body_length(d),
-                                       step, 0))
-        mv[0].server_step(up, mv_down, step)
-        mv[0].apply(params_mv, mv_down.padded_body, step)
+        _, mv_down = exchange(mv[1:], mv[0], grads, step)
+        apply(mv[0], 0, params_mv, mv_down, step)
         np.testing.assert_array_equal(direction_of(down), direction_of(mv_down))
     assert params_s3.tobytes() == params_mv.tobytes()
 
@@ -95,7 +85,7 @@ def test_segments_get_their_own_k_and_positions_stay_sorted():
     assert alg.ks == [2, 1, 4]
     grad = np.arange(1, 34, dtype=np.float32) * np.where(np.arange(33) % 2, -1, 1)
     msg = uplink_buffer(alg, 1)
-    alg.worker_step(grad, msg, 0)
+    alg.worker_step(context(alg, 1), grad, msg)
     _, values = codecs.decode_message(msg.wire.tobytes())
     nz = np.flatnonzero(values)
     np.testing.assert_array_equal(nz, [8, 9, 12, 29, 30, 31, 32])
@@ -103,24 +93,24 @@ def test_segments_get_their_own_k_and_positions_stay_sorted():
 
 
 def test_k_per_worker_auto_is_c_d_over_m():
-    assert k_per_segment([1000, 10], None, "auto", 1.0, 4) == [250, 3]
-    assert k_per_segment([1000], None, "auto", 2.0, 8) == [250]
-    with pytest.raises(ConfigError, match="asks K = 1500 entries of a tensor of 1000"):
-        k_per_segment([1000], None, "auto", 6.0, 4)
+    assert k_by_votes([1000, 10], 1.0, 4, "s3gd-mv") == [250, 3]
+    assert k_by_votes([1000], 2.0, 8, "s3gd-mv") == [250]
+    with pytest.raises(ConfigError, match="s3gd-mv: --votes-per-coordinate 6.0 over 4 "
+                                          "workers asks K = 1500 entries of a tensor of 1000"):
+        k_by_votes([1000], 6.0, 4, "s3gd-mv")
 
 
 def test_a_message_with_more_entries_than_the_run_allows_is_refused():
     small = algorithm(100, 2, sparsity=0.05, residual=0.0)
     big = algorithm(100, 2, sparsity=0.5, residual=0.0)
     msg = uplink_buffer(big, 1)
-    big.worker_step(np.arange(1, 101, dtype=np.float32), msg, 0)
+    big.worker_step(context(big, 1), np.arange(1, 101, dtype=np.float32), msg)
     up = Uplinks(3, HEADER_SIZE + codecs.SPARSE_SIGN.max_body_length(100))
     for rank in (1, 2):
-        up.raw[rank * up.slot: rank * up.slot + msg.length] = msg.wire
-        up.lengths[rank] = msg.length
+        receive(up, rank, msg)
     with pytest.raises(WireFormatError, match="uplink message from rank 1 at step 0: "
                                               "sparse-sign body is corrupt: it holds more"):
-        small.server_step(up, downlink_buffer(small), 0)
+        small.server_step(context(small, 0), up, downlink_buffer(small))
 
 
 @pytest.mark.parametrize("settings, pattern", [

@@ -7,17 +7,8 @@ from hpcgrad.wire import codecs
 from hpcgrad.algorithms import create
 from hpcgrad.training.config import TrainConfig
 from hpcgrad.kernels.generic import decode_signs
-from hpcgrad.wire import Header, MessageBuffer, round_up
-
-
-class FakeUplinks:
-    """Rows as rank 0's receive buffer holds them (a real transport is tested under MPI)."""
-
-    def __init__(self, bodies):
-        width = round_up(max(len(b) for b in bodies))
-        self.rows = np.zeros((len(bodies), width), dtype=np.uint8)
-        for row, body in zip(self.rows, bodies):
-            row[:len(body)] = body
+from hpcgrad.wire import Header, MessageBuffer
+from without_mpi import context, exchange
 
 
 def algorithm(d, workers, **settings):
@@ -28,17 +19,15 @@ def algorithm(d, workers, **settings):
 def worker_message(alg, grad, step=0):
     msg = MessageBuffer(Header(alg.uplink.id, alg.num_params,
                                alg.uplink.body_length(alg.num_params), step, 1))
-    alg.worker_step(np.asarray(grad, dtype=np.float32), msg, step)
+    alg.worker_step(context(alg, 1, step), np.asarray(grad, dtype=np.float32), msg)
     return msg
 
 
 def vote(grads, tie):
     d, workers = len(grads[0]), len(grads)
     algs = [algorithm(d, workers, tie=tie, momentum=0.0) for _ in grads]
-    bodies = [worker_message(a, g).body.copy() for a, g in zip(algs, grads)]
     server = algorithm(d, workers, tie=tie, momentum=0.0)
-    down = MessageBuffer(Header(server.downlink.id, d, server.downlink.body_length(d), 0, 0))
-    server.server_step(FakeUplinks(bodies), down, 0)
+    _, down = exchange(algs, server, grads)
     _, direction = codecs.decode_message(down.wire.tobytes())
     return direction, server
 
@@ -74,6 +63,6 @@ def test_update_applies_weight_decay_after_the_vote():
     params = np.array([1.0, -2.0], dtype=np.float32)
     body = np.zeros(8, dtype=np.uint8)
     codecs.SIGN1.encode(np.array([1.0, -1.0], dtype=np.float32), body)
-    alg.apply(params, body, 0)
+    alg.apply(context(alg, 1, params=params), body)
     # x - lr*(s + wd*x): 1 - .5*(1 + .1) = .45 ; -2 - .5*(-1 - .2) = -1.4
     assert params == pytest.approx([0.45, -1.4])

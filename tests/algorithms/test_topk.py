@@ -11,7 +11,7 @@ from hpcgrad.algorithms import create
 from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import ConfigError, WireFormatError
 from hpcgrad.wire import read_header
-from without_mpi import exchange
+from without_mpi import apply, exchange
 
 RULES = ("local", "union-boost", "aggregate-hint", "shared-random", "leader")
 SEGMENTS = [300, 20, 180, 7]
@@ -33,8 +33,8 @@ def run(workers, steps, seed=0, **settings):
         grads[:, : 40] *= 5  # a few large coordinates common to all workers
         up, down = exchange(ranks[1:], ranks[0], grads, step)
         yield step, ranks, up, down, grads
-        for alg, p in zip(ranks, params):
-            alg.apply(p, down.padded_body, step, read_header(down.wire))
+        for rank, (alg, p) in enumerate(zip(ranks, params)):
+            apply(alg, rank, p, down, step)
     assert all(np.array_equal(p, params[0]) for p in params)  # replicas stay identical
 
 

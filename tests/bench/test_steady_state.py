@@ -26,21 +26,23 @@ def _steady_state_growth(comm, name, settings=None):
     for key, value in (settings or {}).items():
         setattr(config, key, value)
     alg = algorithms.create(config, D, comm.Get_size() - 1)
-    step_exchange = exchange.create(comm, alg, Host())
     grads = np.random.default_rng(rank).standard_normal(D, dtype=np.float32)
     params = np.zeros(D, dtype=np.float32)
+    step_exchange = exchange.create(comm, alg, Host(), params)
     clock = PhaseClock(8)
     for step in range(3):
+        step_exchange.begin(step)
         clock.start(step)
-        step_exchange.step(grads, params, step, clock)
+        step_exchange.step(grads, clock)
     tracemalloc.start(25)
     try:
         tracemalloc.reset_peak()
         before = tracemalloc.get_traced_memory()[0]
         snapshot_before = tracemalloc.take_snapshot()
         for step in range(3, 6):
+            step_exchange.begin(step)
             clock.start(step)
-            step_exchange.step(grads, params, step, clock)
+            step_exchange.step(grads, clock)
         growth = tracemalloc.get_traced_memory()[1] - before
         where = ""
         if growth > LIMIT:

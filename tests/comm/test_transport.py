@@ -48,7 +48,7 @@ def test_gatherv_lands_each_worker_in_an_aligned_slot_and_bcast_reaches_all(comm
         assert up.lengths[0] == 0 and (up.lengths[1:] == HEADER_SIZE + body).all()
         assert not up.raw[: up.slot].any()  # slot 0 (the server's own) receives nothing
         for worker in range(1, size):
-            header = up.header(worker)
+            header = up.header(worker - 1)
             assert (header.sender, header.step, header.body_length) == (worker, 5, body)
             np.testing.assert_array_equal(up.rows[worker - 1, :body], expected_body(worker, body))
             assert not up.rows[worker - 1, body:].any()  # padding to the next slot stays zero
@@ -57,7 +57,7 @@ def test_gatherv_lands_each_worker_in_an_aligned_slot_and_bcast_reaches_all(comm
         ps.downlink.body[:] = expected_body(0, body)
     ps.broadcast(5)
     np.testing.assert_array_equal(ps.downlink.body, expected_body(0, body))
-    assert ps.downlink_header() == Header(3, 100, body, 5, SERVER)
+    assert ps.downlink.header == Header(3, 100, body, 5, SERVER)
 
 
 def test_uplink_bodies_read_as_one_array_of_values(comm):
@@ -92,7 +92,7 @@ def test_variable_length_messages_move_exactly_their_announced_bytes(comm):
     if rank:
         n = 2 * rank + 1  # 3, 5, 7, ... bytes
         ps.uplink.stamp(3)
-        ps.uplink.set_body(5, rank, n)
+        ps.uplink.write(5, rank, n)
         ps.uplink.body[:] = expected_body(rank, n)
         ps.uplink.raw[HEADER_SIZE + n:] = 0xEE  # past the announced length: must not travel
         ps.downlink.raw[HEADER_SIZE:] = 0x77  # what the downlink must leave past its length
@@ -103,17 +103,17 @@ def test_variable_length_messages_move_exactly_their_announced_bytes(comm):
             n = 2 * worker + 1
             assert up.lengths[worker] == HEADER_SIZE + n
             assert up.body_counts[worker] == n
-            assert up.header(worker) == Header(5, 100, n, 3, worker, flags=worker)
+            assert up.header(worker - 1) == Header(5, 100, n, 3, worker, flags=worker)
             np.testing.assert_array_equal(up.rows[worker - 1, :n], expected_body(worker, n))
             assert not up.rows[worker - 1, n:].any()  # nothing past the announced length
         ps.downlink.stamp(3)
-        ps.downlink.set_body(6, 0, 11)
+        ps.downlink.write(6, 0, 11)
         ps.downlink.raw[HEADER_SIZE:] = 0xEE
         ps.downlink.body[:] = expected_body(0, 11)
     ps.broadcast(3)
     assert ps.downlink.length == HEADER_SIZE + 11
     np.testing.assert_array_equal(ps.downlink.body, expected_body(0, 11))
-    assert ps.downlink_header() == Header(6, 100, 11, 3, SERVER)
+    assert ps.downlink.header == Header(6, 100, 11, 3, SERVER)
     if rank:
         assert (ps.downlink.raw[HEADER_SIZE + 11:] == 0x77).all()  # exactly 11 bytes arrived
 
@@ -133,7 +133,7 @@ def test_a_shorter_variable_length_uplink_leaves_no_stale_bytes_in_its_slot(comm
     for step, n in ((0, 40), (1, 3)):
         if rank:
             ps.uplink.stamp(step)
-            ps.uplink.set_body(5, 0, n)
+            ps.uplink.write(5, 0, n)
             ps.uplink.body[:] = expected_body(rank, n)
         ps.gather(step)
     stale = None
@@ -236,8 +236,8 @@ def test_a_wrong_variable_length_uplink_header_is_refused_before_its_body(comm, 
                          variable=True, uplink_codecs=(5, 8))
     if rank:
         ps.uplink.stamp(3)
-        ps.uplink.set_body(8, 0, 16)
-        if rank == bad:  # after set_body, which refuses a body over capacity itself
+        ps.uplink.write(8, 0, 16)
+        if rank == bad:  # after write, which refuses a body over capacity itself
             overwrite(ps.uplink.raw, field, value)
     if rank == SERVER:
         expected = f"uplink message from rank {bad} at step 3: " + message.format(rank=bad)
@@ -255,7 +255,7 @@ def test_a_variable_length_downlink_of_an_unlisted_codec_is_refused(comm):
                          variable=True, downlink_codecs=(5, 6))
     if rank == SERVER:
         ps.downlink.stamp(4)
-        ps.downlink.set_body(7, 0, 8)
+        ps.downlink.write(7, 0, 8)
         comm.Bcast([ps.downlink.raw[:HEADER_SIZE], MPI.BYTE], root=SERVER)  # header phase only
     else:
         with pytest.raises(WireFormatError, match="^" + re.escape(
@@ -271,7 +271,7 @@ def test_a_message_body_over_capacity_is_refused_by_its_sender(comm):
     message = ps.downlink if rank == SERVER else ps.uplink
     with pytest.raises(WireFormatError, match="body of 17 bytes exceeds the message's "
                                               "capacity of 16"):
-        message.set_body(5, 0, 17)
+        message.write(5, 0, 17)
     assert message.length == HEADER_SIZE + 16  # unchanged
 
 

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 
+from hpcgrad.algorithms.step import Shard, StepContext
 from hpcgrad.compression.compressors import COMPRESSORS, create
 from hpcgrad.errors import WireFormatError
 from hpcgrad.training.config import TrainConfig
@@ -34,14 +35,23 @@ def compressor(name, **settings):
 def message_for(comp, sender=1):
     """A message buffer as the exchange allocates it: capacity for the longest body."""
     capacity = max(c.max_body_length(D) for c in comp.codecs())
-    return MessageBuffer(Header(comp.codecs()[0].id, D, capacity, 0, sender))
+    return MessageBuffer(Header(comp.codecs()[0].id, D, capacity, 0, sender), variable=True)
+
+
+def send(comp, values, message, step, sender):
+    """``comp.compress`` as a worker's step runs it: the message begun for ``step``, the step
+    context of rank ``sender``; checks that the header returned is the one on the wire."""
+    message.begin(step)
+    ctx = StepContext(sender, max(sender, 4), Shard.whole(SEGMENTS), step=step)
+    sent = comp.compress(ctx, values, message)
+    assert sent == read_header(message.wire)
+    return sent
 
 
 def roundtrip(comp, values, step=0, sender=1, message=None):
     """``C(values)`` through the wire: (decompressed vector, message)."""
     message = message or message_for(comp, sender)
-    message.stamp(step)
-    comp.compress(values, message, step, sender)
+    send(comp, values, message, step, sender)
     out = np.full(D, np.nan, dtype=np.float32)  # decompress must write every coordinate
     comp.decompress(message.padded_body, read_header(message.wire), out, what=WHAT)
     return out, message
@@ -356,7 +366,7 @@ def more_entries_than_k(message, header):
     """A body from a run with ten times the sparsity: more entries than this run's K."""
     wide = compressor("topk", sparsity=0.5)
     big = message_for(wide)
-    wide.compress(gradient(14), big, 5, 2)
+    send(wide, gradient(14), big, 5, 2)
     return big.padded_body, read_header(big.wire)
 
 
@@ -373,8 +383,8 @@ CORRUPT = [
     ("randomk", set_flags(0x4), "sparse-values flags 0x0004 are not valid"),
     ("randomk", shorten(1), "sparse-values body"),
     ("randomk", more_entries_than_k, "it holds more entries than any message of this run can"),
-    ("qsgd", set_flags(3), "qsgd flags 0x0003, expected width 4 and no next width"),
-    ("qsgd", set_flags(4 | 5 << 8), "qsgd flags 0x0504, expected width 4 and no next width"),
+    ("qsgd", set_flags(3), "header flags 0x0003 (width 3, next 0); expected width 4, next 0"),
+    ("qsgd", set_flags(4 | 5 << 8), "header flags 0x0504 (width 4, next 5); expected width 4, next 0"),
     ("qsgd", shorten(1), "body_length 269 does not match qsgd at 4 bits"),
     ("qsgd", set_norm(1, -2.0), "a tensor's norm is negative"),
     ("qsgd", set_norm(2, np.inf), "a tensor's norm is not finite"),
@@ -389,7 +399,7 @@ def test_a_corrupt_body_is_refused_naming_the_message(name, tamper, message):
     comp = compressor(name)
     sent = message_for(comp, sender=2)
     sent.stamp(5)
-    comp.compress(gradient(15), sent, 5, 2)
+    send(comp, gradient(15), sent, 5, 2)
     body, header = tamper(sent, read_header(sent.wire))
     out = np.zeros(D, np.float32)
     with pytest.raises(WireFormatError) as error:

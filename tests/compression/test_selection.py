@@ -1,4 +1,5 @@
-"""hpcgrad/compression/selection.py: ``TopK``'s two rules and ``k_per_segment``.
+"""hpcgrad/compression/selection.py: the K rules, ``TopK``'s two selection rules per tensor and
+the ``TopKSelector`` every top-K user shares.
 
 ``exact`` is checked against NumPy (``argpartition``'s set where magnitudes are distinct, a
 full sort by |v| then index where they tie), on both of its paths (a partition of |v| for
@@ -11,7 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from hpcgrad.compression.selection import TopK, k_per_segment
+from hpcgrad.compression.selection import (TopK, TopKSelector, k_by_fraction, k_by_votes,
+                                           require_k_below_d)
 from hpcgrad.errors import ConfigError
 
 
@@ -124,10 +126,37 @@ def test_a_k_outside_the_tensor_is_refused(k):
         TopK(0, 7, k)
 
 
-def test_k_per_segment_is_the_ceiling_of_sparsity_times_size_at_least_one():
-    assert k_per_segment([1000, 10, 3], 0.05) == [50, 1, 1]
-    assert k_per_segment([1001], 0.05) == [51]  # ceil(50.05)
-    assert k_per_segment([4, 4], 0.5) == [2, 2]
-    with pytest.raises(ConfigError, match="selects K = 2 of d = 2 coordinates; top-K needs "
-                                          "K < d"):
-        k_per_segment([1, 1], 0.01)  # at least one per tensor is every coordinate
+def test_k_by_fraction_is_ceil_and_within_one_and_n():
+    assert k_by_fraction([100, 10, 1], 0.01) == [1, 1, 1]
+    assert k_by_fraction([100, 10], 0.25) == [25, 3]
+    assert k_by_fraction([7], 1.0) == [7]
+    assert k_by_fraction([1001], 0.05) == [51]  # ceil(50.05)
+
+
+def test_k_by_votes_is_c_d_over_m_and_names_the_setting():
+    assert k_by_votes([1000, 10], 1.0, 4, "s3gd-mv") == [250, 3]
+    with pytest.raises(ConfigError, match="s3gd-mv: --votes-per-coordinate 6.0 over 4 "
+                                          "workers asks K = 1500 entries of a tensor of 1000"):
+        k_by_votes([1000], 6.0, 4, "s3gd-mv")
+
+
+def test_top_k_needs_k_below_d():
+    assert require_k_below_d([1, 2], [5, 5], "topk", "--sparsity 0.3") == [1, 2]
+    with pytest.raises(ConfigError, match="topk: --sparsity 1.0 selects K = 10 of d = 10 "
+                                          "coordinates; top-K needs K < d"):
+        require_k_below_d([5, 5], [5, 5], "topk", "--sparsity 1.0")
+
+
+def test_the_selector_takes_k_per_tensor_in_global_positions():
+    values = np.array([5, -1, 2, 0, -7, 3, 1], np.float32)
+    selector = TopKSelector(np.array([0, 3, 7]), [3, 4], [1, 2])
+    assert selector.capacity == 3
+    pos, neg = np.zeros(3, np.int64), np.zeros(3, np.uint8)
+    end = selector.select(values, pos, neg)
+    assert pos[:end].tolist() == [0, 4, 5] and neg[:end].tolist() == [0, 1, 0]
+
+
+def test_threshold_capacity_and_unknown_rule():
+    assert TopKSelector(np.array([0, 1000]), [1000], [100], "threshold").capacity == 110
+    with pytest.raises(ConfigError, match="unknown selection 'fastest'"):
+        TopKSelector(np.array([0, 10]), [10], [1], "fastest")

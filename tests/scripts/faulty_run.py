@@ -27,13 +27,13 @@ if MPI.COMM_WORLD.Get_rank() == bad_rank:
     cls = REGISTRY["signum-mv"]
     original = cls.worker_step
 
-    def worker_step(self, grad, message, step):
-        if step == FAULT_STEP:
+    def worker_step(self, ctx, grad, uplink):
+        if ctx.step == FAULT_STEP:
             if mode == "raise":
                 raise RuntimeError("injected failure")
             if mode == "die":
                 os._exit(9)
-        original(self, grad, message, step)
+        original(self, ctx, grad, uplink)
 
     cls.worker_step = worker_step
 
@@ -51,10 +51,10 @@ if MPI.COMM_WORLD.Get_rank() == bad_rank:
         s3gd = REGISTRY["s3gd-mv"]
         s3gd_step = s3gd.worker_step
 
-        def corrupting_worker_step(self, grad, message, step):
-            s3gd_step(self, grad, message, step)
-            if step == FAULT_STEP:
-                message.padded_body[:8] = 0  # an Elias-gamma count with no end
+        def corrupting_worker_step(self, ctx, grad, uplink):
+            s3gd_step(self, ctx, grad, uplink)
+            if ctx.step == FAULT_STEP:
+                uplink.padded_body[:8] = 0  # an Elias-gamma count with no end
 
         s3gd.worker_step = corrupting_worker_step
 

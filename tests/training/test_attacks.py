@@ -246,10 +246,11 @@ def test_qsgd_invert_flips_the_sign_of_every_nonzero_level(bits):
 def test_a_message_is_corrupted_by_the_codec_its_header_names():
     """What exchange.py calls: the header (host buffer) says codec and length."""
     alg = create(TrainConfig(algorithm="signum-mv", tie="zero").resolved(), D, 4)
+    from hpcgrad.algorithms.step import StepContext
     from hpcgrad.wire import Header, MessageBuffer
     msg = MessageBuffer(Header(alg.uplink.id, D, alg.uplink.body_length(D), 0, 4))
-    msg.stamp(2)
-    alg.worker_step(values(), msg, 2)
+    msg.begin(2)
+    alg.worker_step(StepContext(4, 4, alg.shard, step=2), values(), msg)
     honest = TERNARY2.decode(msg.body.copy(), D)
     attacks.Attack("invert", 0, 4).corrupt_message(msg.raw, msg.padded_body, 2)
     assert read_header(msg.wire).codec == TERNARY2.id

@@ -12,10 +12,9 @@ from hpcgrad.algorithms import REGISTRY, create
 from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import ConfigError
 from hpcgrad.training.runtime import progress_line
-from hpcgrad.wire import read_header
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "algorithms"))
-from without_mpi import exchange  # noqa: E402
+from without_mpi import apply, context, exchange  # noqa: E402
 
 
 def lrs(text="constant", warmup=0, lr=0.1, iterations=100):
@@ -116,10 +115,11 @@ def _apply_once(name, lr, set_to=None, d=40, workers=3):
     params = np.linspace(-1, 1, d, dtype=np.float32)
     if algs[0].topology == "allreduce":
         total = np.sum(grads, axis=0, dtype=np.float32)
-        algs[0].apply(params, total, 0)
+        ctx = context(algs[0], 0, params=params)
+        algs[0].apply(ctx, algs[0].decode(ctx, total))
         return params
     _, down = exchange(algs[1:], algs[0], grads)
-    algs[0].apply(params, down.padded_body, 0, read_header(down.wire))
+    apply(algs[0], 0, params, down)
     return params
 
 

@@ -153,14 +153,15 @@ def best_rice_parameter(positions, nnz, count):
 
 @_jit
 def position_bits(positions, nnz, count, raw_bits):
-    """(coding, rice k, bits) of the smallest position coding for this set."""
+    """(coding, rice k, bits) of the smallest position coding for this set; k is 0 unless
+    the coding is Rice (the flags of a raw or bitmap body must not carry one)."""
     k, rice = best_rice_parameter(positions, nnz, count)
     raw = nnz * raw_bits
     coding, bits = RICE, rice
     if count < bits:
-        coding, bits = BITMAP, count
+        coding, bits, k = BITMAP, count, 0
     if raw < bits:
-        coding, bits = RAW, raw
+        coding, bits, k = RAW, raw, 0
     return coding, k, bits
 
 

@@ -73,6 +73,9 @@ class QSGDCodec(Codec):
         instance's, else one tensor).  ``next_bits`` goes into the flags (DQ-SGD)."""
         bits = self.max_bits if bits is None else int(bits)
         segments = segments or self.segments or [values.size]
+        if sum(segments) != values.size:
+            raise WireFormatError(f"{self.name}: tensors of {sum(segments)} coordinates for "
+                                  f"{values.size} values")
         self.check_flags(self.flags(bits, next_bits), self.name)
         if bits == 0:
             length = 4 * values.size

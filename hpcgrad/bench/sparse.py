@@ -27,7 +27,7 @@ def measure(d: int, density: float, repeat: int, seed: int = 0) -> dict:
     import torch
 
     from ..wire import codecs
-    from ..kernels import sparse
+    from ..kernels.sparse import positions as bitstream
     from ..compression.selection import TopK
 
     k = max(1, int(round(density * d)))
@@ -70,7 +70,7 @@ def measure(d: int, density: float, repeat: int, seed: int = 0) -> dict:
     bits = 8 * length / n
     return {
         "params": d, "density": density, "k": n,
-        "coding": sparse.CODING_NAMES[flags & 0xFF], "rice_k": flags >> 8,
+        "coding": bitstream.CODING_NAMES[flags & 0xFF], "rice_k": flags >> 8,
         "bits_per_entry": bits, "entropy_bits_per_entry": bound + 1,
         "excess_bits": bits - bound - 1, "meets_target": bits <= bound + 1 + TARGET_EXCESS_BITS,
         "raw32_bits_per_entry": 33.0,

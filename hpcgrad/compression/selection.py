@@ -43,7 +43,7 @@ import math
 import numpy as np
 
 from ..errors import ConfigError
-from ..kernels import sparse
+from ..kernels.sparse import magnitude
 
 SELECTIONS = ("exact", "threshold")
 
@@ -80,10 +80,10 @@ class TopK:
             if self.magnitudes is None:  # a threshold selector's first full partition
                 self.magnitudes = np.empty(n, np.float32)
             magnitudes = self.magnitudes
-            sparse.abs_into(values, magnitudes)
+            magnitude.abs_into(values, magnitudes)
             magnitudes.partition(n - k)
             threshold = magnitudes[n - k]
-        return sparse.take_top(values, threshold, k, self.offset, positions, negative, start)
+        return magnitude.take_top(values, threshold, k, self.offset, positions, negative, start)
 
     def _kth_magnitude_filtered(self, values):
         """The K-th largest |v| through candidate filtering: a threshold below it from the
@@ -94,11 +94,11 @@ class TopK:
             self.candidates = np.empty(min(n, 4 * k + 1024), np.float32)
         sample = self.sample
         s = sample.size
-        sparse.abs_into(values[:: self.stride][:s], sample)
+        magnitude.abs_into(values[:: self.stride][:s], sample)
         sample.sort()
         for margin in (1.5, 3.0):  # expected candidates: margin * K
             rank = s - 1 - min(s - 1, int(np.ceil(margin * k * s / n)))
-            found = sparse.gather_above(values, sample[rank], self.candidates)
+            found = magnitude.gather_above(values, sample[rank], self.candidates)
             if found >= k:
                 candidates = self.candidates[:found]
                 candidates.partition(found - k)
@@ -110,7 +110,7 @@ class TopK:
         if n <= self.sample.size:  # small tensors: no sampling needed
             return self._exact(values, positions, negative, start)
         sample = self.sample
-        sparse.abs_into(values[:: self.stride][: sample.size], sample)
+        magnitude.abs_into(values[:: self.stride][: sample.size], sample)
         s = sample.size
         rank = min(s - 1, max(0, s - int(round(k * s / n))))
         sample.partition(rank)
@@ -119,7 +119,7 @@ class TopK:
         below, above = np.float32(0), np.float32(np.inf)  # thresholds bracketing K
         self.passes = 0
         for _ in range(self.max_passes):
-            count = sparse.count_above(values, threshold)
+            count = magnitude.count_above(values, threshold)
             self.passes += 1
             if lo_count <= count <= hi_count:
                 break
@@ -136,7 +136,8 @@ class TopK:
             # the message within the capacity the receivers allocated.
             self.fallbacks += 1
             return self._exact(values, positions, negative, start)
-        return sparse.take_top(values, threshold, count, self.offset, positions, negative, start)
+        return magnitude.take_top(values, threshold, count, self.offset, positions, negative,
+                                  start)
 
 
 class TopKSelector:

@@ -10,7 +10,11 @@ algorithm that picks a codec per message is handled message by message.
 ``invert`` sends the negation of the honest message, and is its own inverse
 (applied twice it restores the body bit for bit).  ``random`` replaces what the
 message says by noise drawn from ``numpy.random.default_rng([seed, step, rank,
-STREAM])``, so a run repeats exactly.  Per codec (``docs/wire-format.md``):
+STREAM])``, so a run repeats exactly.
+
+What that means for a body is the codec's business: :meth:`Attack.corrupt` hands the body
+to the ``corrupt`` method of the codec its header names (``rng`` None for ``invert``), and
+each codec's docstring in :mod:`hpcgrad.wire.codecs` says what it does.  In short:
 
 ==============  ==============================  ==========================================
 codec           invert                          random
@@ -34,19 +38,18 @@ qsgd            flip the sign bit of every      a random sign bit for every non-
 Bits a body carries beyond its d coordinates (the padding of the last byte of a
 bit plane or section, ``ternary2``'s padding between planes, a membership
 bitmap, a ``qsgd`` norm) are left as they were, so a corrupted message is still
-a valid one.  An algorithm whose uplink uses another codec is refused at setup
-with a :class:`ConfigError` naming it.
+a valid one.  The codecs an attack knows are those that define ``corrupt``
+(:func:`hpcgrad.wire.codecs.corruptible`; ``base3`` does not); an algorithm whose uplink
+uses another codec is refused at setup with a :class:`ConfigError` naming it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels, wire
-from ..wire.codecs import TERNARY2, CODECS
+from .. import wire
 from ..errors import ConfigError, WireFormatError
-from ..kernels import quantize, sparse
-from ..kernels.generic import packed_length
+from ..wire.codecs import CODECS, FP32, corruptible
 from ..options import Option
 
 ATTACKS = ("invert", "random")
@@ -62,9 +65,12 @@ ATTACK = Option("attack", str, "invert", choices=ATTACKS,
                      "values of the same norm, seeded by (seed, step, rank)")
 #: Fourth word of the attack's random stream key, apart from other seeded streams.
 STREAM = 0xA77AC
-#: Codecs an attack can corrupt, by name (``allreduce``'s raw buffers apart).
-SUPPORTED = ("fp32", "fp16", "sign1", "scaled-sign", "ternary2", "sparse-sign",
-             "sparse-values", "qsgd")
+
+
+def attackable_codecs() -> list[str]:
+    """Names of the codecs an attack can corrupt, by id (``allreduce``'s raw buffers
+    apart)."""
+    return [codec.name for codec in CODECS.values() if corruptible(codec)]
 
 
 def adversary_ranks(adversaries: int, world_size: int) -> list[int]:
@@ -98,13 +104,12 @@ def check(config, alg, world_size: int) -> None:
                           f"{workers} workers (ranks 1..{workers})")
     if not k or getattr(alg, "topology", "") == "allreduce":
         return
-    names = [c.name for c in alg.uplink_codecs()]
-    unknown = [n for n in names if n not in SUPPORTED]
+    unknown = [c.name for c in alg.uplink_codecs() if not corruptible(c)]
     if unknown:
         raise ConfigError(f"--attack {config.attack}: {alg.name} sends "
                           f"{', '.join(unknown)} uplink bodies, which the attack cannot "
-                          f"corrupt (it knows {', '.join(SUPPORTED)}); run {alg.name} without "
-                          "--adversaries")
+                          f"corrupt (it knows {', '.join(attackable_codecs())}); run "
+                          f"{alg.name} without --adversaries")
 
 
 def create(config, alg, rank: int, world_size: int):
@@ -123,7 +128,6 @@ class Attack:
             raise ConfigError(f"unknown attack {kind!r}; choose one of: {', '.join(ATTACKS)}")
         self.kind, self.seed, self.rank = kind, int(seed), int(rank)
         self.segments = segments
-        self._positions = None  # sparse codecs: scratch for the decoded positions
 
     def rng(self, step: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, int(step), self.rank, STREAM])
@@ -138,124 +142,19 @@ class Attack:
     def corrupt(self, padded_body, codec: int, count: int, flags: int, body_length: int,
                 step: int) -> None:
         """Corrupt a body of codec id ``codec`` (``count`` coordinates) in place."""
-        name = CODECS[codec].name if codec in CODECS else f"id {codec}"
-        body = padded_body[:body_length]
-        rng = self.rng(step) if self.kind == "random" else None
-        if name in ("sign1", "scaled-sign"):
-            _sign_plane(body[: packed_length(count)], count, rng)
-        elif name == "ternary2":
-            nonzero, negative = TERNARY2.planes(body, count)
-            nb = packed_length(count)
-            _signs_where(negative[:nb], nonzero[:nb], rng)
-        elif name in ("fp32", "fp16"):
-            _values(body, np.dtype("<f4" if name == "fp32" else "<f2"), rng)
-        elif name == "sparse-sign":
-            nnz, bitpos = self._positions_of(body, count, flags)
-            _bit_range(body, bitpos, nnz, rng)
-        elif name == "sparse-values":
-            nnz, bitpos = self._positions_of(body, count, flags)
-            fp16 = bool(flags & CODECS[codec].FP16)
-            head, width = packed_length(bitpos), 2 if fp16 else 4
-            _values(body[head: head + width * nnz], np.dtype("<f2" if fp16 else "<f4"), rng)
-        elif name == "qsgd":
-            self._qsgd(body, count, flags & 0x1F, rng)
-        else:
-            raise WireFormatError(f"rank {self.rank}'s uplink at step {step}: the attack "
-                                  f"cannot corrupt a {name} body")
+        what = f"rank {self.rank}'s uplink at step {step}"
+        known = CODECS.get(codec)
+        if known is None or not corruptible(known):
+            name = known.name if known is not None else f"id {codec}"
+            raise WireFormatError(f"{what}: the attack cannot corrupt a {name} body")
+        known.corrupt(padded_body, count, flags, body_length, self.rng_for(step),
+                      segments=self.segments, what=what)
 
     def corrupt_raw(self, values, step: int) -> None:
         """``allreduce``: corrupt the raw fp32 send buffer."""
-        rng = self.rng(step) if self.kind == "random" else None
-        _values(values.view(np.uint8) if values.dtype != np.uint8 else values,
-                np.dtype("<f4"), rng)
+        raw = values.view(np.uint8) if values.dtype != np.uint8 else values
+        FP32.corrupt(raw, raw.size // 4, 0, raw.size, self.rng_for(step))
 
-    def _positions_of(self, body, count, flags) -> tuple[int, int]:
-        if self._positions is None or self._positions.size < count:
-            self._positions = np.empty(count, dtype=np.int64)
-        nnz, bitpos = sparse.decode_positions(body, count, flags & 0x3, flags >> 8,
-                                              sparse.raw_width(count), self._positions)
-        if nnz < 0:
-            raise WireFormatError(f"rank {self.rank}: its own uplink is corrupt before the "
-                                  f"attack: {sparse.ERRORS[int(nnz)]}")
-        return int(nnz), int(bitpos)
-
-    def _qsgd(self, body, count, bits, rng) -> None:
-        if bits == 0:  # an unquantized body: count fp32 values
-            _values(body, np.dtype("<f4"), rng)
-            return
-        segments = self.segments or [count]
-        start = 4 * len(segments)  # the norms stay
-        for n, length in zip(segments, quantize.section_lengths(segments, bits)):
-            section = body[start: start + length]
-            plane = np.unpackbits(section, bitorder="little")
-            fields = plane[: bits * int(n)].reshape(int(n), bits)
-            nonzero = fields[:, : bits - 1].any(axis=1).astype(np.uint8)
-            if rng is None:
-                fields[:, bits - 1] ^= nonzero
-            else:
-                fields[:, bits - 1] = _random_bits(rng, int(n)) & nonzero
-            section[...] = np.packbits(plane, bitorder="little")
-            start += length
-
-
-def _random_bits(rng, n: int) -> np.ndarray:
-    return np.unpackbits(np.frombuffer(rng.bytes(packed_length(n)), np.uint8),
-                         count=n, bitorder="little")
-
-
-def _sign_plane(plane, count: int, rng) -> None:
-    """Flip (``rng`` None) or randomize the first ``count`` bits of a packed plane."""
-    xp = kernels.array_module(plane)
-    full, rest = divmod(count, 8)
-    if rng is None:
-        plane[:full] ^= np.uint8(0xFF)
-        if rest:
-            plane[full: full + 1] ^= np.uint8((1 << rest) - 1)
-        return
-    noise = np.frombuffer(rng.bytes(packed_length(count)), np.uint8).copy()
-    if rest:  # the last byte's padding bits stay as they were
-        keep = np.uint8(0xFF ^ ((1 << rest) - 1))
-        noise[full] = (noise[full] & ~keep) | (int(plane[full]) & keep)
-    plane[...] = xp.asarray(noise)
-
-
-def _signs_where(negative, nonzero, rng) -> None:
-    """Flip (``rng`` None) or randomize the bits of ``negative`` where ``nonzero`` is set."""
-    xp = kernels.array_module(negative)
-    if rng is None:
-        negative ^= nonzero
-        return
-    noise = xp.asarray(np.frombuffer(rng.bytes(negative.size), np.uint8))
-    negative ^= (noise ^ negative) & nonzero
-
-
-def _values(body, dtype, rng) -> None:
-    """Negate (``rng`` None) the IEEE values of ``body``, or replace them by Gaussian
-    values of the same L2 norm."""
-    xp = kernels.array_module(body)
-    if rng is None:
-        sign = np.uint32(0x80000000) if dtype.itemsize == 4 else np.uint16(0x8000)
-        words = body.view(sign.dtype)
-        words ^= sign
-        return
-    values = body.view(dtype)
-    norm = float(xp.sqrt(xp.sum(values.astype(xp.float64) ** 2)))
-    noise = rng.standard_normal(values.size)
-    scale = np.linalg.norm(noise)
-    noise *= norm / scale if scale > 0 else 0.0
-    values[...] = xp.asarray(noise.astype(dtype))
-
-
-def _bit_range(body, start: int, n: int, rng) -> None:
-    """Flip (``rng`` None) or randomize bits ``start .. start+n-1`` of ``body`` (host)."""
-    if n == 0:
-        return
-    first, last = start >> 3, (start + n - 1) >> 3
-    chunk = body[first: last + 1]
-    plane = np.unpackbits(chunk, bitorder="little")
-    lo = start - 8 * first
-    if rng is None:
-        plane[lo: lo + n] ^= 1
-    else:
-        plane[lo: lo + n] = _random_bits(rng, n)
-    chunk[...] = np.packbits(plane, bitorder="little")
+    def rng_for(self, step: int):
+        """The noise of ``step`` for ``random``; None (invert) for ``invert``."""
+        return self.rng(step) if self.kind == "random" else None

@@ -217,7 +217,7 @@ def test_recorded_s3gd_messages_decode_to_the_sent_signs_and_the_server_vote(run
 
 from hpcgrad.wire import codecs as hp_codecs  # noqa: E402
 from hpcgrad.errors import WireFormatError  # noqa: E402
-from hpcgrad.kernels import sparse as hp_sparse  # noqa: E402
+from hpcgrad.kernels.sparse import base3 as hp_base3, positions as hp_positions  # noqa: E402
 
 
 def _random_sparse(seed, d, n):
@@ -234,7 +234,7 @@ def test_sparse_sign_bytes_match_the_document(d, n, coding, k):
     doc = doc_encode_sparse_sign(positions, negative, d, coding, k)
     # Room for a coding that is not the shortest (the runtime sends only the shortest).
     out = np.zeros(len(doc) + 16, dtype=np.uint8)
-    bits = hp_sparse.encode_sparse_sign(positions, negative, n, d, coding, k, raw_width(d), out)
+    bits = hp_positions.encode_sparse_sign(positions, negative, n, d, coding, k, raw_width(d), out)
     ours = bytes(out[: math.ceil(bits / 8)])
     assert ours == doc
     flags = coding | (k << 8)
@@ -249,7 +249,7 @@ def test_sparse_sign_bytes_match_the_document(d, n, coding, k):
 def test_base3_bytes_match_the_document(d, n):
     positions, negative = _random_sparse(d + n, d, n)
     out = np.zeros(math.ceil(d / 5) + 8, dtype=np.uint8)
-    hp_sparse.encode_base3(positions, negative, n, out)
+    hp_base3.encode_base3(positions, negative, n, out)
     body = bytes(out[: math.ceil(d / 5)])
     expected = np.zeros(d, dtype=np.float32)
     expected[positions] = np.where(negative, -1.0, 1.0)

@@ -331,6 +331,9 @@ from hpcgrad.wire import codecs as hp_codecs  # noqa: E402  (only the cross-chec
 from hpcgrad import wire as hp_wire  # noqa: E402
 from hpcgrad.errors import WireFormatError  # noqa: E402
 
+#: A codec id no codec has, whatever codecs are added later (v1 leaves 10..255 unassigned).
+UNASSIGNED = max(hp_codecs.CODECS) + 1
+
 HP = {FP32: hp_codecs.FP32, FP16: hp_codecs.FP16, SIGN1: hp_codecs.SIGN1,
       TERNARY2: hp_codecs.TERNARY2, SCALED_SIGN: hp_codecs.SCALED_SIGN}
 
@@ -440,7 +443,7 @@ GOOD = hp_message(SIGN1, np.array([1, -1, 2, -3, 0, 5, -6, 7, 8, -9, 1], np.floa
     (lambda m: b"HPCX" + m[4:], r"magic"),
     (lambda m: _patch(m, 4, "<B", 2), r"version 2"),
     (lambda m: _patch(m, 4, "<B", 0), r"version 0"),
-    (lambda m: _patch(m, 5, "<B", 10), r"unknown codec id 10"),
+    (lambda m: _patch(m, 5, "<B", UNASSIGNED), rf"unknown codec id {UNASSIGNED}"),
     (lambda m: _patch(m, 5, "<B", 0), r"unknown codec id 0"),
     (lambda m: _patch(m, 6, "<H", 1), r"flags"),
     (lambda m: _patch(m, 16, "<Q", 3), r"body_length 3"),
@@ -452,7 +455,7 @@ GOOD = hp_message(SIGN1, np.array([1, -1, 2, -3, 0, 5, -6, 7, 8, -9, 1], np.floa
     (lambda m: m[:31], r"shorter than the 32-byte header"),
     (lambda m: b"", r"shorter than the 32-byte header"),
     (lambda m: m[:-1] + bytes([m[-1] | 0x80]), r"padding bits"),
-], ids=["magic", "version2", "version0", "codec10", "codec0", "flags", "body_length+1",
+], ids=["magic", "version2", "version0", "codec-unassigned", "codec0", "flags", "body_length+1",
         "body_length-1", "count", "reserved", "truncated", "trailing", "short", "empty",
         "sign-padding"])
 def test_corrupt_messages_are_rejected(corrupt, pattern):

@@ -1,24 +1,18 @@
-"""Compiled CPU kernels for sparse ternary messages (S3GD-MV and friends).
+"""Sorted position lists as one LSB-first bitstream (``docs/wire-format.md`` §4.6, §4.9).
 
-* selection: the entries of largest magnitude of one tensor, exactly (a
-  threshold from an in-place partition, ties taken in index order) or by a
-  sampled threshold refined until the count is within a band of K;
-* position coding into one LSB-first bitstream (``docs/wire-format.md``,
-  codec ``sparse-sign``): an Elias-gamma count, then positions as raw
-  fixed-width integers, a bitmap, or Golomb-Rice gaps, then one sign bit per
-  entry; and the validating decoder;
-* ``base3``: five trits per byte;
-* the server's vote: an M-way merge of the workers' sorted position lists.
-
-Every function is allocation-free: outputs go to caller-provided arrays.
-Decoders return a negative error code instead of raising (Numba); the codecs
-in :mod:`hpcgrad.wire.codecs` turn codes into messages with :data:`ERRORS`.
+The count and position part of the ``sparse-sign`` and ``sparse-values`` bodies: an
+Elias-gamma ``nnz + 1``, then the positions as raw fixed-width integers, a bitmap over the
+``count`` coordinates, or Golomb-Rice coded gaps (:func:`position_bits` picks the shortest),
+and, for ``sparse-sign``, one sign bit per entry.  The encoders write into zeroed buffers;
+the decoders validate every field and return a negative code of :data:`ERRORS` instead of
+raising (Numba), which :mod:`hpcgrad.wire.codecs` turns into a message.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from .jit import njit
+
+from ..jit import njit
 
 _jit = njit(cache=True, nogil=True, boundscheck=False)
 
@@ -33,8 +27,6 @@ ERRORS = {
     -5: "the bitmap's set bits differ from the entry count",
     -6: "padding bits after the bitstream are not zero",
     -7: "the body is longer than its bitstream",
-    -8: "a base3 byte is above 242 (3**5 - 1)",
-    -9: "a base3 trit past the last coordinate is not zero",
     -10: "an Elias-gamma count is malformed",
     -11: "it holds more entries than any message of this run can",
 }
@@ -161,18 +153,19 @@ def best_rice_parameter(positions, nnz, count):
 
 @_jit
 def position_bits(positions, nnz, count, raw_bits):
-    """(coding, rice k, bits) of the smallest position coding for this set."""
+    """(coding, rice k, bits) of the smallest position coding for this set; k is 0 unless
+    the coding is Rice (the flags of a raw or bitmap body must not carry one)."""
     k, rice = best_rice_parameter(positions, nnz, count)
     raw = nnz * raw_bits
     coding, bits = RICE, rice
     if count < bits:
-        coding, bits = BITMAP, count
+        coding, bits, k = BITMAP, count, 0
     if raw < bits:
-        coding, bits = RAW, raw
+        coding, bits, k = RAW, raw, 0
     return coding, k, bits
 
 
-# ------------------------------------------------------ sparse-sign codec --
+# ------------------------------------------------- encoders and decoders --
 
 _TRAILING_ONES = np.array([(~b & (b + 1)).bit_length() - 1 for b in range(256)], dtype=np.int64)
 
@@ -369,212 +362,6 @@ def sparse_sign_bits(nnz: int, position_bits: int) -> int:
     return int(_gamma_bits(nnz + 1)) + position_bits + nnz
 
 
-# ------------------------------------------------------------ base3 codec --
-
-_POW3 = np.array([1, 3, 9, 27, 81], dtype=np.uint8)
-
-
-@_jit
-def encode_base3(positions, negative, nnz, out):
-    """Trits into zeroed ``out``: 0 = zero, 1 = +1, 2 = -1; byte = sum t_i 3^i."""
-    for i in range(nnz):
-        p = positions[i]
-        out[p // 5] += np.uint8((2 if negative[i] else 1) * _POW3[p % 5])
-
-
-@_jit
-def decode_base3(body, count, positions, negative):
-    nnz = 0
-    for j in range(body.size):
-        b = np.int64(body[j])
-        if b > 242:
-            return -8
-        for i in range(5):
-            t = b % 3
-            b //= 3
-            if t:
-                p = 5 * j + i
-                if p >= count:
-                    return -9
-                if nnz == positions.size:
-                    return -11
-                positions[nnz] = p
-                negative[nnz] = t == 2
-                nnz += 1
-    return nnz
-
-
-# ------------------------------------------------------------ selection --
-
-@_jit
-def abs_into(values, out):
-    for i in range(values.size):
-        out[i] = abs(values[i])
-
-
-@_jit
-def count_above(values, threshold):
-    n = 0
-    for i in range(values.size):
-        if abs(values[i]) > threshold:
-            n += 1
-    return n
-
-
-@_jit
-def gather_above(values, threshold, out):
-    """|v| of the entries with |v| > threshold into ``out``; the count, or -1 if it
-    would overflow ``out``."""
-    n = 0
-    for i in range(values.size):
-        a = abs(values[i])
-        if a > threshold:
-            if n == out.size:
-                return -1
-            out[n] = a
-            n += 1
-    return n
-
-
-@_jit
-def take_top(values, threshold, k, offset, positions, negative, start):
-    """Append to ``positions[start:]`` the entries of ``values`` with |v| > threshold,
-    then those with |v| == threshold in index order, up to ``k`` in all; skip
-    exact zeros (sign(0) = 0 sends nothing).  Returns the new end."""
-    above = 0
-    for i in range(values.size):
-        if abs(values[i]) > threshold:
-            above += 1
-    ties = k - above
-    end = start
-    for i in range(values.size):
-        v = values[i]
-        a = abs(v)
-        if a > threshold or (a == threshold and ties > 0):
-            if a == threshold:
-                ties -= 1
-            if v != 0:
-                positions[end] = offset + i
-                negative[end] = v < 0
-                end += 1
-    return end
-
-
-@_jit
-def zero_at(values, positions, start, end):
-    for i in range(start, end):
-        values[positions[i]] = 0
-
-
-# ------------------------------------------------------------ the vote --
-
-@_jit
-def _smallest_head(positions, counts, heads):
-    """The smallest position at the heads of the M sorted lists; -1 when all are spent."""
-    p = -1
-    for w in range(counts.size):
-        if heads[w] < counts[w]:
-            q = positions[w, heads[w]]
-            if p < 0 or q < p:
-                p = q
-    return p
-
-
-@_jit
-def merge_vote(positions, negative, counts, heads, union_out, nonzero_pos, nonzero_neg):
-    """Sum the M workers' ternary votes by merging their sorted position lists.
-
-    ``positions``/``negative`` are (M x capacity); ``counts`` their lengths;
-    ``heads`` (int64, M) is scratch.
-    Writes the non-zero results (sign of the sum, ties -> 0) in position
-    order; returns (union size, number of non-zeros)."""
-    m = counts.size
-    heads[:] = 0
-    union = 0
-    nnz = 0
-    while True:
-        p = _smallest_head(positions, counts, heads)
-        if p < 0:
-            break
-        vote = 0
-        for w in range(m):
-            h = heads[w]
-            if h < counts[w] and positions[w, h] == p:
-                vote += -1 if negative[w, h] else 1
-                heads[w] = h + 1
-        union += 1
-        if vote != 0:
-            nonzero_pos[nnz] = p
-            nonzero_neg[nnz] = vote < 0
-            nnz += 1
-    union_out[0] = union
-    return nnz
-
-
-@_jit
-def merge_sum(positions, values, counts, heads, divisor, union_pos, union_val):
-    """Mean of the M workers' sparse vectors by merging their sorted position lists.
-
-    ``positions`` (int64) / ``values`` (float32) are (M x capacity); ``counts`` their
-    lengths; ``heads`` (int64, M) is scratch.  At each position of the union, the
-    workers' values are added in float32 in worker order, then divided by ``divisor``
-    (float32: M for the mean).  Writes the union's positions and means in position
-    order into ``union_pos``/``union_val`` (capacity >= the union's size, which is at
-    most sum(counts)); returns the union's size."""
-    m = counts.size
-    heads[:] = 0
-    union = 0
-    while True:
-        p = _smallest_head(positions, counts, heads)
-        if p < 0:
-            break
-        total = np.float32(0)
-        for w in range(m):
-            h = heads[w]
-            if h < counts[w] and positions[w, h] == p:
-                total += values[w, h]
-                heads[w] = h + 1
-        union_pos[union] = p
-        union_val[union] = total / divisor
-        union += 1
-    return union
-
-
-@_jit
-def scatter_values(positions, values, nnz, out):
-    """``out[positions[i]] = values[i]`` for i < nnz (``out`` zeroed by the caller)."""
-    for i in range(nnz):
-        out[positions[i]] = values[i]
-
-
-# ------------------------------------------------------------ the update --
-
-@_jit
-def sparse_sign_update(params, positions, negative, nnz, lr):
-    """``x[p] <- x[p] - lr*t`` for the ternary direction t (weight decay 0)."""
-    for i in range(nnz):
-        p = positions[i]
-        params[p] = params[p] - (-lr if negative[i] else lr)
-
-
-@_jit
-def scatter_direction(positions, negative, nnz, direction):
-    """``direction`` (zeroed) <- the dense ternary vector, float32."""
-    for i in range(nnz):
-        direction[positions[i]] = -1.0 if negative[i] else 1.0
-
-
-@_jit
-def ternary_planes(positions, negative, nnz, nonzero_plane, negative_plane):
-    """Set the ``ternary2`` bit planes (zeroed) of a sparse direction."""
-    for i in range(nnz):
-        p = positions[i]
-        bit = np.uint8(1 << (p & 7))
-        nonzero_plane[p >> 3] |= bit
-        if negative[i]:
-            negative_plane[p >> 3] |= bit
-
-
 def warm_up() -> None:
     """Compile (or load from cache) every kernel before the first timed step."""
     pos = np.array([1, 4, 9], dtype=np.int64)
@@ -584,28 +371,7 @@ def warm_up() -> None:
         bits = encode_sparse_sign(pos, neg, 3, 12, coding, 1, 4, out)
         decode_sparse_sign(out[: (bits + 7) // 8], 12, coding, 1, 4, pos.copy(), neg.copy())
         out[:] = 0
-    position_bits(pos, 3, 12, 4)
-    encode_base3(pos, neg, 3, out)
-    decode_base3(out[:3], 12, pos.copy(), neg.copy())
-    values = np.array([0.5, -2.0, 0.0, 1.0], dtype=np.float32)
-    scratch = np.empty(4, dtype=np.float32)
-    abs_into(values, scratch)
-    count_above(values, np.float32(0.1))
-    gather_above(values, np.float32(0.1), scratch)
-    take_top(values, np.float32(0.5), 2, 0, pos, neg, 0)
-    zero_at(values.copy(), pos, 0, 1)
-    counts = np.array([3, 3], dtype=np.int64)
-    union = np.zeros(1, dtype=np.int64)
-    merge_vote(np.stack([pos, pos]), np.stack([neg, neg]), counts, counts.copy(), union,
-               pos.copy(), neg.copy())
-    vals = np.stack([values[:3], values[:3]])
-    merge_sum(np.stack([pos, pos]), vals, counts, counts.copy(), np.float32(2), pos.copy(),
-              values[:3].copy())
-    scatter_values(pos, values[:3], 3, np.zeros(12, dtype=np.float32))
-    for coding in (RAW, BITMAP, RICE):
-        out[:] = 0
         bits = encode_positions(pos, 3, 12, coding, 1, 4, out)
         decode_positions(out[: (bits + 7) // 8], 12, coding, 1, 4, pos.copy())
-    sparse_sign_update(values, pos[:1], neg, 1, np.float32(0.1))
-    ternary_planes(pos, neg, 3, out[:8], out[8:16])
-    scatter_direction(pos, neg, 3, np.zeros(12, dtype=np.float32))
+        out[:] = 0
+    position_bits(pos, 3, 12, 4)

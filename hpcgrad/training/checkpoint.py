@@ -59,6 +59,25 @@ def _trajectory_settings(config) -> dict:
     return {k: v for k, v in settings.items() if k not in ignored}
 
 
+def settings_differences(saved: dict, config) -> list[str]:
+    """The settings of ``config`` that steer training and differ from a checkpoint's.
+
+    A setting the checkpoint does not name did not exist when it was written (an algorithm
+    added since, with settings of its own): it is compared as that setting's default, the
+    value the run that wrote the checkpoint behaved with."""
+    now = _trajectory_settings(config)
+    options = getattr(type(config), "OPTIONS", {})
+    problems = []
+    for key in sorted(set(saved) | set(now)):
+        if key == "algorithm":
+            continue
+        before = saved[key] if key in saved else getattr(options.get(key), "default", None)
+        if before != now.get(key):
+            problems.append(f"{key.replace('_', '-')}: checkpoint {before!r}, "
+                            f"now {now.get(key)!r}")
+    return problems
+
+
 def _get(obj, path: str):
     """``alg.sgd.buffer`` for ``"sgd.buffer"``; None where a part is missing or None (an
     algorithm without momentum has no ``sgd``)."""
@@ -214,11 +233,7 @@ def check(directory, comm, flat, alg, config) -> int:
                         f"{int(attrs['num_params']):,} parameters; this run's model "
                         f"has {len(now_params)} tensors, {flat.count:,} parameters"
                         + _first_difference(saved_params, now_params))
-    saved, now = json.loads(attrs["settings"]), _trajectory_settings(config)
-    for key in sorted(set(saved) | set(now)):
-        if key != "algorithm" and saved.get(key) != now.get(key):
-            problems.append(f"{key.replace('_', '-')}: checkpoint {saved.get(key)!r}, "
-                            f"now {now.get(key)!r}")
+    problems += settings_differences(json.loads(attrs["settings"]), config)
     if problems:
         raise ConfigError(f"checkpoint {str(directory)!r} does not match this run: "
                           + "; ".join(problems))

@@ -111,3 +111,23 @@ def test_a_resumed_run_does_not_overwrite_an_existing_log(saved, tmp_path):
                      timeout=120)
     assert result.returncode == 2 and "exists: a resumed run writes a new log" in result.stderr
     assert first.read_bytes() == before
+
+
+def test_a_checkpoint_written_before_a_setting_existed_resumes(saved, tmp_path):
+    """An algorithm added after a checkpoint was written brings settings the checkpoint does
+    not name: they compare as their defaults, so the resume goes on."""
+    import json
+
+    old = tmp_path / "old"
+    shutil.copytree(saved / "step-00000010", old / "step-00000010")
+    dropped = "terngrad_clip"  # a setting of an algorithm added after the seed release
+    for rank_file in (old / "step-00000010").glob("rank-*.h5"):
+        with h5py.File(rank_file, "r+") as f:
+            settings = json.loads(f.attrs["settings"])
+            assert settings.pop(dropped) == 2.5
+            f.attrs["settings"] = json.dumps(settings)
+    result = resume(tmp_path, old)
+    assert result.returncode == 0, result.stderr
+    # Given a value, that setting is still refused: ef-sgd does not read it.
+    changed = resume(tmp_path / "changed", old, "--terngrad-clip", "1")
+    assert changed.returncode == 2 and "terngrad-clip" in changed.stderr, changed.stderr

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from hpcgrad import algorithms
@@ -80,7 +82,13 @@ def test_the_json_of_the_settings_is_what_logs_and_checkpoints_stored_before():
           '"topk_selection": "local", "topk_values": "fp32", "unbiased": false, "union_boost": '
           'null, "vocab_size": null, "votes_per_coordinate": 1.0, "warmup": 0, "weight_decay": '
           '0.0}')
-    assert TrainConfig(algorithm="ef-sgd").resolved().to_json() == ef
+    now = json.loads(TrainConfig(algorithm="ef-sgd").resolved().to_json())
+    assert {k: now[k] for k in json.loads(ef)} == json.loads(ef)
+    assert json.dumps({k: now[k] for k in json.loads(ef)}, sort_keys=True) == ef
+    # Settings declared since (a new algorithm's) are there at their defaults: a checkpoint
+    # written before they existed compares them so (checkpoint.settings_differences).
+    for key in set(now) - set(json.loads(ef)):
+        assert now[key] == TrainConfig.OPTIONS[key].default, key
     dq = TrainConfig(algorithm="dq-sgd", iterations=40).resolved()
     assert (dq.dq_horizon, dq.bits, dq.min_bits, dq.max_bits) == (40, None, 2, 8)
 

@@ -170,6 +170,11 @@ class ParameterServer:
                 continue
             got = read_header(up.raw, rank * up.slot, what=what)
             _check_variable(got, self.uplink_codecs, h.count, h.body_length, step, rank, what)
+            # A shorter body than last step's: clear the old tail, so that past the body
+            # the slot is zero padding again (word kernels read padded_body).
+            before = int(up.body_counts[rank])
+            if got.body_length < before:
+                up.rows[rank - 1, got.body_length:before] = 0
             up.body_counts[rank] = got.body_length
             up.accept(rank, got)
 

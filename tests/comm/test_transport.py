@@ -118,11 +118,6 @@ def test_variable_length_messages_move_exactly_their_announced_bytes(comm):
         assert (ps.downlink.raw[HEADER_SIZE + 11:] == 0x77).all()  # exactly 11 bytes arrived
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "transport.Uplinks documents rows as 'worker bodies and their zero padding', but a "
-    "variable-length gather writes only the announced bytes, so a shorter body leaves the "
-    "previous step's tail in the slot. Harmless today (every variable-length decoder slices "
-    "rows[w, :body_length]); either zero the tail or correct the docstring (issue 15)"))
 def test_a_shorter_variable_length_uplink_leaves_no_stale_bytes_in_its_slot(comm):
     """``Uplinks.rows`` holds "worker bodies and their zero padding": after a long body, a
     shorter one at the next step must not leave the long one's tail in the slot, where a

@@ -33,7 +33,9 @@ sent).  Which codec carries each direction is declared by ``uplink`` / ``downlin
 An algorithm whose messages change length from step to step (sparse or adaptive
 codecs) sets ``variable_length`` and lists every codec a direction may use in
 ``uplink_codecs()`` / ``downlink_codecs()``; a fixed-length message needs no ``write``.
-The runtime (``exchange.py``) owns buffers, MPI, header checks, timing and logging.
+The runtime (``exchange.py``) owns buffers, MPI, header checks, timing and logging; when
+each method runs within a step is drawn in ``docs/architecture.md`` ("One iteration's data
+path"), and what an algorithm module must hold is listed there too ("Adding an algorithm").
 
 Per-step figures for the log (``nnz_up``, ``union_size``, ...) are declared in
 ``step_fields`` and filled by ``server_step`` into ``self.step_stats``.

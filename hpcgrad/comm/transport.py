@@ -3,13 +3,14 @@
 Only mpi4py's buffer methods are used (``Gatherv``, ``Bcast``, ``Allreduce``):
 no pickling on the hot path.  All buffers are allocated once.
 
-Parameter-server exchange, one step::
-
-    workers (ranks 1..M)                    server (rank 0)
-    ------------------------                ---------------------------------
-    Gatherv(uplink message)      ------->   receive M messages, one per slot
-                                            (checks headers, aggregates)
-    Bcast(downlink message)      <-------   Bcast(downlink message)
+Parameter-server exchange, one step: :meth:`ParameterServer.gather` is a collective over
+every rank of the communicator, an ``MPI_Gatherv`` rooted at rank 0 that puts each worker's
+whole uplink message (header and body) into its own slot of rank 0's receive buffer
+(:class:`Uplinks`), where rank 0 checks every header.  :meth:`ParameterServer.broadcast` is
+an ``MPI_Bcast`` from rank 0 of the downlink message, whose header the workers check.  A
+variable-length exchange takes two collectives per direction: the 32-byte headers first,
+then the bodies of exactly the lengths the headers announce.  Where this sits in a training
+step: ``docs/architecture.md`` ("One iteration's data path").
 
 The uplink uses ``Gatherv`` even for fixed-size messages so that rank 0 can
 place each worker's message at an 8-byte-aligned displacement: the server's

@@ -1,16 +1,15 @@
 """One iteration's gradient exchange, phase by phase, for any algorithm.
 
 The training loop (``runtime.py``) and the exchange benchmark (``bench/``) both
-drive this code, so what the benchmark times is what training runs::
-
-    worker (rank m >= 1)                         server (rank 0)
-    alg.worker_step(ctx, grad, uplink)  encode
-    ParameterServer.gather  ------------------>  gather (headers checked)
-                                                 alg.server_step(ctx, uplinks, downlink)
-                                                                   aggregate
-    ParameterServer.broadcast <----------------  bcast (header checked on workers)
-    alg.decode(ctx, downlink)           decode   alg.decode(ctx, downlink)
-    alg.apply(ctx, decoded)             update   alg.apply(ctx, decoded)
+drive this code, so what the benchmark times is what training runs.  One step, after the
+runtime computed the gradient, is the phases ``encode`` (workers: start the uplink, the
+algorithm's ``worker_step``, an adversary's corruption, staging to the host), ``gather``
+(the transport's ``gather``, headers checked on rank 0), ``aggregate`` (rank 0:
+``server_step``), ``bcast`` (the transport's ``broadcast``), ``decode`` and ``update``
+(every rank: ``decode``, then ``apply``) and ``average`` (workers: error averaging), each
+timed by :class:`PhaseClock` (names in ``phases.py``).  The diagram of one iteration is in
+``docs/architecture.md`` ("One iteration's data path"), its one place; keep it true to
+:meth:`ParameterServerExchange.step`.
 
 ``ctx`` is the rank's :class:`~hpcgrad.algorithms.step.StepContext`: the exchange
 allocates it once and :meth:`ParameterServerExchange.begin` sets its step (and learning

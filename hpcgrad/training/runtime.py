@@ -1,15 +1,15 @@
-"""The training loop every rank runs: one iteration's data path.
+"""The training loop every rank runs, and the setup around it.
 
-    worker (rank m >= 1)                         server (rank 0)
-    forward/backward -> flat gradient   compute
-    alg.worker_step -> uplink message   encode
-    ParameterServer.gather  ------------------>  gather
-                                                 check headers, alg.server_step   aggregate
-    ParameterServer.broadcast <----------------  bcast
-    check header, alg.decode(downlink)  decode   alg.decode(downlink)
-    alg.apply(decoded)                  update   alg.apply(decoded)
-
-(``allreduce`` replaces gather/aggregate/bcast with one ``Allreduce``.)
+:func:`train` builds the run, each piece as a setup step all ranks agree on
+(``comm.agreement.agree``): dataset, model, device, algorithm, sampler, a resumed
+checkpoint, the exchange (:mod:`hpcgrad.training.exchange`), the attack, the log.  The
+loop then, per step: starts the step (``exchange.begin``: the step context, and the lr of
+a schedule), computes the gradient on workers (the ``compute`` phase, between the
+algorithm's ``before_gradient`` and ``after_gradient``), and runs ``exchange.step``; rank 0
+records the step's log columns.  Every ``flush_every`` steps, and before a checkpoint, it
+gathers losses and phase times to rank 0 for the HDF5 log; it evaluates every
+``eval_every`` steps and checkpoints every ``checkpoint_every``.  The whole iteration, phase
+by phase, is drawn once, in ``docs/architecture.md`` ("One iteration's data path").
 
 Every rank holds a replica of the model; all replicas see the same downlink
 and apply the same float32 arithmetic, so they stay bit-identical, which the

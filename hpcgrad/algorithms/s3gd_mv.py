@@ -25,20 +25,24 @@ An entry of ``a`` that is exactly 0 is never sent (sign(0) = 0), so with
 sparsity 1 and rho = 0 this is signSGD-MV with tie rule ``zero``, bit for bit.
 
 The residual a is a :class:`hpcgrad.compression.feedback.Residual` (the memory ef-sgd
-uses), the selection the shared ``TopKSelector``.
+uses).  Bodies are the compressors' (:mod:`hpcgrad.compression.compressors`): the uplink is
+a :class:`~hpcgrad.compression.compressors.TopKSigns` (the shared ``TopKSelector``, then
+``sparse-sign``), which the server also reads into its merge rows; the downlink, the vote
+the server merged, a :class:`~hpcgrad.compression.compressors.SparseSigns` allowed
+``base3``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..wire.codecs import BASE3, SPARSE_SIGN, by_id, encode_sparse_ternary
+from ..wire.codecs import BASE3, SPARSE_SIGN
 from ..options import Option
 from ..kernels import cpu, sparse
 from ..kernels.generic import packed_length
-from ..compression.compressors import SPARSITY
+from ..compression.compressors import SPARSITY, SparseSigns, TopKSigns
 from ..compression.feedback import Residual, residual_of
-from ..compression.selection import SELECTIONS, TopKSelector, k_by_fraction, k_by_votes
+from ..compression.selection import SELECTIONS, k_by_fraction, k_by_votes
 from ..wire import round_up
 from .base import Algorithm, MomentumSGD, f32
 from .step import decode_into_rows
@@ -93,12 +97,10 @@ class S3GDMV(Algorithm):
         self.ks = k_per_tensor(config, self.segments, num_workers)
         self.rho = f32(config.residual)
         self.lr, self.wd = f32(config.lr), f32(config.weight_decay)
-        self.selector = TopKSelector(self.offsets, self.segments, self.ks, config.selection,
-                                     band=0.1)
+        self.up = TopKSigns(config, self.segments, self.offsets, self.ks, config.selection,
+                            band=0.1)
         # The most entries one uplink may carry: K, or K(1 + band) for threshold selection.
-        self.capacity = self.selector.capacity
-        self.positions = np.zeros(self.capacity, dtype=np.int64)
-        self.negative = np.zeros(self.capacity, dtype=np.uint8)
+        self.capacity = self.up.capacity
         # Worker state (rho = 0: none, a = g), allocated on first use.
         self.memory = Residual(config.residual) if self.rho else None
         # Server: every worker's decoded entries, and the vote result.
@@ -109,6 +111,7 @@ class S3GDMV(Algorithm):
         self._union = np.zeros(1, dtype=np.int64)
         # Every rank: the decoded downlink, and what the update needs.
         down_capacity = min(d, num_workers * self.capacity)
+        self.down = SparseSigns(config, self.segments, self.offsets, down_capacity, base3=True)
         self.direction_pos = np.zeros(down_capacity, dtype=np.int64)
         self.direction_neg = np.zeros(down_capacity, dtype=np.uint8)
         self.sgd = (MomentumSGD(d, config.lr, config.momentum, config.weight_decay)
@@ -118,7 +121,7 @@ class S3GDMV(Algorithm):
         cpu.warm_up()
 
     def downlink_codecs(self):
-        return (SPARSE_SIGN, BASE3)
+        return self.down.codecs()
 
     def metadata(self) -> dict:
         return {"segments": self.segments, "k_per_segment": self.ks,
@@ -127,45 +130,36 @@ class S3GDMV(Algorithm):
     # ---------------------------------------------------------------- worker
     def worker_step(self, ctx, grad, uplink):
         a = grad if self.memory is None else self.memory.compensate(grad)
-        end = self.selector.select(a, self.positions, self.negative)
+        self.up.compress(ctx, a, uplink)
         if self.memory is not None:
-            self.memory.forget(self.positions, end)
-        uplink.write(*encode_sparse_ternary(self.positions, self.negative, end,
-                                            self.num_params, uplink.padded_body))
+            self.memory.forget(self.up.positions, self.up.nnz)
 
     # ---------------------------------------------------------------- server
     def server_step(self, ctx, uplinks, downlink):
-        d, m = self.num_params, self.num_workers
+        m = self.num_workers
         if self._rows_pos is None:
             self._rows_pos = np.zeros((m, self.capacity), dtype=np.int64)
             self._rows_neg = np.zeros((m, self.capacity), dtype=np.uint8)
-        decode_into_rows(uplinks, self._decode_row, (self._rows_pos, self._rows_neg),
+        decode_into_rows(uplinks, self.up.decode_entries, (self._rows_pos, self._rows_neg),
                          self._counts)
         coding_up = self._coding_up
         for w in range(m):
             coding_up[w] = uplinks.header(w).flags & 0xFF
         nnz = sparse.merge_vote(self._rows_pos, self._rows_neg, self._counts, self._heads,
                                 self._union, self.direction_pos, self.direction_neg)
-        sent = downlink.write(*encode_sparse_ternary(
-            self.direction_pos, self.direction_neg, nnz, d, downlink.padded_body,
-            allow_base3=True))
+        sent = self.down.write_entries(self.direction_pos, self.direction_neg, nnz, downlink)
         self.step_stats = {
             "nnz_up": self._counts, "nnz_down": nnz, "union_size": int(self._union[0]),
             "coding_up": coding_up,
             "coding_down": CODING_BASE3 if sent.codec == BASE3.id else sent.flags & 0xFF}
 
-    def _decode_row(self, body, header, positions, negative, what):
-        return SPARSE_SIGN.decode_into(body, self.num_params, header.flags, positions,
-                                       negative, what=what)
-
     # ---------------------------------------------------------- every rank
     def decode(self, ctx, downlink):
         """The direction's non-zero entries: ``nnz`` of ``direction_pos``/``direction_neg``."""
         header = downlink.header
-        return by_id(header.codec).decode_into(
-            downlink.padded_body[: header.body_length], self.num_params, header.flags,
-            self.direction_pos, self.direction_neg,
-            what=f"downlink message at step {ctx.step}")
+        return self.down.decode_entries(downlink.padded_body[: header.body_length], header,
+                                        self.direction_pos, self.direction_neg,
+                                        what=f"downlink message at step {ctx.step}")
 
     def apply(self, ctx, nnz):
         d, params = self.num_params, ctx.params

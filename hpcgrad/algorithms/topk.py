@@ -43,18 +43,28 @@ Selection rules (``--topk-selection``), all with the residual:
     |U| <= 2K instead of <= MK.
 
 Step 0 of ``union-boost`` / ``aggregate-hint`` has no previous downlink: ``local``.
+
+Seams: the rules above -- scores, shared positions, the leader's announcement and which
+union entries it marks -- are this module's; coding entries into bodies and back is the
+compressors' (:mod:`hpcgrad.compression.compressors`).  The uplink is
+:class:`~hpcgrad.compression.compressors.TopKCompressor` (ef-sgd's ``--compressor topk``)
+given this algorithm's K and value precision: it selects by the scores passed to it, or
+sends at positions written into its ``positions`` (shared-random, leader), scaled for
+``--unbiased``; the server reads the uplinks into merge rows with its ``decode_entries``.
+The downlink is a :class:`~hpcgrad.compression.compressors.SparseValues` of up to
+``min(d, M*K)`` fp32 entries, carrying the leader's membership bitmap.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..wire.codecs import SPARSE_VALUES, encode_sparse_values
+from ..wire.codecs import SPARSE_VALUES
 from ..errors import WireFormatError
 from ..kernels import sparse
-from ..compression.compressors import SPARSITY
+from ..compression.compressors import SPARSITY, SparseValues, TopKCompressor
 from ..compression.feedback import Residual, residual_of
-from ..compression.selection import TopKSelector, k_by_fraction, require_k_below_d
+from ..compression.selection import k_by_fraction, require_k_below_d
 from ..options import Option, fail
 from .base import Algorithm, MomentumSGD
 from .step import decode_into_rows
@@ -112,11 +122,8 @@ class TopKEF(Algorithm):
         self.hint = np.float32(1.0 if config.aggregate_hint is None else config.aggregate_hint)
         self.unbiased = bool(config.unbiased)
         self.seed = config.seed
-        self.selector = TopKSelector(self.offsets, self.segments, self.ks, "exact")
-        self.capacity = self.selector.capacity  # entries of one uplink: K
-        self.positions = np.zeros(self.capacity, dtype=np.int64)
-        self.negative = np.zeros(self.capacity, dtype=np.uint8)  # TopK's sign output, unused
-        self.values = np.zeros(self.capacity, dtype=np.float32)
+        self.up = TopKCompressor(config, self.segments, self.offsets, self.ks, self.fp16)
+        self.capacity = self.up.capacity  # entries of one uplink: K
         # Worker state: r (none for --unbiased: rand-K without memory), and the scores.
         self.memory = None if self.unbiased else Residual()
         self.score = None  # allocated on first use
@@ -126,6 +133,7 @@ class TopKEF(Algorithm):
         self._heads = np.zeros(m, dtype=np.int64)
         # Every rank: the decoded downlink (U_prev, a_prev), and the leader's announcement.
         down = min(d, m * self.capacity)
+        self.down = SparseValues(config, self.segments, self.offsets, down)
         self.union_pos = np.zeros(down, dtype=np.int64)
         self.union_val = np.zeros(down, dtype=np.float32)
         self.marked = np.zeros(down, dtype=np.uint8)
@@ -157,58 +165,57 @@ class TopKEF(Algorithm):
         return 1 + step % self.num_workers
 
     # ---------------------------------------------------------------- worker
-    def _select(self, r, step, rank):
-        rule = self.rule
-        if rule == "shared-random":
+    def _shared_positions(self, step, rank):
+        """Write the positions every worker shares into ``up.positions`` and return how
+        many (shared-random; leader's followers), or None: this worker selects its own."""
+        positions = self.up.positions
+        if self.rule == "shared-random":
             end = 0
             for l, (o, n, k) in enumerate(zip(self.offsets, self.segments, self.ks)):
                 rng = np.random.default_rng([self.seed, step, l])
-                chosen = np.sort(rng.choice(n, size=k, replace=False))
-                self.positions[end:end + k] = chosen + o
+                positions[end:end + k] = np.sort(rng.choice(n, size=k, replace=False)) + o
                 end += k
             return end
-        if rule == "leader" and self.announced_nnz >= 0 and rank != self.leader(step):
+        if self.rule == "leader" and self.announced_nnz >= 0 and rank != self.leader(step):
             n = self.announced_nnz
-            self.positions[:n] = self.announced[:n]
+            positions[:n] = self.announced[:n]
             return n
-        if rule in ("union-boost", "aggregate-hint") and step > 0:
-            if self.score is None:
-                self.score = np.empty_like(r)
-            score = self.score
-            np.abs(r, out=score)
-            if rule == "union-boost":
-                u = self.union_pos[: self.union_nnz]
-                score[u] *= np.float32(1) + self.weight
-            else:
-                score += self.hint * np.abs(self.aggregate)
+        return None
+
+    def _scores(self, r, step):
+        """What the top-K is taken of: ``r`` itself, or union-boost's / aggregate-hint's
+        scores once a previous downlink is known."""
+        if self.rule not in ("union-boost", "aggregate-hint") or step == 0:
+            return r
+        if self.score is None:
+            self.score = np.empty_like(r)
+        score = self.score
+        np.abs(r, out=score)
+        if self.rule == "union-boost":
+            u = self.union_pos[: self.union_nnz]
+            score[u] *= np.float32(1) + self.weight
         else:
-            score = r
-        return self.selector.select(score, self.positions, self.negative)
+            score += self.hint * np.abs(self.aggregate)
+        return score
 
     def worker_step(self, ctx, grad, uplink):
         r = grad if self.memory is None else self.memory.compensate(grad)
-        end = self._select(r, ctx.step, ctx.rank)
-        pos = self.positions[:end]
-        vals = self.values[:end]
-        np.take(r, pos, out=vals)
-        if self.unbiased:
-            for l, (o, n, k) in enumerate(zip(self.offsets, self.segments, self.ks)):
-                vals[(pos >= o) & (pos < o + n)] *= np.float32(n / k)
-        if self.fp16:  # saturate at fp16's largest finite value: the rest stays in r
-            np.clip(vals, np.float32(-65504), np.float32(65504), out=vals)
-            vals[...] = vals.astype(np.float16)  # what the receiver decodes
-        if self.memory is not None:
-            self.memory.subtract_at(pos, vals)  # 0 for fp32; the fp16 rounding error stays
-        uplink.write(*encode_sparse_values(self.positions, self.values, end, self.num_params,
-                                           uplink.padded_body, fp16=self.fp16))
+        up = self.up
+        shared = self._shared_positions(ctx.step, ctx.rank)
+        if shared is None:
+            up.compress(ctx, r, uplink, scores=self._scores(r, ctx.step))
+        else:
+            up.send_at(r, shared, uplink, unbiased=self.unbiased)
+        if self.memory is not None:  # 0 for fp32; the fp16 rounding error stays in r
+            self.memory.subtract_at(up.positions[: up.nnz], up.values[: up.nnz])
 
     # ---------------------------------------------------------------- server
     def server_step(self, ctx, uplinks, downlink):
-        d, m = self.num_params, self.num_workers
+        m = self.num_workers
         if self._rows_pos is None:
             self._rows_pos = np.zeros((m, self.capacity), dtype=np.int64)
             self._rows_val = np.zeros((m, self.capacity), dtype=np.float32)
-        decode_into_rows(uplinks, self._decode_row, (self._rows_pos, self._rows_val),
+        decode_into_rows(uplinks, self.up.decode_entries, (self._rows_pos, self._rows_val),
                          self._counts)
         union = sparse.merge_sum(self._rows_pos, self._rows_val, self._counts, self._heads,
                                  np.float32(m), self.union_pos, self.union_val)
@@ -218,13 +225,8 @@ class TopKEF(Algorithm):
             marked = self.marked[:union]
             marked[...] = np.isin(self.union_pos[:union],
                                   self._rows_pos[w, : self._counts[w]])
-        downlink.write(*encode_sparse_values(self.union_pos, self.union_val, union, d,
-                                             downlink.padded_body, marked=marked))
+        self.down.write_entries(self.union_pos, self.union_val, union, downlink, marked)
         self.step_stats = {"nnz_up": self._counts, "nnz_down": union, "union_size": union}
-
-    def _decode_row(self, body, header, positions, values, what):
-        return SPARSE_VALUES.decode_into(body, self.num_params, header.flags, positions,
-                                         values, what=what)
 
     # ---------------------------------------------------------- every rank
     def decode(self, ctx, downlink):
@@ -232,10 +234,9 @@ class TopKEF(Algorithm):
         kept for the next step's selection."""
         header, step = downlink.header, ctx.step
         marked = self.marked if self.rule == "leader" else None
-        nnz = SPARSE_VALUES.decode_into(downlink.padded_body[: header.body_length],
-                                        self.num_params, header.flags, self.union_pos,
-                                        self.union_val, marked,
-                                        what=f"downlink message at step {step}")
+        nnz = self.down.decode_entries(downlink.padded_body[: header.body_length], header,
+                                       self.union_pos, self.union_val, marked,
+                                       what=f"downlink message at step {step}")
         self.union_nnz = nnz
         if marked is not None:
             chosen = self.union_pos[:nnz][marked[:nnz] == 1]

@@ -5,7 +5,8 @@ memory is :mod:`hpcgrad.compression.feedback`, the communicator
 :mod:`hpcgrad.comm.transport`): stateless given ``(seed, step, sender)``, so the
 error-feedback layer (:mod:`hpcgrad.algorithms.ef_sgd`) can wrap any of them, the
 ``qsgd`` / ``dq-sgd`` algorithms send their uplinks through :class:`QSGDCompressor`,
-and a new one is one small class here.  Each writes a body of a documented codec
+``topk`` through :class:`TopKCompressor`, ``s3gd-mv`` through :class:`TopKSigns`, and a
+new one is one small class here.  Each writes a body of a documented codec
 (``docs/wire-format.md``) and reads one back, validating it:
 
 ``identity``     ``fp32``: the vector itself (C(v) = v; for the identities in tests).
@@ -22,6 +23,22 @@ and a new one is one small class here.  Each writes a body of a documented codec
 ``K_l = ceil(sparsity * numel_l)`` as for the ``topk`` algorithm (``k_by_fraction`` with
 top-K's rule K < d, :mod:`hpcgrad.compression.selection`; the same selector too).
 
+The sparse compressors also code entries someone else chose, and read bodies back into a
+server's merge rows (``write_entries`` / ``decode_entries``; :func:`~hpcgrad.algorithms.step.
+decode_into_rows`), so the algorithms built on them write and read no body themselves:
+
+``SparseValues``  ``sparse-values`` from given positions and values (fp32 or fp16, with an
+                  optional membership bitmap): topk's downlink; the base of ``topk`` (which
+                  also takes the topk algorithm's fp16 values, its own scores, or positions
+                  every worker shares) and ``randomk``.
+``SparseSigns``   ``sparse-sign`` (or ``base3`` where shorter) from given positions and
+                  sign bits: s3gd-mv's downlink.
+``TopKSigns``     the signs of the K_l entries of largest |v|, ``exact`` or ``threshold``
+                  selection: s3gd-mv's uplink.
+
+These three are no ``--compressor`` choice (``choice=False``): the first two select nothing,
+and signs without a scale are no estimate of v to feed an error back from.
+
 Each compressor declares the settings it reads (``options``; :mod:`hpcgrad.options`) and
 registers itself by subclassing :class:`Compressor` with a ``name``: ``--compressor`` lists
 :data:`COMPRESSORS`, in definition order.  ``--sparsity`` and ``--bits`` are declared here
@@ -34,8 +51,8 @@ import numpy as np
 
 from .. import kernels
 from ..options import Configurable, Option, fail
-from ..wire.codecs import (FP32, SCALED_SIGN, SPARSE_VALUES, QSGDCodec, _check_padding_bits,
-                     encode_qsgd, encode_sparse_values)
+from ..wire.codecs import (BASE3, FP32, SCALED_SIGN, SPARSE_SIGN, SPARSE_VALUES, QSGDCodec,
+                          _check_padding_bits, encode_qsgd, encode_sparse_ternary)
 from ..errors import WireFormatError
 from ..kernels import quantize
 from .selection import TopKSelector, k_by_fraction, require_k_below_d
@@ -71,9 +88,11 @@ class Compressor(Configurable):
     #: Whether the body length depends on the values (then messages are variable-length).
     variable_length = False
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, choice: bool = True, **kwargs):
         super().__init_subclass__(**kwargs)
-        if cls.name:  # a base without a name (_Sparse) is no choice of its own
+        # A base without a name (_Sparse), or one declared with choice=False (a coder of
+        # entries others select), is no --compressor choice of its own.
+        if cls.name and choice:
             if cls.name in COMPRESSORS:
                 raise ValueError(f"two compressors are named {cls.name!r}: "
                                  f"{COMPRESSORS[cls.name].__qualname__} and {cls.__qualname__}")
@@ -139,11 +158,61 @@ class ScaledSign(Compressor):
         kernels.for_array(out).apply_sign_update(out, padded_body, -scale, np.float32(0))
 
 
-class _Sparse(Compressor):
-    """Both sparse compressors: K_l positions per tensor, fp32 values, ``sparse-values``."""
+class SparseValues(Compressor, choice=False):
+    """A sparse vector by its entries -- sorted positions and their values -- as one
+    ``sparse-values`` body: positions raw, as a bitmap or as Rice gaps (whichever is
+    shortest), values fp32 (fp16 with ``fp16``), optionally a membership bitmap.
 
+    The base of the top-K / random-K compressors, and by itself what a server sends merged
+    entries back with (topk's downlink: the union and its mean).  Which entries to send is
+    the caller's business; :meth:`write_entries` codes them, :meth:`decode_entries` reads
+    them back into the caller's arrays (a server's merge rows), :meth:`decompress` into a
+    dense vector.  ``capacity``: the most entries a body it reads may hold (a longer one is
+    refused as corrupt).  Not a ``--compressor`` choice: it selects nothing.
+    """
+
+    name = "sparse-values"
     codec = SPARSE_VALUES
     variable_length = True
+
+    def __init__(self, config, segments, offsets, capacity: int, fp16: bool = False):
+        super().__init__(config, segments, offsets)
+        self.capacity = int(capacity)
+        self.fp16 = bool(fp16)
+        self._pos = self._val = None  # decompress's scratch, allocated on first use
+
+    def write_entries(self, positions, values, nnz: int, message, marked=None):
+        """Code ``positions[:nnz]`` (sorted, distinct) and ``values[:nnz]`` (float32; rounded
+        to fp16 on the wire with ``fp16``) into ``message``, with ``marked`` (one uint8 per
+        entry) as the membership bitmap if given; returns the header sent."""
+        return message.write(*SPARSE_VALUES.encode_entries(
+            positions, values, nnz, self.count, message.padded_body, self.fp16, marked))
+
+    def decode_entries(self, body, header, positions, values, marked=None, *,
+                       what="message") -> int:
+        """Fill ``positions``, ``values`` (and ``marked``, for a body with a membership
+        bitmap) from ``body`` (exactly ``header.body_length`` bytes); return the entry count.
+        A body with more entries than ``values`` holds is refused."""
+        return SPARSE_VALUES.decode_into(body, self.count, header.flags, positions, values,
+                                         marked, what=what)
+
+    def decompress(self, padded_body, header, out, *, accumulate=False, what="message"):
+        if self._pos is None:
+            self._pos = np.zeros(self.capacity, dtype=np.int64)
+            self._val = np.zeros(self.capacity, dtype=np.float32)
+        nnz = self.decode_entries(padded_body[: header.body_length], header, self._pos,
+                                  self._val, what=what)
+        if not accumulate:
+            out[...] = 0
+        np.add.at(out, self._pos[:nnz], self._val[:nnz])  # in place: no K-sized temporaries
+
+
+class _Sparse(SparseValues, choice=False):
+    """Both sparse compressors: K_l positions per tensor (``ks``; by default from
+    ``--sparsity``), their values in ``sparse-values``.  After :meth:`compress` or
+    :meth:`send_at`, ``positions[:nnz]`` and ``values[:nnz]`` are the entries sent (values
+    as the receiver decodes them): what a residual subtracts."""
+
     options = (SPARSITY,)
 
     @classmethod
@@ -151,47 +220,56 @@ class _Sparse(Compressor):
         fail(cfg.sparsity < 1, f"{cls.name}: sparsity {cfg.sparsity} selects every "
              "coordinate; use --compressor identity for no compression")
 
-    def __init__(self, config, segments, offsets):
-        super().__init__(config, segments, offsets)
-        self.ks = require_k_below_d(k_by_fraction(segments, config.sparsity), segments,
-                                    f"the {self.name} compressor",
-                                    f"--sparsity {config.sparsity}")
-        k = sum(self.ks)
-        self.positions = np.zeros(k, dtype=np.int64)
-        self.values = np.zeros(k, dtype=np.float32)
-        # Decoding scratch: a downlink of the server's compress-back has at most K too.
-        self._pos = np.zeros(k, dtype=np.int64)
-        self._val = np.zeros(k, dtype=np.float32)
+    def __init__(self, config, segments, offsets, ks=None, fp16: bool = False):
+        if ks is None:
+            ks = require_k_below_d(k_by_fraction(segments, config.sparsity), segments,
+                                   f"the {self.name} compressor", f"--sparsity {config.sparsity}")
+        super().__init__(config, segments, offsets, sum(ks), fp16)
+        self.ks = list(ks)
+        self.positions = np.zeros(self.capacity, dtype=np.int64)
+        self.values = np.zeros(self.capacity, dtype=np.float32)
+        self.nnz = 0
 
-    def _choose(self, values, step, sender) -> int:
-        raise NotImplementedError
-
-    def compress(self, ctx, values, message):
-        nnz = self._choose(values, ctx.step, ctx.rank)
-        return message.write(*encode_sparse_values(self.positions, self.values, nnz,
-                                                   self.count, message.padded_body))
-
-    def decompress(self, padded_body, header, out, *, accumulate=False, what="message"):
-        nnz = SPARSE_VALUES.decode_into(padded_body[: header.body_length], self.count,
-                                        header.flags, self._pos, self._val, what=what)
-        if not accumulate:
-            out[...] = 0
-        np.add.at(out, self._pos[:nnz], self._val[:nnz])  # in place: no K-sized temporaries
+    def send_at(self, values, nnz: int, message, *, unbiased: bool = False):
+        """Send ``values`` at ``positions[:nnz]`` (sorted; chosen by :meth:`compress`, or
+        written there by the caller: positions shared by every worker).  ``unbiased``:
+        tensor l's entries times ``numel_l / K_l`` (rand-K's estimator; tensor l must have
+        exactly K_l entries).  fp16 values saturate at +-65504 and are rounded here, so
+        ``values`` holds what the receiver decodes.  Returns the header sent."""
+        pos, vals = self.positions[:nnz], self.values[:nnz]
+        np.take(values, pos, out=vals)
+        if unbiased:
+            bounds = np.searchsorted(pos, self.offsets)  # where each tensor's entries start
+            for l, (n, k) in enumerate(zip(self.segments, self.ks)):
+                vals[bounds[l]: bounds[l + 1]] *= np.float32(n / k)
+        if self.fp16:
+            np.clip(vals, np.float32(-65504), np.float32(65504), out=vals)
+            vals[...] = vals.astype(np.float16)
+        self.nnz = nnz
+        return self.write_entries(self.positions, self.values, nnz, message)
 
 
 class TopKCompressor(_Sparse):
+    """Per tensor the K_l entries of largest ``|scores|`` (``|values|`` unless given), ties
+    in index order, exact zeros never sent.  ``ks`` and ``fp16`` let the topk algorithm use
+    it with its own K (and its own refusal) and fp16 values; its selection rules pass
+    scores of their own (union-boost, aggregate-hint) or positions (:meth:`send_at`)."""
+
     name = "topk"
     summary = "the K_l = ceil(--sparsity * numel_l) largest entries of each tensor"
 
-    def __init__(self, config, segments, offsets):
-        super().__init__(config, segments, offsets)
+    def __init__(self, config, segments, offsets, ks=None, fp16: bool = False):
+        super().__init__(config, segments, offsets, ks, fp16)
         self.selector = TopKSelector(offsets, segments, self.ks, "exact")
-        self._negative = np.zeros(sum(self.ks), dtype=np.uint8)  # the sign output, unused
+        self._negative = np.zeros(self.capacity, dtype=np.uint8)  # the sign output, unused
 
-    def _choose(self, values, step, sender):
-        end = self.selector.select(values, self.positions, self._negative)
-        np.take(values, self.positions[:end], out=self.values[:end])
-        return end
+    def select(self, scores) -> int:
+        """``positions[:end]`` <- the top-K positions of ``|scores|``; returns ``end``."""
+        return self.selector.select(scores, self.positions, self._negative)
+
+    def compress(self, ctx, values, message, scores=None):
+        """As :meth:`Compressor.compress`; ``scores`` (same length) steer the selection."""
+        return self.send_at(values, self.select(values if scores is None else scores), message)
 
 
 class RandomK(_Sparse):
@@ -199,15 +277,89 @@ class RandomK(_Sparse):
     summary = ("K_l = ceil(--sparsity * numel_l) seeded random entries of each tensor, "
                "scaled by numel_l/K_l (unbiased)")
 
-    def _choose(self, values, step, sender):
+    def compress(self, ctx, values, message):
         end = 0
         for l, (o, n, k) in enumerate(zip(self.offsets, self.segments, self.ks)):
-            rng = np.random.default_rng([self.seed, step, sender, l])
-            pos = self.positions[end: end + k]
-            pos[...] = np.sort(rng.choice(n, size=k, replace=False)) + o
-            np.multiply(values[pos], np.float32(n / k), out=self.values[end: end + k])
+            rng = np.random.default_rng([self.seed, ctx.step, ctx.rank, l])
+            self.positions[end: end + k] = np.sort(rng.choice(n, size=k, replace=False)) + o
             end += k
-        return end
+        return self.send_at(values, end, message, unbiased=True)
+
+
+class SparseSigns(Compressor, choice=False):
+    """A ternary vector by its non-zeros -- sorted positions and sign bits (1 = -1) -- as
+    one ``sparse-sign`` body (positions raw, as a bitmap or as Rice gaps, whichever is
+    shortest), or with ``base3`` as ``base3`` where five trits a byte is shorter still
+    (S3GD-MV's downlink: the vote's direction over the union, which may be dense).
+
+    The base of :class:`TopKSigns`, and by itself what a server sends a merged vote back
+    with; :meth:`decode_entries` reads a body into the caller's arrays (the merge rows),
+    :meth:`decompress` into a dense vector of +-1 and 0.  Not a ``--compressor`` choice:
+    signs without a scale are no estimate of v to feed back an error of.
+    """
+
+    name = "sparse-sign"
+    codec = SPARSE_SIGN
+    variable_length = True
+
+    def __init__(self, config, segments, offsets, capacity: int, base3: bool = False):
+        super().__init__(config, segments, offsets)
+        self.capacity = int(capacity)
+        self.base3 = bool(base3)
+        self._pos = self._neg = None  # decompress's scratch, allocated on first use
+
+    def codecs(self) -> tuple:
+        return (SPARSE_SIGN, BASE3) if self.base3 else (SPARSE_SIGN,)
+
+    def write_entries(self, positions, negative, nnz: int, message):
+        """Code ``positions[:nnz]`` (sorted, distinct) and their sign bits into ``message``
+        (the shortest body of :meth:`codecs`); returns the header sent."""
+        return message.write(*encode_sparse_ternary(positions, negative, nnz, self.count,
+                                                    message.padded_body,
+                                                    allow_base3=self.base3))
+
+    def decode_entries(self, body, header, positions, negative, *, what="message") -> int:
+        """Fill ``positions`` and ``negative`` from ``body`` (exactly ``header.body_length``
+        bytes, of one of :meth:`codecs`); return the entry count."""
+        codec = next((c for c in self.codecs() if c.id == header.codec), None)
+        if codec is None:
+            raise WireFormatError(f"{what}: codec {header.codec} is not "
+                                  f"{' or '.join(c.name for c in self.codecs())}")
+        return codec.decode_into(body, self.count, header.flags, positions, negative,
+                                 what=what)
+
+    def decompress(self, padded_body, header, out, *, accumulate=False, what="message"):
+        if self._pos is None:
+            self._pos = np.zeros(self.capacity, dtype=np.int64)
+            self._neg = np.zeros(self.capacity, dtype=np.uint8)
+        nnz = self.decode_entries(padded_body[: header.body_length], header, self._pos,
+                                  self._neg, what=what)
+        if not accumulate:
+            out[...] = 0
+        pos = self._pos[:nnz]  # distinct: += adds once per entry
+        out[pos] += np.where(self._neg[:nnz] == 1, np.float32(-1), np.float32(1))
+
+
+class TopKSigns(SparseSigns, choice=False):
+    """``sign(v)`` at per tensor the K_l entries of largest |v| (``ks``), by ``selection``
+    (:data:`~hpcgrad.compression.selection.SELECTIONS`; ``threshold`` sends up to
+    K_l(1 + band)): S3GD-MV's uplink.  After :meth:`compress`, ``positions[:nnz]`` are the
+    entries sent (what the residual forgets) and ``negative[:nnz]`` their sign bits."""
+
+    name = "topk-signs"
+
+    def __init__(self, config, segments, offsets, ks, selection: str = "exact",
+                 band: float = 0.1):
+        self.selector = TopKSelector(offsets, segments, ks, selection, band)
+        super().__init__(config, segments, offsets, self.selector.capacity)
+        self.ks = self.selector.ks
+        self.positions = np.zeros(self.capacity, dtype=np.int64)
+        self.negative = np.zeros(self.capacity, dtype=np.uint8)
+        self.nnz = 0
+
+    def compress(self, ctx, values, message):
+        self.nnz = self.selector.select(values, self.positions, self.negative)
+        return self.write_entries(self.positions, self.negative, self.nnz, message)
 
 
 class QSGDCompressor(Compressor):

@@ -1,6 +1,8 @@
 """hpcgrad/compression/compressors.py: each compressor ``C`` (identity, scaled-sign, topk,
-randomk, qsgd) against an independent NumPy reference written here, through real message
-buffers: compress -> body -> decompress.  Also: ``accumulate=True`` adds, bodies depend only
+randomk, qsgd; and what the topk / s3gd-mv algorithms build on: topk's fp16 values, scores
+and shared positions, SparseValues' membership bitmap, TopKSigns, SparseSigns with base3)
+against an independent NumPy reference written here, through real message buffers:
+compress -> body -> decompress.  Also: ``accumulate=True`` adds, bodies depend only
 on (values, seed, step, sender), and corrupt bodies are refused with the receiver's name
 for the message.
 
@@ -13,7 +15,8 @@ import numpy as np
 import pytest
 
 from hpcgrad.algorithms.step import Shard, StepContext
-from hpcgrad.compression.compressors import COMPRESSORS, create
+from hpcgrad.compression.compressors import (COMPRESSORS, SparseSigns, SparseValues,
+                                             TopKCompressor, TopKSigns, create)
 from hpcgrad.errors import WireFormatError
 from hpcgrad.training.config import TrainConfig
 from hpcgrad.wire import HEADER_SIZE, Header, MessageBuffer, codecs, read_header
@@ -270,6 +273,173 @@ def test_qsgd_coins_depend_on_seed_step_and_sender_only():
     for seed, step, sender in ((5, 6, 2), (4, 7, 2), (4, 6, 3)):
         other = roundtrip(compressor("qsgd", seed=seed), v, step=step, sender=sender)[1]
         assert other.body.tobytes() != first[HEADER_SIZE:], (seed, step, sender)
+
+
+# ------------------------------------- coders of entries the algorithms choose (topk, s3gd-mv)
+
+
+def plain_config():
+    """Settings of no compressor in particular: these take their K and options as arguments."""
+    return TrainConfig(algorithm="ef-sgd", compressor="identity").resolved()
+
+
+def ks_of(sparsity=0.05):
+    return [k_of(n, sparsity) for n in SEGMENTS]
+
+
+def fp16_reference(x):
+    """IEEE binary16 of float32 values, saturating at the largest finite one (65504)."""
+    return np.clip(x, -65504, 65504).astype(np.float16).astype(np.float32)
+
+
+def base3_reference(body, count):
+    """Independent reading of a base3 body (docs/wire-format.md): byte = sum t_i 3^i over five
+    trits, trit 1 = +1, 2 = -1."""
+    trits = (body[:, None].astype(np.int64) // 3 ** np.arange(5)) % 3
+    return np.select([trits == 1, trits == 2], [1.0, -1.0], 0.0).ravel()[:count]
+
+
+def test_topk_with_fp16_values_sends_them_rounded_and_saturated():
+    comp = TopKCompressor(plain_config(), SEGMENTS, OFFSETS, ks_of(), fp16=True)
+    v = gradient(20)
+    v[[0, 301]] = [1e6, -7e4]  # past fp16's range: in each tensor's top K
+    out, message = roundtrip(comp, v)
+    expected = topk_reference(v)
+    expected[expected != 0] = fp16_reference(expected[expected != 0])
+    np.testing.assert_array_equal(out, expected)
+    assert out[0] == 65504 and out[301] == -65504
+    header = read_header(message.wire)
+    assert header.flags & codecs.SparseValuesCodec.FP16
+    fp32_header = read_header(roundtrip(TopKCompressor(plain_config(), SEGMENTS, OFFSETS,
+                                                       ks_of()), v)[1].wire)
+    assert fp32_header.body_length - header.body_length == 2 * comp.nnz  # 2 bytes a value
+    # what a residual subtracts: the values as sent, at the positions sent
+    np.testing.assert_array_equal(comp.positions[:comp.nnz], np.flatnonzero(expected))
+    np.testing.assert_array_equal(comp.values[:comp.nnz], expected[expected != 0])
+
+
+def test_topk_selects_by_the_scores_given_and_sends_the_values():
+    comp = TopKCompressor(plain_config(), SEGMENTS, OFFSETS, ks_of())
+    v = gradient(21)
+    scores = gradient(22)  # a different vector: the choice must follow it, not v
+    message = message_for(comp)
+    message.begin(0)
+    comp.compress(StepContext(1, 4, Shard.whole(SEGMENTS)), v, message, scores=scores)
+    chosen = topk_reference(scores) != 0
+    expected = np.where(chosen, v, np.float32(0))
+    assert not np.array_equal(chosen, topk_reference(v) != 0)  # the test can tell them apart
+    np.testing.assert_array_equal(codecs.SPARSE_VALUES.decode(message.body, D,
+                                                              message.header.flags), expected)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_topk_sends_at_positions_the_caller_wrote(unbiased):
+    """shared-random / leader: the caller writes positions, the compressor sends values there
+    (``unbiased``: tensor l's times numel_l / K_l)."""
+    comp = TopKCompressor(plain_config(), SEGMENTS, OFFSETS, ks_of())
+    rng = np.random.default_rng(23)
+    chosen = np.concatenate([np.sort(rng.choice(n, k, replace=False)) + o
+                             for o, n, k in zip(OFFSETS, SEGMENTS, ks_of())])
+    comp.positions[:chosen.size] = chosen
+    v = gradient(24)
+    message = message_for(comp)
+    message.begin(0)
+    comp.send_at(v, chosen.size, message, unbiased=unbiased)
+    expected = np.zeros(D, np.float32)
+    for o, n, k in zip(OFFSETS, SEGMENTS, ks_of()):
+        mine = chosen[(chosen >= o) & (chosen < o + n)]
+        expected[mine] = v[mine] * (np.float32(n / k) if unbiased else np.float32(1))
+    np.testing.assert_array_equal(codecs.SPARSE_VALUES.decode(message.body, D,
+                                                              message.header.flags), expected)
+
+
+def test_sparse_values_carry_a_membership_bitmap_and_read_into_rows():
+    capacity = 60
+    comp = SparseValues(plain_config(), SEGMENTS, OFFSETS, capacity)
+    rng = np.random.default_rng(25)
+    positions = np.sort(rng.choice(D, 40, replace=False)).astype(np.int64)
+    values = rng.standard_normal(40).astype(np.float32)
+    marked = (rng.random(40) < 0.3).astype(np.uint8)
+    message = MessageBuffer(Header(codecs.SPARSE_VALUES.id, D,
+                                   codecs.SPARSE_VALUES.max_body_length(D), 0, 0), variable=True)
+    message.begin(3)
+    header = comp.write_entries(positions, values, 40, message, marked)
+    assert header.flags & codecs.SparseValuesCodec.MARKED and not header.flags & 0x10
+    bitmap = message.body[-((40 + 7) // 8):]  # the body's last bytes, LSB first
+    np.testing.assert_array_equal(np.unpackbits(bitmap, bitorder="little")[:40], marked)
+    assert not np.unpackbits(bitmap, bitorder="little")[40:].any()
+    got_pos, got_val = np.zeros(capacity, np.int64), np.zeros(capacity, np.float32)
+    got_marked = np.zeros(capacity, np.uint8)
+    assert comp.decode_entries(message.body, header, got_pos, got_val, got_marked,
+                               what=WHAT) == 40
+    np.testing.assert_array_equal(got_pos[:40], positions)
+    np.testing.assert_array_equal(got_val[:40], values)
+    np.testing.assert_array_equal(got_marked[:40], marked)
+    with pytest.raises(WireFormatError, match="membership bitmap this receiver does not"):
+        comp.decode_entries(message.body, header, got_pos, got_val, what=WHAT)
+    small = np.zeros(39, np.int64), np.zeros(39, np.float32)  # fewer rows than entries
+    with pytest.raises(WireFormatError, match="more entries than any message"):
+        comp.decode_entries(message.body, header, *small, np.zeros(39, np.uint8), what=WHAT)
+
+
+@pytest.mark.parametrize("selection", ["exact", "threshold"])
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+def test_topk_signs_sends_the_signs_of_the_largest_magnitudes(selection, ties):
+    comp = TopKSigns(plain_config(), SEGMENTS, OFFSETS, ks_of(0.1), selection)
+    v = gradient(26, ties=ties)
+    v[320:330] = 0  # zeros are never sent, even where K asks for more
+    out, message = roundtrip(comp, v)
+    expected = np.sign(topk_reference(v, 0.1))
+    np.testing.assert_array_equal(out, expected)
+    header = read_header(message.wire)
+    assert header.codec == codecs.SPARSE_SIGN.id
+    np.testing.assert_array_equal(codecs.SPARSE_SIGN.decode(message.body, D, header.flags),
+                                  expected)
+    np.testing.assert_array_equal(comp.positions[:comp.nnz], np.flatnonzero(expected))
+    np.testing.assert_array_equal(comp.negative[:comp.nnz], expected[expected != 0] < 0)
+
+
+@pytest.mark.parametrize("fraction, base3", [(0.05, True), (0.9, False), (0.9, True)])
+def test_sparse_signs_send_the_shorter_of_sparse_sign_and_base3(fraction, base3):
+    comp = SparseSigns(plain_config(), SEGMENTS, OFFSETS, D, base3=base3)
+    rng = np.random.default_rng(27)
+    nnz = int(fraction * D)
+    positions = np.sort(rng.choice(D, nnz, replace=False)).astype(np.int64)
+    negative = (rng.random(nnz) < 0.5).astype(np.uint8)
+    dense = np.zeros(D)
+    dense[positions] = np.where(negative == 1, -1.0, 1.0)
+    capacity = max(c.max_body_length(D) for c in comp.codecs())
+    message = MessageBuffer(Header(codecs.SPARSE_SIGN.id, D, capacity, 0, 0), variable=True)
+    message.begin(1)
+    header = comp.write_entries(positions, negative, nnz, message)
+    # base3 takes ceil(d/5) bytes; a near-dense vote as a bitmap and signs takes more
+    use_base3 = base3 and fraction > 0.5
+    assert header.codec == (codecs.BASE3.id if use_base3 else codecs.SPARSE_SIGN.id)
+    if use_base3:
+        assert header.body_length == -(-D // 5)
+        np.testing.assert_array_equal(base3_reference(message.body, D), dense)
+    got_pos, got_neg = np.zeros(D, np.int64), np.zeros(D, np.uint8)
+    assert comp.decode_entries(message.body, header, got_pos, got_neg, what=WHAT) == nnz
+    np.testing.assert_array_equal(got_pos[:nnz], positions)
+    np.testing.assert_array_equal(got_neg[:nnz], negative)
+    out = np.full(D, 7, np.float32)
+    comp.decompress(message.padded_body, header, out, accumulate=True)
+    np.testing.assert_array_equal(out, dense + 7)
+
+
+def test_topk_signs_refuses_a_codec_it_does_not_send():
+    """An uplink of s3gd-mv is sparse-sign only; base3 is the downlink's."""
+    down = SparseSigns(plain_config(), SEGMENTS, OFFSETS, D, base3=True)
+    message = MessageBuffer(Header(codecs.BASE3.id, D, codecs.BASE3.max_body_length(D), 0, 0),
+                            variable=True)
+    message.begin(0)
+    everything = np.arange(D, dtype=np.int64)
+    header = down.write_entries(everything, np.zeros(D, np.uint8), D, message)
+    assert header.codec == codecs.BASE3.id
+    up = TopKSigns(plain_config(), SEGMENTS, OFFSETS, ks_of())
+    with pytest.raises(WireFormatError, match=f"^{WHAT}: codec 6 is not sparse-sign$"):
+        up.decode_entries(message.body, header, np.zeros(D, np.int64), np.zeros(D, np.uint8),
+                          what=WHAT)
 
 
 # ------------------------------------------------------------------ every compressor alike

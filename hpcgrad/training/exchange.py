@@ -84,21 +84,40 @@ def _capacity_header(codecs, count: int) -> Header:
     return Header(codecs[0].id, count, max(c.max_body_length(count) for c in codecs), 0, 0)
 
 
-class ParameterServerExchange:
-    """The parameter-server exchange of one algorithm on one rank.
+class _Exchange:
+    """What every exchange holds: the algorithm, the device, this rank's step context.
 
     Per step: :meth:`begin` (returns the step context; the runtime computes the
-    gradient in between), then :meth:`step`.
+    gradient in between), then ``step``.
     """
 
-    #: An adversarial worker's :class:`hpcgrad.training.attacks.Attack` (set by the runtime), or None.
+    #: An adversarial worker's :class:`hpcgrad.training.attacks.Attack` (set by the runtime),
+    #: or None.
     attack = None
 
-    def __init__(self, comm, alg, where, params, zeros=np.zeros):
+    def __init__(self, comm, alg, where, params):
         self.alg = alg
         self.where = where
         self.is_server = comm.Get_rank() == 0
-        self.context = _context(comm, alg, where, params)
+        self.context = StepContext(comm.Get_rank(), alg.num_workers, alg.shard, params,
+                                   where.name, alg.config.lr)
+
+    def begin(self, step: int, lr=None) -> StepContext:
+        """Set the context for step ``step``; a learning rate ``lr`` (``--lr-schedule``) also
+        goes to the algorithm (``Algorithm.set_lr``).  ``None``: the rate does not change."""
+        ctx = self.context
+        ctx.step = int(step)
+        if lr is not None:
+            ctx.lr = np.float32(lr)
+            self.alg.set_lr(lr)
+        return ctx
+
+
+class ParameterServerExchange(_Exchange):
+    """The parameter-server exchange of one algorithm on one rank."""
+
+    def __init__(self, comm, alg, where, params, zeros=np.zeros):
+        super().__init__(comm, alg, where, params)
         d = alg.num_params
         up, down = alg.uplink_codecs(), alg.downlink_codecs()
         self.transport = ParameterServer(
@@ -112,9 +131,6 @@ class ParameterServerExchange:
             ps.uplink, where.empty_like_host(ps.uplink.padded_body))
         self.down = StagedMessage(ps.downlink, where.empty_like_host(ps.downlink.padded_body))
         self.averaging = WorkerMean(comm) if alg.average_every else None
-
-    def begin(self, step: int, lr=None) -> StepContext:
-        return _begin(self.context, self.alg, step, lr)
 
     def step(self, grads, clock: PhaseClock) -> None:
         """The exchange of the step :meth:`begin` started, ``grads`` this rank's gradient
@@ -162,27 +178,18 @@ class ParameterServerExchange:
         return [ps.uplinks.message(r) for r in range(1, ps.size)], ps.downlink.wire
 
 
-class AllreduceExchange:
+class AllreduceExchange(_Exchange):
     """The data-parallel baseline: one fp32 ``Allreduce`` among all ranks.
 
     The algorithm's "messages" are raw fp32 buffers: ``worker_step`` fills the send
     buffer, ``decode`` and ``apply`` read the sum (no headers)."""
 
-    #: An adversarial worker's :class:`hpcgrad.training.attacks.Attack` (set by the runtime), or None.
-    attack = None
-
     def __init__(self, comm, alg, where, params, zeros=np.zeros):
-        self.alg = alg
-        self.where = where
-        self.is_server = comm.Get_rank() == 0
-        self.context = _context(comm, alg, where, params)
+        super().__init__(comm, alg, where, params)
         self.transport = Allreduce(comm, alg.num_params, zeros)
         self.send = where.empty_like_host(self.transport.send)
         self.recv = where.empty_like_host(self.transport.recv)
         self._workers = comm.Get_size() - 1
-
-    def begin(self, step: int, lr=None) -> StepContext:
-        return _begin(self.context, self.alg, step, lr)
 
     def step(self, grads, clock: PhaseClock) -> None:
         ar, alg, where, ctx = self.transport, self.alg, self.where, self.context
@@ -209,21 +216,6 @@ class AllreduceExchange:
 
     def messages(self):
         raise NotImplementedError("allreduce sends raw buffers, not messages")
-
-
-def _context(comm, alg, where, params) -> StepContext:
-    return StepContext(comm.Get_rank(), alg.num_workers, alg.shard, params, where.name,
-                       alg.config.lr)
-
-
-def _begin(ctx: StepContext, alg, step: int, lr) -> StepContext:
-    """Set the context for step ``step``; a learning rate ``lr`` (``--lr-schedule``) also goes
-    to the algorithm (``Algorithm.set_lr``).  ``None``: the rate does not change."""
-    ctx.step = int(step)
-    if lr is not None:
-        ctx.lr = np.float32(lr)
-        alg.set_lr(lr)
-    return ctx
 
 
 def create(comm, alg, where, params, zeros=np.zeros):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from . import __version__
 from .options import add_arguments, owners_text
@@ -94,6 +95,7 @@ def cmd_train(args) -> int:
 
     from .training import config as configuration
     from .comm.agreement import SetupError, abort_job, agree
+    from .options import IgnoredSettingWarning
     from .training.runtime import train
 
     comm = MPI.COMM_WORLD
@@ -101,8 +103,14 @@ def cmd_train(args) -> int:
     try:
         file_settings = agree(comm, lambda: configuration.load_file(args.config)
                               if args.config else {}, "reading the config file")
-        config = agree(comm, lambda: configuration.build(file_settings, _cli_settings(args)),
-                       "checking the settings")
+        with warnings.catch_warnings(record=True) as ignored:
+            warnings.simplefilter("always", IgnoredSettingWarning)
+            config = agree(comm, lambda: configuration.build(file_settings,
+                                                             _cli_settings(args)),
+                           "checking the settings")
+        if rank == 0:  # every rank checked the same settings: one copy of each warning
+            for warning in ignored:
+                print(f"hpcgrad: warning: {warning.message}", file=sys.stderr, flush=True)
         summary = train(config, comm)
     except SetupError as exc:
         if rank == 0:

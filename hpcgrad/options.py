@@ -34,6 +34,10 @@ _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a finite number
                str: "a string"}
 
 
+class IgnoredSettingWarning(UserWarning):
+    """A setting was given that the chosen algorithm (and compressor) does not read."""
+
+
 def fail(condition: bool, message: str) -> None:
     """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds."""
     if not condition:
@@ -72,6 +76,10 @@ class Option:
                   non-default value on another device is refused); ``None``: any.
     ``label``     how messages name the setting (default: the dashed name).
     ``parse``     command-line text -> value, where ``type`` is not enough.
+    ``strict``    given a value in a run whose choices do not read it, the setting is refused
+                  (these were refused before settings were declared); any other such
+                  setting is ignored with an :class:`IgnoredSettingWarning`, so config files
+                  and command lines that ran before keep running.
     """
 
     name: str
@@ -87,6 +95,7 @@ class Option:
     unknown: str | None = None
     parse: Callable[[str], Any] | None = None
     default_help: str | None = None
+    strict: bool = False
 
     def __post_init__(self):
         if not self.name.isidentifier() or self.name != self.name.lower():
@@ -240,7 +249,8 @@ class Configurable:
     ``options``   the :class:`Option` s it owns.  An option several owners share (``sparsity``)
                   is one object, declared in the lowest layer that uses it and imported by
                   each owner.  A setting owned only by others, given a value other than its
-                  default, is refused naming who owns it.
+                  default, is ignored with a warning naming who owns it (refused if the
+                  option is ``strict`` or the chosen owner ``refuses_others``).
     ``defaults``  values for settings left unset (None) when this one is chosen; a callable
                   computes the value from the settings (``lambda cfg: cfg.iterations``).
     ``devices``   the ``--device`` values it runs on (checked with the settings, on every
@@ -255,6 +265,8 @@ class Configurable:
     #: The flag that chooses among the subclasses, for messages.
     selected_by: str = ""
     options: tuple = ()
+    #: Refuse, rather than ignore with a warning, any setting of others given with this one.
+    refuses_others: bool = False
     defaults: dict = {}
     devices: tuple = ("cpu", "cuda")
     device_note: str = ""

@@ -21,7 +21,7 @@ from hpcgrad.algorithms import REGISTRY
 from hpcgrad.algorithms.dense_ps import DensePS
 from hpcgrad.compression.compressors import COMPRESSORS, SPARSITY
 from hpcgrad.errors import ConfigError
-from hpcgrad.options import Configurable, Option, Section, fail
+from hpcgrad.options import Configurable, IgnoredSettingWarning, Option, Section, fail
 from hpcgrad.training import config
 from hpcgrad.training.config import TrainConfig, load_file
 
@@ -196,17 +196,28 @@ def test_a_shared_setting_is_one_object_and_the_help_says_who_reads_it():
 
 @pytest.mark.parametrize("settings, words", [
     (dict(algorithm="qsgd", tie="zero"), "--tie: a setting of --algorithm signum-mv; this run "
-                                         "uses --algorithm qsgd, which does not read it"),
+                                         "uses --algorithm qsgd, which does not read it; "
+                                         "ignored"),
+    (dict(algorithm="dq-sgd", bits=3), "use --dq-start-bits"),
+])
+def test_a_setting_the_run_would_ignore_is_named_with_its_owner_in_a_warning(settings, words):
+    """Such a command line ran before settings were declared: it still runs, not silently."""
+    with pytest.warns(IgnoredSettingWarning) as record:
+        cfg = TrainConfig(**settings).resolved()
+    assert [words in str(w.message) for w in record] == [True]
+    assert cfg.algorithm == settings["algorithm"]
+
+
+@pytest.mark.parametrize("settings, words", [
     (dict(algorithm="ef-sgd", compressor="scaled-sign", sparsity=0.05),
      "a setting of --algorithm s3gd-mv / topk or --compressor topk / randomk; this run uses "
      "--algorithm ef-sgd with --compressor scaled-sign"),
-    (dict(algorithm="dq-sgd", bits=3), "use --dq-start-bits"),
     (dict(algorithm="signum-mv", compressor="topk", feedback="ef"),
      "--compressor --feedback: settings of --algorithm ef-sgd"),
     (dict(algorithm="qsgd", device="cuda"), "qsgd quantizes on the host; --device cuda is not "
                                             "supported for it yet"),
 ])
-def test_a_setting_the_run_would_ignore_is_refused_naming_its_owner(settings, words):
+def test_a_setting_refused_before_settings_were_declared_still_is(settings, words):
     with pytest.raises(ConfigError) as err:
         TrainConfig(**settings).resolved()
     assert words in str(err.value)
@@ -267,9 +278,6 @@ def test_a_registered_algorithm_is_in_the_parser(with_knob):
                                                            "iterations (5)"),
     (dict(algorithm="knob-ps", device="cuda"), "knob-ps runs on --device cpu only; --device "
                                                "cuda is not supported for it yet"),
-    (dict(algorithm="knob-ps", tie="zero"), "--tie: a setting of --algorithm signum-mv"),
-    (dict(algorithm="fp32-ps", knob_level=2), "--knob-level: a setting of --algorithm "
-                                              "knob-ps; this run uses --algorithm fp32-ps"),
     (dict(algorithm="knob", knob_level=2), "unknown algorithm 'knob'; choose one of: "
                                            "signum-mv, "),
 ])
@@ -277,6 +285,16 @@ def test_a_registered_algorithm_is_validated(with_knob, settings, words):
     with pytest.raises(ConfigError) as err:
         with_knob(**settings).resolved()
     assert words in str(err.value)
+
+
+@pytest.mark.parametrize("settings, words", [
+    (dict(algorithm="knob-ps", tie="zero"), "--tie: a setting of --algorithm signum-mv"),
+    (dict(algorithm="fp32-ps", knob_level=2), "--knob-level: a setting of --algorithm "
+                                              "knob-ps; this run uses --algorithm fp32-ps"),
+])
+def test_a_registered_algorithm_and_others_settings(with_knob, settings, words):
+    with pytest.warns(IgnoredSettingWarning, match=words):
+        with_knob(**settings).resolved()
 
 
 def test_a_new_module_is_one_file(tmp_path):

@@ -38,19 +38,23 @@ FEEDBACK_MODES = ("none", "ef", "step-ahead")
 
 COMPRESSOR = Option("compressor", str, None, choices=tuple(COMPRESSORS),
                     help="what the workers send: " + "; ".join(
-                        f"{name} = {cls.summary}" for name, cls in COMPRESSORS.items()))
+                        f"{name} = {cls.summary}" for name, cls in COMPRESSORS.items()),
+                    strict=True)
 FEEDBACK = Option("feedback", str, None, choices=FEEDBACK_MODES,
                   help="none = send C(u) of the local momentum-SGD update u; ef = send "
                        "C(u + e), keep e = u + e - C(u + e); step-ahead = ef with the gradient "
-                       "taken at x - e")
+                       "taken at x - e",
+                  strict=True)
 ERROR_AVERAGING = Option("error_averaging", int, None, bounds=">= 1", metavar="P",
                          default_help="never",
                          help="every P steps replace the workers' residuals by their mean (an "
                               "fp32 Allreduce among the workers, logged as bytes_average and "
-                              "phase average)")
+                              "phase average)",
+                         strict=True)
 SERVER_FEEDBACK = Option("server_feedback", bool, False,
                          help="the server compresses its mean back with the same compressor "
-                              "and its own residual, instead of broadcasting fp32")
+                              "and its own residual, instead of broadcasting fp32",
+                         strict=True)
 
 
 class ErrorFeedbackSGD(Algorithm):
@@ -59,6 +63,8 @@ class ErrorFeedbackSGD(Algorithm):
     order = 60
     docs = "docs/algorithms/error-feedback.md"
     options = (COMPRESSOR, FEEDBACK, ERROR_AVERAGING, SERVER_FEEDBACK)
+    # ef-sgd refused the other algorithms' settings before they were declared: it still does.
+    refuses_others = True
     devices = ("cpu",)
     device_note = "compresses on the host"
     hints = {"k_per_worker": "use --sparsity",

@@ -82,12 +82,15 @@ TOPK_VALUES_OPTION = Option("topk_values", str, "fp32", choices=TOPK_VALUES,
                             unknown="topk-values must be fp32 or fp16, got {value!r}",
                             help="uplink value precision")
 UNION_BOOST = Option("union_boost", float, None, bounds=">= 0", metavar="W", default_help="1",
-                     help="union-boost: score |r|*(1 + W) on the previous union, W >= 0")
+                     help="union-boost: score |r|*(1 + W) on the previous union, W >= 0",
+                     strict=True)
 AGGREGATE_HINT = Option("aggregate_hint", float, None, bounds=">= 0", metavar="L",
                         default_help="1",
-                        help="aggregate-hint: score |r| + L*|previous aggregate|, L >= 0")
+                        help="aggregate-hint: score |r| + L*|previous aggregate|, L >= 0",
+                        strict=True)
 UNBIASED = Option("unbiased", bool, False,
-                  help="shared-random: scale the values by numel/K and keep no residual")
+                  help="shared-random: scale the values by numel/K and keep no residual",
+                  strict=True)
 
 
 class TopKEF(Algorithm):
@@ -150,6 +153,8 @@ class TopKEF(Algorithm):
             fail(getattr(cfg, option.name) is None or cfg.topk_selection == rule,
                  f"{option.key} is a weight of --algorithm topk --topk-selection {rule}; this "
                  f"run uses topk with --topk-selection {cfg.topk_selection}")
+        fail(cfg.k_per_worker is None,
+             "topk: --k-per-worker is an s3gd-mv setting; use --sparsity")
         fail(not cfg.unbiased or cfg.topk_selection == "shared-random",
              "unbiased scaling is an option of --algorithm topk --topk-selection shared-random")
         fail(cfg.sparsity is None or cfg.sparsity < 1,

@@ -16,8 +16,11 @@ Every setting is validated here, on every rank, before any communication:
 2. the chosen algorithm, and what it chooses in turn (ef-sgd's ``--compressor``), runs on
    ``--device``;
 3. a setting read only by algorithms or compressors other than the chosen ones, given a value
-   other than its default, is refused naming who reads it (a silently ignored setting is a
-   wrong experiment);
+   other than its default, is named with who reads it: refused where it was refused before
+   settings were declared (``strict`` options, and anything with ``--algorithm ef-sgd``),
+   otherwise ignored with an :class:`hpcgrad.options.IgnoredSettingWarning`, which
+   ``hpcgrad train`` prints on rank 0 (config files and command lines that ran before still
+   run, and no setting is ignored silently);
 4. the rules between settings: the training loop's, the workload's, then the chosen
    algorithm's and compressor's ``check_settings``.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from .. import options
@@ -207,9 +211,11 @@ def validate(cfg) -> None:
 
 
 def _refuse_settings_of_others(cfg, chosen: tuple) -> None:
-    """Refuse a setting that only algorithms or compressors not chosen read, when it is given
-    a value other than its default (or the chosen algorithm's default, which a resolved
-    configuration holds)."""
+    """A setting that only algorithms or compressors not chosen read, given a value other than
+    its default (or the chosen algorithm's default, which a resolved configuration holds), is
+    refused if it is ``strict`` or the chosen algorithm ``refuses_others`` (as before settings
+    were declared); otherwise it is ignored with an :class:`IgnoredSettingWarning` naming it,
+    so that config files and command lines that ran before still run."""
     kind, algorithm = type(cfg), chosen[0]
     given = []
     for name, owners in kind.OWNERS.items():
@@ -220,8 +226,20 @@ def _refuse_settings_of_others(cfg, chosen: tuple) -> None:
         if value == option.default or (not callable(filled) and value == filled):
             continue
         given.append((option, owners))
-    if not given:
-        return
+    refuse = any(getattr(owner, "refuses_others", False) for owner in chosen)
+    refused = [(o, owners) for o, owners in given if refuse or o.strict]
+    if refused:
+        raise ConfigError(_not_read(refused, chosen))
+    groups: dict = {}
+    for option, owners in given:
+        groups.setdefault(tuple(owners), []).append((option, owners))
+    for same in groups.values():
+        warnings.warn(_not_read(same, chosen) + "; ignored", options.IgnoredSettingWarning,
+                      stacklevel=2)
+
+
+def _not_read(given: list, chosen: tuple) -> str:
+    """``--x --y: settings of ...; this run uses ..., which does not read them (hint)``."""
     option, owners = given[0]
     flags = [o.flag for o, same in given if same == owners]
     who = options.owners_text(owners, "or")
@@ -229,9 +247,9 @@ def _refuse_settings_of_others(cfg, chosen: tuple) -> None:
     hint = next((owner.hints[key] for owner in chosen
                  for key in (option.name, *(o.name for o in owners)) if key in owner.hints),
                 None)
-    raise ConfigError(f"{' '.join(flags)}: {'a setting' if len(flags) == 1 else 'settings'} "
-                      f"of {who}; this run uses {runs}, which does not read "
-                      f"{'it' if len(flags) == 1 else 'them'}" + (f" ({hint})" if hint else ""))
+    return (f"{' '.join(flags)}: {'a setting' if len(flags) == 1 else 'settings'} "
+            f"of {who}; this run uses {runs}, which does not read "
+            f"{'it' if len(flags) == 1 else 'them'}" + (f" ({hint})" if hint else ""))
 
 
 def load_file(path: str | Path) -> dict:

@@ -14,6 +14,7 @@ import torch
 from hpcgrad.algorithms import REGISTRY, create
 from hpcgrad.errors import ConfigError, NonFiniteError
 from hpcgrad.kernels import quantize
+from hpcgrad.options import IgnoredSettingWarning
 from hpcgrad.training.config import TrainConfig
 from without_mpi import apply, exchange, iteration, uplink_buffer
 
@@ -161,7 +162,8 @@ def test_settings():
     assert config().terngrad_clip == 2.5 and config().lr == 0.1
     with pytest.raises(ConfigError, match="terngrad-clip"):
         config(terngrad_clip=-1.0)
-    with pytest.raises(ConfigError, match="terngrad-clip"):
+    with pytest.warns(IgnoredSettingWarning, match="--terngrad-clip: a setting of --algorithm "
+                                                   "terngrad; this run uses --algorithm qsgd"):
         TrainConfig(algorithm="qsgd", terngrad_clip=1.0).resolved()
     with pytest.raises(ConfigError, match="terngrad"):
         config(device="cuda")

@@ -5,6 +5,7 @@ import pytest
 from hpcgrad import algorithms
 from hpcgrad.training.config import ALGORITHMS, TrainConfig, build, load_file
 from hpcgrad.errors import ConfigError
+from hpcgrad.options import IgnoredSettingWarning
 
 
 def test_every_registered_algorithm_is_selectable():
@@ -93,9 +94,15 @@ def test_the_json_of_the_settings_is_what_logs_and_checkpoints_stored_before():
     assert (dq.dq_horizon, dq.bits, dq.min_bits, dq.max_bits) == (40, None, 2, 8)
 
 
-def test_a_setting_only_another_algorithm_reads_is_refused_naming_it():
-    with pytest.raises(ConfigError, match="--residual: a setting of --algorithm s3gd-mv; this run "
-                                          "uses --algorithm topk, which does not read it"):
+def test_a_setting_only_another_algorithm_reads_is_named_in_a_warning_or_refused():
+    with pytest.warns(IgnoredSettingWarning, match="--residual: a setting of --algorithm "
+                                                   "s3gd-mv; this run uses --algorithm topk, "
+                                                   "which does not read it; ignored"):
         TrainConfig(algorithm="topk", residual=0.5).resolved()
+    with pytest.raises(ConfigError, match="topk: --k-per-worker is an s3gd-mv setting"):
+        TrainConfig(algorithm="topk", k_per_worker="auto").resolved()
+    with pytest.raises(ConfigError, match="--residual: a setting of --algorithm s3gd-mv; this "
+                                          "run uses --algorithm ef-sgd"):
+        TrainConfig(algorithm="ef-sgd", residual=0.5).resolved()
     with pytest.raises(ConfigError, match="s3gd-mv runs its selection and coding on the host"):
         TrainConfig(algorithm="s3gd-mv", device="cuda").resolved()

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import wire
 from ..errors import ConfigError, WireFormatError
 from ..wire.codecs import CODECS, FP32, corruptible
 from ..options import Option
@@ -132,11 +131,11 @@ class Attack:
     def rng(self, step: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, int(step), self.rank, STREAM])
 
-    def corrupt_message(self, raw, padded_body, step: int) -> None:
-        """Corrupt the body of the message whose header starts ``raw`` (a host buffer);
-        ``padded_body`` is where the body is (the host buffer's, or its device twin)."""
-        header = wire.read_header(raw, what=f"rank {self.rank}'s uplink at step {step}")
-        self.corrupt(padded_body, header.codec, header.count, header.flags,
+    def corrupt_message(self, message, step: int) -> None:
+        """Corrupt the body of an outgoing ``message`` (``MessageBuffer`` or the exchange's
+        staged twin) in place, as its ``header`` -- the one it sends -- describes it."""
+        header = message.header
+        self.corrupt(message.padded_body, header.codec, header.count, header.flags,
                      header.body_length, step)
 
     def corrupt(self, padded_body, codec: int, count: int, flags: int, body_length: int,

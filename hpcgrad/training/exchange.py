@@ -141,7 +141,7 @@ class ParameterServerExchange(_Exchange):
             self.up.begin(step)
             alg.worker_step(ctx, grads, self.up)
             if self.attack is not None:  # an adversarial rank (attacks.py)
-                self.attack.corrupt_message(ps.uplink.raw, self.up.padded_body, step)
+                self.attack.corrupt_message(self.up, step)
             where.to_host(self.up.padded_body, ps.uplink.padded_body)
             clock.lap(ENCODE)
         ps.gather(step)

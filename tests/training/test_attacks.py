@@ -244,7 +244,7 @@ def test_qsgd_invert_flips_the_sign_of_every_nonzero_level(bits):
 
 
 def test_a_message_is_corrupted_by_the_codec_its_header_names():
-    """What exchange.py calls: the header (host buffer) says codec and length."""
+    """What exchange.py calls: the header the message sends says codec and length."""
     alg = create(TrainConfig(algorithm="signum-mv", tie="zero").resolved(), D, 4)
     from hpcgrad.algorithms.step import StepContext
     from hpcgrad.wire import Header, MessageBuffer
@@ -252,7 +252,7 @@ def test_a_message_is_corrupted_by_the_codec_its_header_names():
     msg.begin(2)
     alg.worker_step(StepContext(4, 4, alg.shard, step=2), values(), msg)
     honest = TERNARY2.decode(msg.body.copy(), D)
-    attacks.Attack("invert", 0, 4).corrupt_message(msg.raw, msg.padded_body, 2)
+    attacks.Attack("invert", 0, 4).corrupt_message(msg, 2)
     assert read_header(msg.wire).codec == TERNARY2.id
     np.testing.assert_array_equal(TERNARY2.decode(msg.body.copy(), D), -honest)
 

@@ -156,10 +156,14 @@ class MessageBuffer:
 
     def receive(self, header: Header) -> None:
         """A receiver's buffer: ``header`` was just parsed (and checked) off ``raw``;
-        ``header``, ``wire`` and ``body`` now describe that message."""
+        ``header``, ``wire`` and ``body`` now describe that message.  Bytes a longer body
+        of an earlier message left past this one's end are zeroed, so that ``padded_body``
+        is this body and zero padding, as on the sender."""
         if header.body_length > self.capacity:
             raise WireFormatError(f"body of {header.body_length} bytes exceeds the message's "
                                   f"capacity of {self.capacity}")
+        if header.body_length < self.header.body_length:
+            self.padded_body[header.body_length: self.header.body_length] = 0
         self._cover(header.body_length)
         self.header = header
 

@@ -115,7 +115,11 @@ def test_variable_length_messages_move_exactly_their_announced_bytes(comm):
     np.testing.assert_array_equal(ps.downlink.body, expected_body(0, 11))
     assert ps.downlink.header == Header(6, 100, 11, 3, SERVER)
     if rank:
-        assert (ps.downlink.raw[HEADER_SIZE + 11:] == 0x77).all()  # exactly 11 bytes arrived
+        # Exactly 11 bytes arrived (none of the server's 0xEE past them); the receiver cleared
+        # what a longer body could have left up to the old length, beyond it nothing changed.
+        tail = ps.downlink.raw[HEADER_SIZE + 11:]
+        assert not tail[: capacity - 11].any()
+        assert (tail[capacity - 11:] == 0x77).all() and tail[capacity - 11:].size > 0
 
 
 def test_a_shorter_variable_length_uplink_leaves_no_stale_bytes_in_its_slot(comm):

@@ -56,3 +56,15 @@ def test_receive_describes_the_message_just_parsed():
     msg.receive(read_header(msg.raw))
     assert msg.header == got and msg.body.size == 3
     assert np.array_equal(msg.wire, msg.raw[: HEADER_SIZE + 3])
+
+
+def test_receiving_a_shorter_body_leaves_zero_padding_after_it():
+    """A worker's downlink buffer after a long body, then a short one: past the short body
+    the bytes are zero again (word kernels read ``padded_body``)."""
+    msg = MessageBuffer(Header(5, 100, 40, 0, 0), variable=True)
+    for length in (40, 3):
+        got = Header(5, 100, length, 0, 0)
+        got.pack_into(msg.raw)
+        msg.receive(read_header(msg.raw))
+        msg.body[:] = 0xAB  # what the body Bcast brings
+    assert (msg.padded_body[:3] == 0xAB).all() and not msg.padded_body[3:].any()

@@ -50,19 +50,21 @@ class DistributedOptimizer:
     or Inf gradient ends the job naming the rank and the parameter) or ``"skip"`` (the step
     is skipped on every rank: mixed precision with a loss scaler).  ``buffers_every``: every
     this many steps, worker 1's buffers (BatchNorm statistics) are broadcast to every rank;
-    0 (default) keeps buffers local to each rank.
+    0 (default) keeps buffers local to each rank.  ``evaluate(model) -> (loss, accuracy)``:
+    run by the server on its replica every ``eval_every`` steps and at the end, logged.
     """
 
     def __init__(self, optimizer, model: torch.nn.Module, context: Context | None = None, *,
                  update: str = "auto", sync: str = "check", nonfinite: str = "error",
-                 buffers_every: int = 0, comm=None, config: str | None = None, **settings):
+                 buffers_every: int = 0, evaluate=None, comm=None, config: str | None = None,
+                 **settings):
         if context is None:
             context = init(comm, config=config, **settings)
         elif settings or config:
             raise TypeError("give the settings either to init() or here, not both")
         self.context, self.optimizer, self.model = context, optimizer, model
         if context.is_server:
-            serve(model, optimizer, context)
+            serve(model, optimizer, context, evaluate=evaluate)
             sys.exit(0)
 
         def check():

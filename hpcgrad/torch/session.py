@@ -83,16 +83,31 @@ class _WrapInfo:
     groups: int | None
 
 
-def _check_wrap(infos: list) -> None:
+class _WrapMismatch(ConfigError):
+    def __init__(self, rank: int, message: str):
+        super().__init__(message)
+        self.rank = rank
+
+
+def _check_wrap(infos: list, me: int) -> None:
     """Every rank wraps the same parameters, with the same values (unless synchronised by
-    broadcast) and the same wrapper options; raise naming the first rank that differs."""
+    broadcast) and the same wrapper options; the first rank that differs raises, naming itself
+    and the first parameter that differs (the others pass: ``agree`` names that rank)."""
+    try:
+        _compare_wraps(infos)
+    except _WrapMismatch as exc:
+        if exc.rank == me:
+            raise
+
+
+def _compare_wraps(infos: list) -> None:
     ref = infos[1]
     for rank, info in enumerate(infos):
         if info.names != infos[0].names or info.shapes != infos[0].shapes:
             a = list(zip(infos[0].names, infos[0].shapes))
             b = list(zip(info.names, info.shapes))
             first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-            raise ConfigError(
+            raise _WrapMismatch(rank,
                 f"rank {rank} wraps a different model from rank 0: {len(b)} parameters vs "
                 f"{len(a)}" + (f"; first difference at {a[first][0] if first < len(a) else '-'}"
                                f" {list(a[first][1]) if first < len(a) else ''} vs "
@@ -100,7 +115,8 @@ def _check_wrap(infos: list) -> None:
                                f" {list(b[first][1]) if first < len(b) else ''}"))
         if rank and (info.update, info.sync, info.lrs, info.groups) != \
                 (ref.update, ref.sync, ref.lrs, ref.groups):
-            raise ConfigError(f"rank {rank} wraps its optimizer with other options than rank 1 "
+            raise _WrapMismatch(rank, f"rank {rank} wraps its optimizer with other options "
+                                      "than rank 1 "
                               f"(update={info.update!r} vs {ref.update!r}, sync={info.sync!r} "
                               f"vs {ref.sync!r}, learning rates {list(info.lrs)} vs "
                               f"{list(ref.lrs)})")
@@ -108,7 +124,7 @@ def _check_wrap(infos: list) -> None:
         for rank, info in enumerate(infos):
             for name, a, b in zip(info.names, infos[0].digests, info.digests):
                 if a != b:
-                    raise ConfigError(
+                    raise _WrapMismatch(rank,
                         f"rank {rank}'s parameter {name} differs from rank 0's at wrap time: "
                         "build the model on every rank from the same seed (torch.manual_seed "
                         "before constructing it), or pass sync='broadcast' to start every "
@@ -144,7 +160,7 @@ class Session:
                          len(optimizer.param_groups) if optimizer and not self.is_server
                          else None)
         infos = comm.allgather(info)
-        agree(comm, lambda: _check_wrap(infos), "checking that every rank wraps the same model")
+        agree(comm, lambda: _check_wrap(infos, rank), "checking that every rank wraps the same model")
         self.update, self.sync, self.lr0 = infos[1].update, infos[1].sync, infos[1].lrs
         agree(comm, lambda: self._check_server_optimizer(infos[1].groups),
               "checking the server's optimizer")
@@ -294,6 +310,10 @@ class Session:
         self.exchange.begin(self.steps, lr)
         self.exchange.step(self.grads, clock)
         self.flat.push_params()
+        if self.optimizer is not None and self.update == "algorithm":
+            # The algorithm stepped the optimizer's parameters: tell LR schedulers so, as
+            # torch's own step wrapper does (else they warn of a scheduler step before any).
+            self.optimizer._opt_called = True
         if verdict.buffers:
             self._broadcast_buffers()
         self.losses[row] = loss

@@ -182,6 +182,9 @@ class Session:
         log_path = comm.bcast(config.log or default_log_path(config, size), root=0)
         meta = {**_run_metadata(comm, config, flat.count, alg, log_path, where),
                 **alg.metadata(), "api": "hpcgrad.torch", "update": self.update}
+        # The workers' loops decide the number of steps: no "iterations" is requested (readers
+        # then take the logged steps; hpcgrad analyze's "requested" shows those).
+        del meta["iterations"]
         if config.resume:
             meta.update(resumed_from=str(config.resume), first_step=self.steps)
         fields = {**alg.step_fields, **STEP_FIELDS}

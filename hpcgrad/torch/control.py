@@ -6,6 +6,9 @@ forever in a Gatherv.  So every exchange is preceded by a small *report* from ev
 (an ``allgather`` of a few numbers: MPI semantics, every rank receives every report), and
 every rank computes the same *verdict* from the same reports:
 
+Reports have a fixed size (``pack``: a few int64 and one learning rate per parameter group), so
+the per-step cost is one small ``Allgather``.
+
 * every worker reports ``step``, in agreement -> ``go``: run the exchange;
 * every worker reports ``done`` (``DistributedOptimizer.finish()``, or the interpreter exiting)
   -> ``stop``: the server's loop returns, the run is closed;
@@ -20,7 +23,11 @@ found a NaN or Inf is skipped on every rank instead: no exchange, no update, not
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..errors import NonFiniteError
 from .context import AgreedError
@@ -110,6 +117,49 @@ def decide(reports: list, names: list) -> Verdict:
     return Verdict("go", first.lrs, workers[1].buffers)
 
 
-def exchange_reports(comm, report: Report, names: list) -> Verdict:
-    """Collective: every rank's report to every rank, and the verdict on them."""
-    return decide(comm.allgather(report), names)
+KINDS = (STEP, DONE, SERVER)
+POLICIES = ("error", "skip")
+#: kind, steps, number of None gradients, their digest, first non-finite (-1: none), policy,
+#: buffers; then one learning rate per parameter group (float64 bits).
+_FIXED = 7
+
+
+def _digest(missing: tuple) -> int:
+    """56 bits of a hash of the indices of None gradients (fits an int64)."""
+    return int.from_bytes(hashlib.blake2b(repr(tuple(missing)).encode(), digest_size=7).digest(),
+                          "little")
+
+
+def pack(report: Report, groups: int) -> np.ndarray:
+    """A report as ``_FIXED + groups`` int64: the same length on every rank, so one
+    ``Allgather`` of fixed size carries every rank's (no pickling on the per-step path)."""
+    row = np.zeros(_FIXED + groups, dtype=np.int64)
+    row[:_FIXED] = (KINDS.index(report.kind), report.steps, len(report.missing),
+                    _digest(report.missing), -1 if report.nonfinite is None else report.nonfinite,
+                    POLICIES.index(report.policy), int(report.buffers))
+    if report.lrs:
+        row[_FIXED:] = np.asarray(report.lrs, dtype=np.float64).view(np.int64)
+    return row
+
+
+def unpack(row: np.ndarray) -> Report:
+    """The report of a packed row; ``missing`` is a key (count, digest) until the indices are
+    needed."""
+    kind, steps, count, digest, nonfinite, policy, buffers = (int(v) for v in row[:_FIXED])
+    return Report(KINDS[kind], steps, ("key", count, digest), None if nonfinite < 0 else nonfinite,
+                  POLICIES[policy], tuple(float(v) for v in row[_FIXED:].view(np.float64)),
+                  bool(buffers))
+
+
+def exchange_reports(comm, report: Report, names: list, groups: int) -> Verdict:
+    """Collective: every rank's report to every rank (``Allgather`` of ``pack``), and the
+    verdict on them.  Only when the workers' sets of None gradients differ do all ranks
+    exchange the sets themselves (a second, pickled ``allgather``) to name the parameter."""
+    send = pack(report, groups)
+    rows = np.empty((comm.Get_size(), send.size), dtype=np.int64)
+    comm.Allgather(send, rows)
+    reports = [unpack(row) for row in rows]
+    if len({r.missing for r in reports[1:]}) > 1:  # the same test on every rank: same rows
+        sets = comm.allgather(tuple(report.missing))
+        reports = [dataclasses.replace(r, missing=m) for r, m in zip(reports, sets)]
+    return decide(reports, names)

@@ -162,6 +162,7 @@ class Session:
         infos = comm.allgather(info)
         agree(comm, lambda: _check_wrap(infos, rank), "checking that every rank wraps the same model")
         self.update, self.sync, self.lr0 = infos[1].update, infos[1].sync, infos[1].lrs
+        self.groups = len(self.lr0)  # learning rates in each step's report
         agree(comm, lambda: self._check_server_optimizer(infos[1].groups),
               "checking the server's optimizer")
         self.params, self.grads = where.array(flat.params), where.array(flat.grads)
@@ -301,7 +302,8 @@ class Session:
         clock.start(row)
         if not self.is_server:
             clock.times[row, COMPUTE] = clock._last - self._mark
-        verdict = control.exchange_reports(self.comm, report, self.flat.names)
+        verdict = control.exchange_reports(self.comm, report, self.flat.names,
+                                           self.groups)
         clock.lap(GATHER)
         if verdict.action == "stop":
             self._finish()

@@ -43,8 +43,10 @@ from ..errors import ConfigError
 from ..training import attacks, checkpoint, exchange
 from ..training import schedule as lr_schedule
 from ..training.exchange import COMPUTE, GATHER, PhaseClock
-from ..training.runtime import (STEP_FIELDS, _check_replicas, _run_metadata, _StepRecords,
-                                default_log_path)
+# Shared with hpcgrad train's loop rather than copied: the log's metadata and per-step
+# columns, the replica check, the default log path and the resumed run's log rule.
+from ..training.runtime import (STEP_FIELDS, _check_new_log, _check_replicas, _run_metadata,
+                                _StepRecords, default_log_path)
 from ..training.tracelog import PHASES, TrafficLog
 from . import control
 from .control import Report
@@ -160,7 +162,8 @@ class Session:
                          len(optimizer.param_groups) if optimizer and not self.is_server
                          else None)
         infos = comm.allgather(info)
-        agree(comm, lambda: _check_wrap(infos, rank), "checking that every rank wraps the same model")
+        agree(comm, lambda: _check_wrap(infos, rank),
+              "checking that every rank wraps the same model")
         self.update, self.sync, self.lr0 = infos[1].update, infos[1].sync, infos[1].lrs
         self.groups = len(self.lr0)  # learning rates in each step's report
         agree(comm, lambda: self._check_server_optimizer(infos[1].groups),
@@ -181,6 +184,9 @@ class Session:
         self.exchange.attack = agree(comm, lambda: attacks.create(config, alg, rank, size),
                                      "setting up the adversaries")
         log_path = comm.bcast(config.log or default_log_path(config, size), root=0)
+        if config.resume:
+            agree(comm, lambda: _check_new_log(log_path) if self.is_server else None,
+                  "choosing the log of the resumed run")
         meta = {**_run_metadata(comm, config, flat.count, alg, log_path, where),
                 **alg.metadata(), "api": "hpcgrad.torch", "update": self.update}
         # The workers' loops decide the number of steps: no "iterations" is requested (readers
@@ -362,7 +368,8 @@ class Session:
             g, rec = self.gathered[:, :rows], self.records
             iters = np.arange(self.first_row, self.first_row + rows)
             self.log.append_steps(iters, rec.bytes_up[:rows], rec.bytes_down[:rows],
-                                  g[1:, :, 0].T, {p: g[:, :, 1 + i].T for i, p in enumerate(PHASES)},
+                                  g[1:, :, 0].T,
+                                  {p: g[:, :, 1 + i].T for i, p in enumerate(PHASES)},
                                   {name: c[:rows] for name, c in rec.extra.items()})
         self.losses[:] = np.nan
         self.first_row = self.steps

@@ -6,7 +6,8 @@ CASE: ``ok`` (no fault; the script ends without finish(): the exit handler finis
 ``early`` (rank 2 stops one step before the others), ``differ`` (rank 2's model differs at
 wrap time), ``none-grad`` (rank 2 leaves one parameter's gradient None), ``nan`` (rank 2's
 gradient of one parameter is NaN), ``skip`` (as ``nan`` with nonfinite="skip": skipped),
-``crash`` (rank 2 raises a plain exception after wrapping).
+``crash`` (rank 2 raises a plain exception after wrapping), ``bad-setting`` (``lr=-1``),
+``unknown-setting`` (``sparsty=0.1``).
 """
 
 import sys
@@ -34,7 +35,8 @@ class Net(nn.Module):
 
 
 model = Net()
-ctx = hpc.init(algorithm="signum-mv", log=log, flush_every=2, quiet=True)
+settings = {"bad-setting": {"lr": -1.0}, "unknown-setting": {"sparsty": 0.1}}.get(case, {})
+ctx = hpc.init(algorithm="signum-mv", log=log, flush_every=2, quiet=True, **settings)
 if case == "differ" and ctx.rank == 2:
     with torch.no_grad():
         model.head.bias[0] += 1

@@ -87,6 +87,8 @@ def test_a_script_that_ends_without_finish_finishes_at_exit(tmp_path):
     ("none-grad", "the gradient of parameter extra.weight is None on rank 2 but not on rank 1"),
     ("nan", "rank 2: non-finite gradient (NaN or Inf) in parameter head.weight at step 2"),
     ("crash", "error on rank 2: Traceback"),
+    ("bad-setting", "hpcgrad: error: checking the settings failed on rank 0: lr must be > 0"),
+    ("unknown-setting", "unknown setting 'sparsty' (did you mean 'sparsity'?)"),
 ])
 def test_bad_input_ends_every_rank_with_a_message_naming_rank_and_parameter(case, message,
                                                                             tmp_path):
@@ -95,6 +97,9 @@ def test_bad_input_ends_every_rank_with_a_message_naming_rank_and_parameter(case
     assert message in result.stderr, result.stderr[-3000:]
     if case == "crash":
         assert "a bug in the user's loop" in result.stderr
+    if "setting" in case:  # agreed by every rank: printed once, no abort
+        assert result.stderr.count("hpcgrad: error:") == 1
+        assert "Abort" not in result.stderr
 
 
 def test_a_non_finite_step_is_skipped_on_every_rank_with_nonfinite_skip(tmp_path):

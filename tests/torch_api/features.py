@@ -9,7 +9,9 @@ checks and the script prints ``features ok`` on rank 1 at the end.
 2. a model converted with ``.half()`` (signum-mv): fp32 master copies, fp16 parameters equal on
    every rank and moved;
 3. checkpoints with the torch optimizer state: 4 steps with a checkpoint after 2, then a run
-   resumed from it that ends with the same parameters.
+   resumed from it that ends with the same parameters;
+4. fp16 autocast with a GradScaler and ``nonfinite="skip"``: the first step overflows (scale
+   2**18) and is skipped on every rank, the next 7 are exchanged.
 """
 
 import sys
@@ -106,5 +108,27 @@ def run(log, steps, **settings):
 whole = run("whole.h5", 4, checkpoint_every=2, checkpoint_dir=f"{out}/ck")
 resumed = run("resumed.h5", 4, resume=f"{out}/ck/step-00000002")
 assert whole == resumed, "a resumed run ended elsewhere"
+
+# 4. fp16 autocast, a loss scaler, and overflowing steps skipped on every rank
+ctx = hpc.init(algorithm="fp32-ps", log=f"{out}/scaler.h5", quiet=True)
+model = net()
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+if ctx.is_server:
+    hpc.serve(model, opt, ctx)
+else:
+    opt = hpc.DistributedOptimizer(opt, model, ctx, nonfinite="skip")
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**18)
+    g = torch.Generator().manual_seed(ctx.rank)
+    for _ in range(8):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = F.cross_entropy(model(torch.randn(8, 8, generator=g)),
+                                   torch.randint(0, 3, (8,), generator=g))
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        opt.step()
+        scaler.update()
+    assert opt.steps == 7, f"{opt.steps} steps exchanged, expected 7 (one overflow skipped)"
+    opt.finish()
 if ctx.rank == 1:
     print("features ok")

@@ -112,10 +112,13 @@ def test_a_non_finite_step_is_skipped_on_every_rank_with_nonfinite_skip(tmp_path
 def test_user_habits_torch_optimizers_amp_half_models_buffers_and_resume(tmp_path):
     """features.py: Adam with update="optimizer", a DataLoader, bf16 autocast, accumulation,
     clipping, a frozen layer, buffers broadcast; a .half() model; a resumed run with the
-    optimizer's momentum ending where an unbroken one does."""
+    optimizer's momentum ending where an unbroken one does; fp16 autocast with a GradScaler,
+    an overflowing step skipped on every rank."""
     result = _ok(run_mpi(3, [HERE / "features.py", tmp_path], module=None, timeout=110))
     assert "features ok" in result.stdout
     with h5py.File(tmp_path / "resumed.h5", "r") as f:
         assert list(f["steps"]["iteration"][...]) == [2, 3]
         assert f.attrs["first_step"] == 2
     assert (tmp_path / "ck" / "step-00000002" / "torch-rank-00001.pt").exists()
+    with h5py.File(tmp_path / "scaler.h5", "r") as f:
+        assert list(f["steps"]["iteration"][...]) == list(range(7))

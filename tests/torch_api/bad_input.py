@@ -4,7 +4,8 @@
 
 CASE: ``ok`` (no fault; the script ends without finish(): the exit handler finishes),
 ``early`` (rank 2 stops one step before the others), ``differ`` (rank 2's model differs at
-wrap time), ``none-grad`` (rank 2 leaves one parameter's gradient None), ``nan`` (rank 2's
+wrap time), ``broadcast`` (as ``differ``, wrapped with sync="broadcast": no error),
+``none-grad`` (rank 2 leaves one parameter's gradient None), ``nan`` (rank 2's
 gradient of one parameter is NaN), ``skip`` (as ``nan`` with nonfinite="skip": skipped),
 ``crash`` (rank 2 raises a plain exception after wrapping), ``bad-setting`` (``lr=-1``),
 ``unknown-setting`` (``sparsty=0.1``).
@@ -37,11 +38,12 @@ class Net(nn.Module):
 model = Net()
 settings = {"bad-setting": {"lr": -1.0}, "unknown-setting": {"sparsty": 0.1}}.get(case, {})
 ctx = hpc.init(algorithm="signum-mv", log=log, flush_every=2, quiet=True, **settings)
-if case == "differ" and ctx.rank == 2:
+if case in ("differ", "broadcast") and ctx.rank == 2:
     with torch.no_grad():
         model.head.bias[0] += 1
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
-opt = hpc.DistributedOptimizer(opt, model, ctx, nonfinite="skip" if case == "skip" else "error")
+opt = hpc.DistributedOptimizer(opt, model, ctx, nonfinite="skip" if case == "skip" else "error",
+                               sync="broadcast" if case == "broadcast" else "check")
 steps = 4 - (case == "early" and ctx.rank == 2)
 gen = torch.Generator().manual_seed(ctx.rank)
 for step in range(steps):

@@ -81,6 +81,11 @@ def test_a_script_that_ends_without_finish_finishes_at_exit(tmp_path):
         assert f["final_params_sha256"][()] != b""
 
 
+def test_sync_broadcast_starts_every_replica_from_rank_0s_parameters(tmp_path):
+    result = _ok(bad("broadcast", tmp_path))  # rank 2's model differs: taken over, no error
+    assert "rank 1 completed 4 exchanges" in result.stdout
+
+
 @pytest.mark.parametrize("case, message", [
     ("early", "rank 2 finished after 3 optimizer steps while rank 1 called step() for step 4"),
     ("differ", "rank 2's parameter head.bias differs from rank 0's at wrap time"),

@@ -5,8 +5,9 @@ The package is layered; each subpackage imports only those below it (the contrac
 
 ==============  ===============================================================
 ``cli``         ``hpcgrad train | analyze | bench``
-``bench``,      benchmarks (MPI) and the offline log analysis (no MPI, no Numba)
-``analysis``
+``bench``,      benchmarks (MPI) and the offline log analysis (no MPI, no Numba);
+``analysis``,   ``hpcgrad.torch``: your own training loop (``DistributedOptimizer``,
+``torch``       ``serve``) around the training layer's exchange
 ``training``    the training loop, the exchange of one step, settings, HDF5 log,
                 checkpoints, lr schedules, adversaries
 ``workloads``   models, datasets, partitions

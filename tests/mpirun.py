@@ -136,6 +136,7 @@ def run_mpi(
     cwd: str | os.PathLike | None = None,
     module: str | None = "hpcgrad",
     code: str | None = None,
+    mpi4py: bool = True,
 ) -> subprocess.CompletedProcess:
     """Run a program on ``n`` MPI ranks and wait for it; never raises on a non-zero exit.
 
@@ -145,6 +146,9 @@ def run_mpi(
     * else ``module`` (default ``"hpcgrad"``): ``python -m mpi4py -m <module> <args...>``;
     * ``module=None``: ``python -m mpi4py <args...>`` (``args`` start with a script path).
 
+    ``mpi4py=False`` leaves out ``-m mpi4py``: the program's own failure handling is tested
+    (``hpcgrad.torch`` installs one).
+
     ``env`` adds to / overrides the environment (see :func:`mpi_env`), ``cwd`` is the working
     directory. Output is captured as text in the result's ``stdout`` and ``stderr``; stdin is
     ``/dev/null``. If the launch runs longer than ``timeout`` seconds, it is stopped
@@ -153,7 +157,7 @@ def run_mpi(
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    cmd = [mpiexec_path(), "-n", str(n), sys.executable, "-m", "mpi4py"]
+    cmd = [mpiexec_path(), "-n", str(n), sys.executable] + (["-m", "mpi4py"] if mpi4py else [])
     if code is not None:
         cmd += ["-c", code]
     elif module is not None:

@@ -111,8 +111,11 @@ def _set(obj, path: str, value, xp=np) -> None:
 
 # ----------------------------------------------------------------------- save
 
-def save(directory, step: int, comm, flat, alg, sampler, totals: dict, config) -> Path:
-    """Collective: write the state after ``step`` completed steps; return the directory."""
+def save(directory, step: int, comm, flat, alg, sampler, totals: dict, config,
+         extra=None) -> Path:
+    """Collective: write the state after ``step`` completed steps; return the directory.
+    ``extra(directory)``, if given, writes this rank's further files into the directory
+    before it is complete (``hpcgrad.torch``: the torch optimizer's state)."""
     rank = comm.Get_rank()
     final = Path(directory) / f"step-{step:08d}"
     partial = Path(directory) / f".step-{step:08d}.partial"
@@ -128,6 +131,8 @@ def save(directory, step: int, comm, flat, alg, sampler, totals: dict, config) -
         raise HpcgradError(error)
     try:
         _write(rank_file(partial, rank), step, comm, flat, alg, sampler, totals, config)
+        if extra is not None:
+            extra(partial)
     except OSError as exc:
         error = f"rank {rank} cannot write its checkpoint file: {exc}"
     errors = [e for e in comm.allgather(error) if e]

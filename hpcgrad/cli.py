@@ -98,6 +98,7 @@ def cmd_train(args) -> int:
     from .comm.agreement import AgreedError, abort_job, agree
     from .options import IgnoredSettingWarning
     from .training.runtime import train
+    from .workloads import footprint
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
@@ -106,9 +107,9 @@ def cmd_train(args) -> int:
                               if args.config else {}, "reading the config file")
         with warnings.catch_warnings(record=True) as ignored:
             warnings.simplefilter("always", IgnoredSettingWarning)
-            config = agree(comm, lambda: configuration.build(file_settings,
-                                                             _cli_settings(args)),
-                           "checking the settings")
+            config = agree(comm, lambda: footprint.check(  # the memory they imply, too
+                configuration.build(file_settings, _cli_settings(args)), comm.Get_size()),
+                "checking the settings")
         if rank == 0:  # every rank checked the same settings: one copy of each warning
             for warning in ignored:
                 print(f"hpcgrad: warning: {warning.message}", file=sys.stderr, flush=True)

@@ -34,6 +34,7 @@ naming every difference; nothing is restored unless everything matches.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -147,6 +148,8 @@ def save(directory, step: int, comm, flat, alg, sampler, totals: dict, config) -
         error = f"rank {rank} cannot write its checkpoint file {str(path)!r}: {exc}"
     errors = [e for e in comm.allgather(error) if e]
     if errors:
+        if rank == 0:  # a partial checkpoint is never resumed: give its space back
+            shutil.rmtree(partial, ignore_errors=True)
         raise AgreedError(errors[0].splitlines()[0])
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)  # a re-run over an old checkpoint
@@ -156,8 +159,20 @@ def save(directory, step: int, comm, flat, alg, sampler, totals: dict, config) -
 
 
 def _write(path, step, comm, flat, alg, sampler, totals, config) -> None:
+    """Build the file in memory, then write its bytes with plain file I/O: a full disk or a
+    quota then raises a clean ``OSError`` (HDF5 writing to a full disk fails in its
+    destructors, with error stacks and even a segmentation fault)."""
+    image = io.BytesIO()
+    _build(image, step, comm, flat, alg, sampler, totals, config)
+    with open(path, "wb") as fh:
+        fh.write(image.getbuffer())
+        fh.flush()
+        os.fsync(fh.fileno())  # on disk before rank 0 renames the directory
+
+
+def _build(target, step, comm, flat, alg, sampler, totals, config) -> None:
     rank = comm.Get_rank()
-    with h5py.File(path, "w") as f:
+    with h5py.File(target, "w") as f:
         f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "step": step,
                         "rank": rank, "world_size": comm.Get_size(),
                         "algorithm": alg.name, "num_params": flat.count,

@@ -229,3 +229,33 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_job_with_one_line(tmp_pat
     assert ".step-00000005.partial" in lines[0]
     with h5py.File(tmp_path / "run.h5", "r") as f:  # the log was flushed and closed
         assert list(f["steps/iteration"][...]) == [0, 1, 2, 3, 4]
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KiB tmpfs: a real file system that fills up (needs root; skipped otherwise)."""
+    import os
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs",
+                                            str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_under_the_checkpoints_stops_the_job_with_one_line(tmp_path, full_disk):
+    """Before: h5py error stacks from every rank, and a segmentation fault."""
+    result = run_mpi(3, ["train", *QUICK, "--hidden", "256", "--log", str(tmp_path / "run.h5"),
+                         "--checkpoint-every", "5", "--checkpoint-dir", str(full_disk / "ck")],
+                     timeout=120)
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("hpcgrad")]
+    assert len(lines) == 1 and "No space left on device" in lines[0], result.stderr
+    assert "cannot write its checkpoint file" in lines[0]
+    assert "Traceback" not in result.stderr and "HDF5" not in result.stderr
+    assert list((full_disk / "ck").iterdir()) == []  # the partial checkpoint removed
+    with h5py.File(tmp_path / "run.h5", "r") as f:
+        assert list(f["steps/iteration"][...]) == [0, 1, 2, 3, 4]

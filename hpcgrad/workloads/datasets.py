@@ -186,12 +186,17 @@ def _find(name: str, root: Path, subdirs: tuple, filename: str, gz: bool = False
 
 
 def _read_bytes(path: Path) -> bytes:
+    """A whole (uncompressed) file, refused without reading it if it could not fit in the
+    memory available (a CIFAR batch is 30 MB; a wrong path may name a huge file)."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
+        size = path.stat().st_size
+        usable = footprint.USABLE * footprint.available_bytes()
+        if size > usable:
+            raise ConfigError(f"{path}: {size / footprint.GB:,.1f} GB, more than the "
+                              f"{usable / footprint.GB:,.1f} GB of memory usable; is this the "
+                              "right file?")
         return path.read_bytes()
-    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot be read: {exc}") from None
 
 

@@ -391,3 +391,15 @@ def test_an_idx_header_promising_more_than_memory_is_refused_before_reading(tmp_
     with pytest.raises(ConfigError, match=r"train-images-idx3-ubyte.gz: its header announces "
                        r"4294967295x65535x65535 bytes \([\d,.]+ GB\), more than the .* GB"):
         datasets.read_idx(path, 3)
+
+
+def test_a_cifar_batch_larger_than_memory_is_refused_unread(tmp_path):
+    from hpcgrad.workloads import footprint
+
+    write_cifar10(tmp_path)
+    batch = next(tmp_path.rglob("data_batch_1"))
+    with open(batch, "wb") as fh:  # sparse: as large as the memory, costs no disk
+        fh.truncate(int(footprint.available_bytes()) + (1 << 30))
+    with pytest.raises(ConfigError, match=r"data_batch_1: [\d,.]+ GB, more than the [\d,.]+ GB "
+                                          "of memory usable"):
+        datasets.cifar10(tmp_path)

@@ -4,6 +4,7 @@ Failure policy, so that no rank is ever left waiting in a collective:
 
 * setup errors (bad options, config file, world size, log path) are agreed on
   by all ranks; rank 0 prints one message and every rank exits with status 2;
+  a checkpoint that cannot be written is agreed on likewise (status 1);
 * any error after setup (a corrupt message, a NaN gradient, a bug) is printed
   by the rank that hit it, naming the rank, and the whole job is aborted with
   ``MPI_Abort`` (exit status 1).
@@ -94,9 +95,10 @@ def cmd_train(args) -> int:
     from mpi4py import MPI
 
     from .training import config as configuration
-    from .comm.agreement import SetupError, abort_job, agree
+    from .comm.agreement import AgreedError, abort_job, agree
     from .options import IgnoredSettingWarning
     from .training.runtime import train
+    from .workloads import footprint
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
@@ -105,17 +107,17 @@ def cmd_train(args) -> int:
                               if args.config else {}, "reading the config file")
         with warnings.catch_warnings(record=True) as ignored:
             warnings.simplefilter("always", IgnoredSettingWarning)
-            config = agree(comm, lambda: configuration.build(file_settings,
-                                                             _cli_settings(args)),
-                           "checking the settings")
+            config = agree(comm, lambda: footprint.check(  # the memory they imply, too
+                configuration.build(file_settings, _cli_settings(args)), comm.Get_size()),
+                "checking the settings")
         if rank == 0:  # every rank checked the same settings: one copy of each warning
             for warning in ignored:
                 print(f"hpcgrad: warning: {warning.message}", file=sys.stderr, flush=True)
         summary = train(config, comm)
-    except SetupError as exc:
+    except AgreedError as exc:  # every rank has it: one line from rank 0, no MPI_Abort
         if rank == 0:
             print(f"hpcgrad: error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return exc.status
     except BaseException as exc:  # noqa: BLE001 -- any failure must take the whole job down
         abort_job(comm, rank, exc)
         return 1

@@ -16,8 +16,19 @@ import traceback
 from ..errors import HpcgradError
 
 
-class SetupError(HpcgradError):
-    """Setup failed on at least one rank; raised on every rank alike."""
+class AgreedError(HpcgradError):
+    """A failure every rank of the job learned of together (through a collective), so every
+    rank raises it at the same point: rank 0 reports it once and every rank exits with
+    ``status``, without ``MPI_Abort`` (no rank is left waiting).  A checkpoint that cannot be
+    written is one (status 1)."""
+
+    status = 1
+
+
+class SetupError(AgreedError):
+    """Setup failed on at least one rank; raised on every rank alike (status 2)."""
+
+    status = 2
 
 
 def agree(comm, action, what: str):

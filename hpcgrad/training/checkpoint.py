@@ -17,6 +17,14 @@ sampler position, torch's RNG state, and on rank 0 the parameters
 (``params/<parameter>``, every replica being identical) and the run totals of
 the summary.  Its attributes name the run: algorithm, world size, settings.
 
+Every dataset carries the SHA-256 of its contents (attribute ``sha256``: dtype, shape and
+bytes), every group with attributes the SHA-256 of those (``attrs_sha256``); resume checks
+them all before anything is restored, so a flipped byte in a rank's momentum or rank 0's
+parameters is refused, naming the rank, the file and the dataset.  (HDF5's Fletcher32
+filter would cover chunked datasets only; scalars and empty arrays cannot be chunked.)
+Checkpoints of format version 1, written before the checksums, are still resumed, with a
+warning that their content cannot be verified.
+
 Resume checks that the checkpoint was written by a run of the same algorithm,
 world size, model (parameter names and shapes) and settings (all but those that
 do not change the trajectory: ``IGNORED``) and raises :class:`ConfigError`
@@ -25,10 +33,13 @@ naming every difference; nothing is restored unless everything matches.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import h5py
@@ -36,10 +47,14 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import ConfigError, HpcgradError
+from ..comm.agreement import AgreedError
+from ..errors import ConfigError
 
 FORMAT = "hpcgrad-checkpoint"
-FORMAT_VERSION = 1
+#: 2: every dataset and attribute set carries its SHA-256 (1: none; still read, unverified).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+DIGEST, ATTRS_DIGEST = "sha256", "attrs_sha256"
 #: Settings a resumed run may change: they do not change the trajectory.  (``iterations``
 #: may grow to extend a run, unless a cosine lr schedule is spread over it; settings
 #: derived from it, such as DQ-SGD's horizon, are compared as resolved.)
@@ -128,16 +143,19 @@ def save(directory, step: int, comm, flat, alg, sampler, totals: dict, config,
             error = f"cannot create the checkpoint directory {str(partial)!r}: {exc}"
     error = comm.bcast(error, root=0)
     if error:
-        raise HpcgradError(error)
+        raise AgreedError(error)  # every rank has it: one line from rank 0, exit status 1
+    path = rank_file(partial, rank)
     try:
-        _write(rank_file(partial, rank), step, comm, flat, alg, sampler, totals, config)
+        _write(path, step, comm, flat, alg, sampler, totals, config)
         if extra is not None:
             extra(partial)
-    except OSError as exc:
-        error = f"rank {rank} cannot write its checkpoint file: {exc}"
+    except OSError as exc:  # a full disk, a quota, a vanished directory
+        error = f"rank {rank} cannot write its checkpoint file {str(path)!r}: {exc}"
     errors = [e for e in comm.allgather(error) if e]
     if errors:
-        raise HpcgradError(errors[0])
+        if rank == 0:  # a partial checkpoint is never resumed: give its space back
+            shutil.rmtree(partial, ignore_errors=True)
+        raise AgreedError(errors[0].splitlines()[0])
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)  # a re-run over an old checkpoint
         os.replace(partial, final)
@@ -146,8 +164,20 @@ def save(directory, step: int, comm, flat, alg, sampler, totals: dict, config,
 
 
 def _write(path, step, comm, flat, alg, sampler, totals, config) -> None:
+    """Build the file in memory, then write its bytes with plain file I/O: a full disk or a
+    quota then raises a clean ``OSError`` (HDF5 writing to a full disk fails in its
+    destructors, with error stacks and even a segmentation fault)."""
+    image = io.BytesIO()
+    _build(image, step, comm, flat, alg, sampler, totals, config)
+    with open(path, "wb") as fh:
+        fh.write(image.getbuffer())
+        fh.flush()
+        os.fsync(fh.fileno())  # on disk before rank 0 renames the directory
+
+
+def _build(target, step, comm, flat, alg, sampler, totals, config) -> None:
     rank = comm.Get_rank()
-    with h5py.File(path, "w") as f:
+    with h5py.File(target, "w") as f:
         f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "step": step,
                         "rank": rank, "world_size": comm.Get_size(),
                         "algorithm": alg.name, "num_params": flat.count,
@@ -158,8 +188,8 @@ def _write(path, step, comm, flat, alg, sampler, totals, config) -> None:
             params = flat.params.detach().cpu().numpy()
             group = f.create_group("params")
             for name, start, n, shape in _tensors(flat):
-                group[name] = params[start:start + n].reshape(shape)
-            f.create_group("totals").attrs.update(totals)
+                _put(group, name, params[start:start + n].reshape(shape))
+            _seal_attrs(f.create_group("totals"), totals)
         state = f.create_group("state")
         for key in alg.state_names:
             value = _get(alg, key)
@@ -168,15 +198,45 @@ def _write(path, step, comm, flat, alg, sampler, totals, config) -> None:
             value = _host(value)
             if isinstance(value, np.ndarray) and value.ndim == 1 and value.size == flat.count:
                 group = state.create_group(key)
-                group.attrs["per_parameter"] = True
+                _seal_attrs(group, {"per_parameter": True})
                 for name, start, n, shape in _tensors(flat):
-                    group[name] = value[start:start + n].reshape(shape)
+                    _put(group, name, value[start:start + n].reshape(shape))
             else:
-                state[key] = value
+                _put(state, key, value)
         if sampler is not None:
-            f.create_group("sampler").attrs.update({"epoch": sampler.epoch,
+            _seal_attrs(f.create_group("sampler"), {"epoch": sampler.epoch,
                                                     "cursor": sampler.cursor})
-        f["torch_rng_state"] = torch.get_rng_state().numpy()
+        _put(f, "torch_rng_state", torch.get_rng_state().numpy())
+        _seal_attrs(f, {})  # the root's attributes, written above
+
+
+def _digest(value) -> str:
+    """SHA-256 of an array's dtype, shape and bytes (C order)."""
+    array = np.ascontiguousarray(value)
+    h = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    h.update(array.tobytes())
+    return h.hexdigest()
+
+
+def _attrs_digest(attrs) -> str:
+    """SHA-256 of a set of HDF5 attributes as read back (sorted by name; the digest's own
+    attribute excluded)."""
+    h = hashlib.sha256()
+    for name in sorted(k for k in attrs if k != ATTRS_DIGEST):
+        h.update(f"{name}\0{_digest(np.asarray(attrs[name]))}\0".encode())
+    return h.hexdigest()
+
+
+def _put(group, name: str, value) -> None:
+    """Write a dataset with the digest of what HDF5 holds (read back, so that any conversion
+    h5py makes on the way is what the digest covers)."""
+    dataset = group.create_dataset(name, data=value)
+    dataset.attrs[DIGEST] = _digest(dataset[()])
+
+
+def _seal_attrs(obj, attrs: dict) -> None:
+    obj.attrs.update(attrs)
+    obj.attrs[ATTRS_DIGEST] = _attrs_digest(obj.attrs)
 
 
 def _tensors(flat):
@@ -223,9 +283,16 @@ def check(directory, comm, flat, alg, config) -> int:
         raise ConfigError(f"checkpoint file {str(path)!r} cannot be read: {exc}") from None
     if attrs.get("format") != FORMAT:
         raise ConfigError(f"{str(path)!r} is not an hpcgrad checkpoint")
-    if attrs.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"{str(path)!r}: checkpoint format version "
-                          f"{attrs.get('format_version')}, this hpcgrad reads {FORMAT_VERSION}")
+    version = attrs.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise ConfigError(f"{str(path)!r}: checkpoint format version {version}, this hpcgrad "
+                          f"reads {', '.join(map(str, READABLE_VERSIONS))}")
+    if version >= 2:
+        verify(path, rank)
+    elif rank == 0:  # every rank has the same version: one warning
+        print(f"hpcgrad: warning: checkpoint {str(directory)!r} was written before "
+              "checkpoints carried checksums (format version 1): its content cannot be "
+              "verified", file=sys.stderr, flush=True)
     problems = []
     if attrs["world_size"] != size:
         problems.append(f"world size: checkpoint {attrs['world_size']}, now {size}")
@@ -249,6 +316,46 @@ def check(directory, comm, flat, alg, config) -> int:
     return step
 
 
+def verify(path, rank: int) -> None:
+    """Check every dataset's and attribute set's SHA-256 in one rank's file (format version
+    2); raises :class:`ConfigError` naming the rank, the file and the first object whose
+    content differs from what was written, or that has no checksum."""
+    where = f"rank {rank}'s checkpoint file {str(path)!r}"
+    objects = []
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: objects.append(name))
+            for name in ["/", *objects]:
+                obj = f[name]
+                if isinstance(obj, h5py.Dataset):
+                    stored = obj.attrs.get(DIGEST)
+                    what, its = f"dataset {name!r}", "fails its"
+                    actual = None if stored is None else _digest(obj[()])
+                elif name == "/" or len(obj.attrs):
+                    stored = obj.attrs.get(ATTRS_DIGEST)
+                    what = "the file's attributes" if name == "/" else \
+                        f"the attributes of group {name!r}"
+                    its = "fail their"
+                    actual = None if stored is None else _attrs_digest(obj.attrs)
+                else:
+                    continue  # a group without attributes: its datasets are checked
+                if stored is None:
+                    raise ConfigError(f"{where}: {what} has no checksum; the file is damaged "
+                                      "or was not written by hpcgrad")
+                if actual != _text(stored):
+                    raise ConfigError(f"{where}: {what} {its} SHA-256 check (stored "
+                                      f"{_text(stored)[:12]}..., read {actual[:12]}...): the "
+                                      "file is damaged; resume from another checkpoint")
+    except ConfigError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(f"{where} is damaged: {str(exc).splitlines()[0]}") from None
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _first_difference(saved, now) -> str:
     for a, b in zip(saved, now):
         if a != b:
@@ -270,7 +377,8 @@ def load(directory, comm, flat, alg, sampler, xp=np) -> dict:
                 for name, start, n in zip(flat.names, flat.offsets, flat.numels):
                     params[start:start + n] = f["params"][name][...].reshape(-1)
                 flat.params.copy_(torch.from_numpy(params))
-                totals = {k: v.item() for k, v in f["totals"].attrs.items()}
+                totals = {k: v.item() for k, v in f["totals"].attrs.items()
+                          if k != ATTRS_DIGEST}
             state = f["state"]
             for key in alg.state_names:
                 if key not in state:

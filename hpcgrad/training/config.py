@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 import sys
 import warnings
 from pathlib import Path
@@ -252,18 +254,56 @@ def _not_read(given: list, chosen: tuple) -> str:
             f"{'it' if len(flags) == 1 else 'them'}" + (f" ({hint})" if hint else ""))
 
 
+#: The largest config file read: settings are a few hundred bytes; this bounds the time and
+#: memory a wrong path (a data file, a log) costs every rank.
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_file(path: str | Path) -> dict:
-    """Settings from a TOML file (keys as on the command line, '-' or '_')."""
+    """Settings from a TOML file (keys as on the command line, '-' or '_').
+
+    The file must be a regular file of at most :data:`MAX_CONFIG_BYTES` in UTF-8: a device
+    (``/dev/zero``), a FIFO, a directory or a large file is refused before it is read (a FIFO
+    is opened non-blocking, so a missing writer cannot stall the job), and at most that many
+    bytes are ever read."""
     path = Path(path)
+    name = repr(str(path))
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        raise ConfigError(f"config file {name} does not exist") from None
     except OSError as exc:
-        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
+        raise ConfigError(f"config file {name} cannot be read: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)  # of the file opened, not of whatever the path names later
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"config file {name} is a directory, not a TOML file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"config file {name} is not a regular file (a device, FIFO or "
+                              "socket); give the path of a TOML file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {name} is {info.st_size / 1e6:.1f} MB; a config "
+                              f"file holds settings and may be at most "
+                              f"{MAX_CONFIG_BYTES // 1024} KiB: is it the right file?")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)  # bounded, should it grow meanwhile
+    except OSError as exc:
+        raise ConfigError(f"config file {name} cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {name} grew past {MAX_CONFIG_BYTES // 1024} KiB "
+                          "while being read")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {name} is not UTF-8 text (byte 0x{raw[exc.start]:02x} "
+                          f"at offset {exc.start}): a TOML file is UTF-8; is it the right "
+                          "file?") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+        raise ConfigError(f"config file {name} is not valid TOML: {exc}") from None
     settings = {}
     for key, value in data.items():
         name = options.key_name(key)

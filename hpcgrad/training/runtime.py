@@ -35,7 +35,7 @@ from mpi4py import MPI
 
 from .. import __version__, algorithms, kernels
 from ..comm import device
-from ..workloads import datasets, models, partitions
+from ..workloads import datasets, footprint, models, partitions
 from . import attacks, checkpoint, exchange
 from . import schedule as lr_schedule
 from ..comm.agreement import agree
@@ -164,6 +164,8 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     comm = comm or MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     agree(comm, lambda: _check_world(comm, config), "checking the job")
+    if data is None and model is None:  # the settings decide the sizes (the CLI checked too)
+        agree(comm, lambda: footprint.check(config, size), "checking the memory")
     workers = size - 1
     is_server = rank == 0
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -5,6 +5,8 @@
 * :mod:`hpcgrad.workloads.models` -- ``mlp``, ``cnn``, ``resnet20/56``, ``embedding-bag``;
 * :mod:`hpcgrad.workloads.datasets` -- ``Dataset``, ``synthetic`` (the embedded task) and
   the file readers;
+* :mod:`hpcgrad.workloads.footprint` -- the memory the settings imply, checked against what
+  is available before anything is allocated (no torch);
 * :mod:`hpcgrad.workloads.partitions` -- ``ShardSampler`` (``iid``, ``classes:L``,
   ``dirichlet:alpha``).
 

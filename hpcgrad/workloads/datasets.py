@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import footprint
 from .catalog import parse_features
 from ..errors import ConfigError
 
@@ -185,12 +186,17 @@ def _find(name: str, root: Path, subdirs: tuple, filename: str, gz: bool = False
 
 
 def _read_bytes(path: Path) -> bytes:
+    """A whole (uncompressed) file, refused without reading it if it could not fit in the
+    memory available (a CIFAR batch is 30 MB; a wrong path may name a huge file)."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                return fh.read()
+        size = path.stat().st_size
+        usable = footprint.USABLE * footprint.available_bytes()
+        if size > usable:
+            raise ConfigError(f"{path}: {size / footprint.GB:,.1f} GB, more than the "
+                              f"{usable / footprint.GB:,.1f} GB of memory usable; is this the "
+                              "right file?")
         return path.read_bytes()
-    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+    except OSError as exc:
         raise ConfigError(f"{path}: cannot be read: {exc}") from None
 
 
@@ -220,29 +226,68 @@ def _normalise(train: np.ndarray, test: np.ndarray) -> tuple[torch.Tensor, torch
 
 
 def read_idx(path, ndim: int) -> np.ndarray:
-    """An IDX file of unsigned bytes with ``ndim`` dimensions (MNIST's format)."""
+    """An IDX file of unsigned bytes with ``ndim`` dimensions (MNIST's format), plain or
+    ``.gz``.
+
+    Read as a stream: the magic number and the dimensions first, then exactly the bytes they
+    announce, and one more to detect trailing data.  A ``.gz`` file is inflated only that far,
+    so a small file that would inflate to gigabytes (a corrupt or hostile one) is refused
+    after inflating at most what its header promised, and a header promising more than the
+    memory available (``footprint.available_bytes``) is refused before inflating any data."""
     path = Path(path)
-    raw = _read_bytes(path)
+    try:
+        opened = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+        with opened as fh:
+            return _read_idx_stream(fh, path, ndim)
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise ConfigError(f"{path}: cannot be read: {exc}") from None
+
+
+def _read_exactly(fh, n: int) -> bytes:
+    chunks, left = [], n
+    while left > 0:
+        chunk = fh.read(min(left, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_idx_stream(fh, path: Path, ndim: int) -> np.ndarray:
     expected_magic = 0x0800 | ndim
-    if len(raw) < 4:
-        raise ConfigError(f"{path}: truncated IDX file ({len(raw)} bytes, not even the magic "
+    head = _read_exactly(fh, 4)
+    if len(head) < 4:
+        raise ConfigError(f"{path}: truncated IDX file ({len(head)} bytes, not even the magic "
                           "number)")
-    magic = struct.unpack(">I", raw[:4])[0]
+    magic = struct.unpack(">I", head)[0]
     if magic != expected_magic:
         raise ConfigError(f"{path}: bad IDX magic number 0x{magic:08x}, expected "
                           f"0x{expected_magic:08x} (unsigned bytes, {ndim} dimension"
                           f"{'s' if ndim > 1 else ''}); is this the right file?")
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ConfigError(f"{path}: truncated IDX header ({len(raw)} bytes, expected "
-                          f"{header})")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    size = header + int(math.prod(dims))
-    if len(raw) != size:
-        raise ConfigError(f"{path}: {len(raw)} bytes, but its header announces "
-                          f"{'x'.join(map(str, dims))} bytes of data ({size} in all): "
-                          f"{'truncated' if len(raw) < size else 'trailing bytes'}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    raw_dims = _read_exactly(fh, 4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise ConfigError(f"{path}: truncated IDX header ({4 + len(raw_dims)} bytes, "
+                          f"expected {header})")
+    dims = struct.unpack(f">{ndim}I", raw_dims)
+    size = int(math.prod(dims))
+    available = footprint.available_bytes()
+    if size > footprint.USABLE * available:
+        raise ConfigError(f"{path}: its header announces {'x'.join(map(str, dims))} bytes "
+                          f"({size / footprint.GB:,.1f} GB), more than the "
+                          f"{footprint.USABLE * available / footprint.GB:,.1f} GB of memory "
+                          "usable; is this the right file?")
+    data = _read_exactly(fh, size)
+    if len(data) < size:
+        raise ConfigError(f"{path}: {header + len(data)} bytes, but its header announces "
+                          f"{'x'.join(map(str, dims))} bytes of data ({header + size} in all): "
+                          "truncated")
+    if fh.read(1):
+        raise ConfigError(f"{path}: more than the {header + size} bytes its header announces "
+                          f"({'x'.join(map(str, dims))} bytes of data): trailing bytes "
+                          "(not read further)")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def mnist(path) -> Dataset:

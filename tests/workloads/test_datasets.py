@@ -340,3 +340,66 @@ def test_a_config_file_names_the_workload_settings(tmp_path):
 def test_idx_struct_layout_is_big_endian():
     data = idx_bytes(np.zeros((2, 3, 4), np.uint8))
     assert struct.unpack(">IIII", data[:16]) == (0x803, 2, 3, 4) and len(data) == 16 + 24
+
+
+def _gzip_bomb(path, header: bytes, zeros_mb: int) -> None:
+    """``header`` then ``zeros_mb`` MB of zeros, as concatenated gzip members (which gzip
+    readers inflate as one stream): a file of about 1 KB per MB it inflates to."""
+    megabyte = gzip.compress(bytes(1 << 20), compresslevel=9)
+    with open(path, "wb") as fh:
+        fh.write(gzip.compress(header))
+        for _ in range(zeros_mb):
+            fh.write(megabyte)
+
+
+BOMB_READER = """
+import resource, sys, time
+from hpcgrad.workloads import datasets
+from hpcgrad.errors import ConfigError
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+try:
+    datasets.read_idx(sys.argv[1], 3)
+except ConfigError as exc:
+    print(exc)
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(f"{grown / 1024:.0f} MB {time.perf_counter() - started:.2f} s")
+"""
+
+
+def test_a_gzip_bomb_is_refused_after_inflating_what_its_header_promised(tmp_path):
+    """1 MB of .gz that inflates to 1 GB behind an MNIST header (60000 x 28 x 28 = 47 MB):
+    refused as trailing data once the 47 MB are read, with the memory grown by far less
+    than the 1 GB (before: all of it inflated on every rank, 2.6 GB peak)."""
+    import subprocess
+    import sys
+
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    _gzip_bomb(bomb, struct.pack(">IIII", 0x0803, 60000, 28, 28), zeros_mb=1024)
+    assert bomb.stat().st_size < 2 << 20
+    out = subprocess.run([sys.executable, "-c", BOMB_READER, str(bomb)], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    message, measured = out.stdout.strip().splitlines()
+    assert "train-images-idx3-ubyte.gz: more than the 47040016 bytes its header announces" \
+        in message and "trailing bytes" in message, out.stdout + out.stderr
+    assert int(measured.split()[0]) < 400, measured  # 47 MB of data read, not 1 GB
+
+
+def test_an_idx_header_promising_more_than_memory_is_refused_before_reading(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    _gzip_bomb(path, struct.pack(">IIII", 0x0803, 0xFFFFFFFF, 0xFFFF, 0xFFFF), zeros_mb=1)
+    with pytest.raises(ConfigError, match=r"train-images-idx3-ubyte.gz: its header announces "
+                       r"4294967295x65535x65535 bytes \([\d,.]+ GB\), more than the .* GB"):
+        datasets.read_idx(path, 3)
+
+
+def test_a_cifar_batch_larger_than_memory_is_refused_unread(tmp_path):
+    from hpcgrad.workloads import footprint
+
+    write_cifar10(tmp_path)
+    batch = next(tmp_path.rglob("data_batch_1"))
+    with open(batch, "wb") as fh:  # sparse: as large as the memory, costs no disk
+        fh.truncate(int(footprint.available_bytes()) + (1 << 30))
+    with pytest.raises(ConfigError, match=r"data_batch_1: [\d,.]+ GB, more than the [\d,.]+ GB "
+                                          "of memory usable"):
+        datasets.cifar10(tmp_path)

@@ -29,6 +29,7 @@ The update (``update=``):
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 from pathlib import Path
 
@@ -265,14 +266,17 @@ class Session:
     def _save_torch_state(self, directory) -> None:
         state = {"optimizer": self.optimizer.state_dict() if self.optimizer else None,
                  "buffers": {n: b.detach().cpu() for n, b in self.model.named_buffers()}}
-        torch.save(state, self._torch_state_file(directory))
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        checkpoint.write_sealed(self._torch_state_file(directory), buffer.getvalue())
 
     def _load_torch_state(self, directory) -> None:
         path = self._torch_state_file(directory)
         if not path.exists():
             raise ConfigError(f"checkpoint {str(directory)!r} has no {path.name}: it was not "
                               "written by hpcgrad.torch")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(checkpoint.read_sealed(path)), map_location="cpu",
+                           weights_only=True)
         if self.optimizer is not None and state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         buffers = dict(self.model.named_buffers())

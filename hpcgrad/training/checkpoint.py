@@ -210,6 +210,30 @@ def _build(target, step, comm, flat, alg, sampler, totals, config) -> None:
         _seal_attrs(f, {})  # the root's attributes, written above
 
 
+def write_sealed(path, data: bytes) -> None:
+    """Write a checkpoint's extra file (not HDF5: e.g. ``hpcgrad.torch``'s optimizer state)
+    with its SHA-256 beside it in ``PATH.sha256``, so that :func:`read_sealed` refuses a
+    damaged copy as resume refuses a damaged dataset."""
+    path = Path(path)
+    path.write_bytes(data)
+    path.with_name(path.name + ".sha256").write_text(hashlib.sha256(data).hexdigest() + "\n")
+
+
+def read_sealed(path) -> bytes:
+    """The bytes of a file written by :func:`write_sealed`; a missing or different digest is
+    a :class:`ConfigError` naming the file (resume refuses it)."""
+    path = Path(path)
+    data = path.read_bytes()
+    sidecar = path.with_name(path.name + ".sha256")
+    try:
+        expected = sidecar.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{str(path)!r} has no readable SHA-256 ({sidecar.name}): {exc}")
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise ConfigError(f"{str(path)!r} fails its SHA-256 check: the file is damaged")
+    return data
+
+
 def _digest(value) -> str:
     """SHA-256 of an array's dtype, shape and bytes (C order)."""
     array = np.ascontiguousarray(value)

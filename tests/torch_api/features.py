@@ -11,10 +11,14 @@ checks and the script prints ``features ok`` on rank 1 at the end.
 3. checkpoints with the torch optimizer state: 4 steps with a checkpoint after 2, then a run
    resumed from it that ends with the same parameters;
 4. fp16 autocast with a GradScaler and ``nonfinite="skip"``: the first step overflows (scale
-   2**18) and is skipped on every rank, the next 7 are exchanged.
+   2**18) and is skipped on every rank, the next 7 are exchanged;
+5. the checkpoint of 3 with one byte of worker 1's optimizer-state file flipped: resume is
+   refused on every rank, naming the file.
 """
 
+import shutil
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import hpcgrad.torch as hpc
+from hpcgrad.comm.agreement import SetupError
 
 out = sys.argv[1]
 
@@ -132,3 +137,20 @@ else:
     opt.finish()
 if ctx.rank == 1:
     print("features ok")
+
+# 5. a damaged optimizer-state file is refused on resume, naming the file, on every rank alike
+if ctx.rank == 0:
+    shutil.copytree(f"{out}/ck/step-00000002", f"{out}/damaged")
+    state = Path(f"{out}/damaged/torch-rank-00001.pt")
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    state.write_bytes(bytes(data))
+ctx.comm.Barrier()
+try:
+    run("damaged.h5", 4, resume=f"{out}/damaged")
+except SetupError as exc:
+    assert "torch-rank-00001.pt" in str(exc) and "SHA-256" in str(exc), exc
+else:
+    raise AssertionError("a damaged optimizer-state file was resumed")
+if ctx.rank == 1:
+    print("damaged optimizer state refused")

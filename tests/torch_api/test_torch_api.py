@@ -121,6 +121,7 @@ def test_user_habits_torch_optimizers_amp_half_models_buffers_and_resume(tmp_pat
     an overflowing step skipped on every rank."""
     result = _ok(run_mpi(3, [HERE / "features.py", tmp_path], module=None, timeout=110))
     assert "features ok" in result.stdout
+    assert "damaged optimizer state refused" in result.stdout
     with h5py.File(tmp_path / "resumed.h5", "r") as f:
         assert list(f["steps"]["iteration"][...]) == [2, 3]
         assert f.attrs["first_step"] == 2

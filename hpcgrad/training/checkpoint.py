@@ -43,7 +43,7 @@ FORMAT_VERSION = 1
 #: Settings a resumed run may change: they do not change the trajectory.  (``iterations``
 #: may grow to extend a run, unless a cosine lr schedule is spread over it; settings
 #: derived from it, such as DQ-SGD's horizon, are compared as resolved.)
-IGNORED = {"iterations", "log", "quiet", "eval_every", "flush_every", "record_messages",
+IGNORED = {"iterations", "log", "overwrite", "quiet", "eval_every", "flush_every", "record_messages",
            "checkpoint_every", "checkpoint_dir", "resume"}
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
@@ -111,8 +111,10 @@ def _set(obj, path: str, value, xp=np) -> None:
 
 # ----------------------------------------------------------------------- save
 
-def save(directory, step: int, comm, flat, alg, sampler, totals: dict, config) -> Path:
-    """Collective: write the state after ``step`` completed steps; return the directory."""
+def save(directory, step: int, comm, flat, alg, sampler, totals: dict, config,
+         run: dict | None = None) -> Path:
+    """Collective: write the state after ``step`` completed steps; return the directory.
+    ``run`` (rank 0): the run's identity for the log of a resumed run (:func:`read_run`)."""
     rank = comm.Get_rank()
     final = Path(directory) / f"step-{step:08d}"
     partial = Path(directory) / f".step-{step:08d}.partial"
@@ -127,7 +129,7 @@ def save(directory, step: int, comm, flat, alg, sampler, totals: dict, config) -
     if error:
         raise HpcgradError(error)
     try:
-        _write(rank_file(partial, rank), step, comm, flat, alg, sampler, totals, config)
+        _write(rank_file(partial, rank), step, comm, flat, alg, sampler, totals, config, run)
     except OSError as exc:
         error = f"rank {rank} cannot write its checkpoint file: {exc}"
     errors = [e for e in comm.allgather(error) if e]
@@ -140,7 +142,7 @@ def save(directory, step: int, comm, flat, alg, sampler, totals: dict, config) -
     return final
 
 
-def _write(path, step, comm, flat, alg, sampler, totals, config) -> None:
+def _write(path, step, comm, flat, alg, sampler, totals, config, run=None) -> None:
     rank = comm.Get_rank()
     with h5py.File(path, "w") as f:
         f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "step": step,
@@ -155,6 +157,8 @@ def _write(path, step, comm, flat, alg, sampler, totals, config) -> None:
             for name, start, n, shape in _tensors(flat):
                 group[name] = params[start:start + n].reshape(shape)
             f.create_group("totals").attrs.update(totals)
+            if run:
+                f.create_group("run").attrs.update(run)
         state = f.create_group("state")
         for key in alg.state_names:
             value = _get(alg, key)
@@ -249,6 +253,20 @@ def _first_difference(saved, now) -> str:
         if a != b:
             return f" (first difference: {a[0]} {list(a[1])} vs {b[0]} {list(b[1])})"
     return ""
+
+
+def read_run(directory) -> dict:
+    """Rank 0's ``run`` attributes of a checkpoint: ``run_id``, ``part`` and ``log_path`` of the
+    run that wrote it (empty for checkpoints written before they were recorded)."""
+    try:
+        with h5py.File(rank_file(directory, 0), "r") as f:
+            if "run" not in f:
+                return {}
+            return {k: (v.item() if isinstance(v, np.generic) else v)
+                    for k, v in f["run"].attrs.items()}
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"checkpoint file {str(rank_file(directory, 0))!r} is damaged: "
+                          f"{exc}") from None
 
 
 def load(directory, comm, flat, alg, sampler, xp=np) -> dict:

@@ -1,7 +1,7 @@
 """A log path belongs to one run: rank 0's exclusive claim on it.
 
 :func:`claim` checks the path (its parent must be an existing directory, except the default
-``runs/``, which is created), creates the file -- refusing an existing one unless
+log directory ``runs/`` in the working directory, which is created), creates the file -- refusing an existing one unless
 ``overwrite`` -- and takes an exclusive lock on it that is held until :meth:`LogClaim.release`
 (or until the process dies: the kernel drops it).  A second job on the same path is refused
 whether it starts together with the first (``O_EXCL`` lets one create the file) or later (the
@@ -62,7 +62,7 @@ def check_path(path, *, overwrite: bool, default: bool, option: str = "--log") -
     path = Path(path)
     if default:
         return
-    check_parent(path, option, make_parent=False)
+    check_parent(path, option, make_parent=path.parent == DEFAULT_DIR)
     if path.exists() and not overwrite:
         raise ConfigError(_exists(path, option))
 
@@ -113,7 +113,7 @@ def claim(path, *, overwrite: bool, default: bool, option: str = "--log") -> Log
     A default path (``default``) that exists already -- two runs started in the same second
     -- gets a ``-2``, ``-3``, ... suffix instead of being refused."""
     path = Path(path)
-    check_parent(path, option, make_parent=default)
+    check_parent(path, option, make_parent=default or path.parent == DEFAULT_DIR)
     for attempt in range(1, 100):
         candidate = path if attempt == 1 else path.with_stem(f"{path.stem}-{attempt}")
         flags = os.O_RDWR | os.O_CREAT | (0 if overwrite else os.O_EXCL)

@@ -192,7 +192,7 @@ class TrafficLog:
             pass
 
 
-def _reason(exc: OSError) -> str:
+def _reason(exc: Exception) -> str:
     """HDF5's message cut to its cause: ``No space left on device`` rather than the stack."""
     text = str(exc)
     for cause in ("No space left on device", "Disk quota exceeded", "Read-only file system",
@@ -203,7 +203,7 @@ def _reason(exc: OSError) -> str:
 
 
 class _WriteErrors:
-    """Turn an OSError from HDF5 while writing into one :class:`LogWriteError` line."""
+    """Turn an error from HDF5 while writing into one :class:`LogWriteError` line."""
 
     def __init__(self, path):
         self.path = path
@@ -212,7 +212,9 @@ class _WriteErrors:
         return self
 
     def __exit__(self, kind, exc, tb):
-        if kind is not None and issubclass(kind, OSError) and not isinstance(exc, LogWriteError):
+        # h5py raises OSError or, from a failed flush, RuntimeError (errno in the text).
+        if (kind is not None and issubclass(kind, (OSError, RuntimeError))
+                and not isinstance(exc, LogWriteError)):
             raise LogWriteError(f"cannot write the log file {str(self.path)!r}: "
                                 f"{_reason(exc)}") from None
         return False

@@ -154,12 +154,37 @@ def _render(table, args, notes=()) -> str:
     return text
 
 
+def _part_notes(logs) -> list[str]:
+    """What a reader of the figures must know about resumed runs: a part given alone covers
+    only its steps; a stitched run may lack the steps of a part not given."""
+    from .reader import StitchedRun
+    notes = []
+    for log in logs:
+        if isinstance(log, StitchedRun):
+            missing = log.missing_steps()
+            if missing:
+                notes.append(f"{log.name}: {missing} steps are in none of the parts given "
+                             "(a part missing?)")
+        elif log.first_step:
+            previous = log.meta.get("previous_log")
+            notes.append(f"{log.name} is a resumed run's part from step {log.first_step}: its "
+                         "figures cover its own steps; give the earlier parts' logs too"
+                         + (f" (previous: {previous})" if previous else "")
+                         + " for the whole run")
+    return notes
+
+
 def cmd_summary(args) -> int:
     from . import reader, summary
     logs = reader.open_runs(args.runs)
     try:
         if args.follow is None:
-            print(_render(summary.summary_table(logs, args.timing), args))
+            notes = _part_notes(logs)
+            print(_render(summary.summary_table(logs, args.timing), args,
+                          notes if args.format == "text" else ()))
+            if args.format != "text":
+                for note in notes:
+                    print(f"note: {note}", file=sys.stderr)
             return 0
         return _follow(logs, args)
     finally:
@@ -200,6 +225,7 @@ def cmd_compare(args) -> int:
     logs = reader.open_runs(args.runs)
     try:
         table, notes = summary.compare_table(logs, args.timing)
+        notes = _part_notes(logs) + notes
         if args.format == "text":
             ref = logs[0]
             head = f"ratios against {ref.name} ({ref.algorithm}, {ref.num_workers} workers)"

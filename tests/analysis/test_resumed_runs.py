@@ -101,6 +101,8 @@ def test_cli_plot_summary_compare_export(parts, tmp_path, capsys):
     assert analyze("plot", *logs, "-o", tmp_path / "stitched") == 0
     assert (tmp_path / "stitched" / "cumulative_bytes_accuracy.png").stat().st_size > 0
     capsys.readouterr()
+    assert analyze("summary", parts / "part2.h5") == 0
+    assert "part from step 10" in capsys.readouterr().out
     assert analyze("summary", *logs, "--format", "json") == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["steps"] == 30 and row["run"] == "whole (3 parts)"

@@ -19,7 +19,7 @@ export MPIR_CVAR_CH4_CMA_ENABLE="${MPIR_CVAR_CH4_CMA_ENABLE:-1}"
 for round in $(seq 1 "$rounds"); do
     for w in 2 3 4 6; do
         mpiexec -n $((w + 1)) hpcgrad train --algorithm fp32-ps --iterations 100 --hidden 1024 \
-            --eval-every 0 --log "$out/z$round-fp32-ps-w$w.h5" --quiet > /dev/null
+            --eval-every 0 --overwrite --log "$out/z$round-fp32-ps-w$w.h5" --quiet > /dev/null
         echo "round $round, $w workers done"
     done
 done

@@ -64,7 +64,8 @@ def main():
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
     optimizer = hpc.DistributedOptimizer(optimizer, model, algorithm=args.algorithm,
-                                         log=args.log, evaluate=lambda m: evaluate(m, test))
+                                         log=args.log, overwrite=True,
+                                         evaluate=lambda m: evaluate(m, test))
     loader = DataLoader(train, batch_size=args.batch_size, sampler=hpc.WorkerSampler(train),
                         drop_last=True)
     for epoch in range(args.epochs):

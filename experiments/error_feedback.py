@@ -46,7 +46,8 @@ def command(compressor, mode, args) -> list[str]:
             "--algorithm", "ef-sgd", "--compressor", compressor, *extra,
             "--lr", str(args.lr), "--momentum", str(args.momentum),
             "--iterations", str(args.iterations), "--seed", str(args.seed),
-            "--eval-every", "25", "--quiet", "--log", str(log_path(compressor, mode, args))])
+            "--eval-every", "25", "--quiet", "--overwrite",
+            "--log", str(log_path(compressor, mode, args))])
 
 
 def read(path: Path):

@@ -119,7 +119,7 @@ def chosen(tag: str, method: str) -> str:
 def train_options(run: Run, args) -> list[str]:
     iterations = args.iterations if args.iterations is not None else ITERATIONS
     return ["train", *run.options, "--iterations", str(iterations), "--seed", str(args.seed),
-            *COMMON, "--log", str(log_path(run, args))]
+            *COMMON, "--log", str(log_path(run, args)), "--overwrite"]
 
 
 def ranks(run: Run, args) -> int:

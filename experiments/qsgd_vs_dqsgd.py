@@ -50,7 +50,8 @@ def command(name, lr, iterations, seed, out):
     mpiexec = Path(sys.executable).parent / "mpiexec"
     return [str(mpiexec), "-n", "5", sys.executable, "-m", "mpi4py", "-m", "hpcgrad", "train",
             *RUNS[name], "--lr", str(lr), "--iterations", str(iterations), "--seed", str(seed),
-            "--eval-every", "100", "--quiet", "--log", str(out / f"{stem(name, lr, seed)}.h5")]
+            "--eval-every", "100", "--quiet", "--overwrite",
+            "--log", str(out / f"{stem(name, lr, seed)}.h5")]
 
 
 def stem(name, lr, seed):

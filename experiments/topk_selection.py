@@ -42,7 +42,7 @@ def command(rule, partition, args) -> list[str]:
             "--partition", PARTITIONS[partition], "--iterations", str(args.iterations),
             "--seed", str(args.seed), "--eval-every", "100", "--quiet",
             *(["--lr", str(args.lr)] if args.lr is not None else []),
-            "--log", str(log_path(rule, partition, args))])
+            "--overwrite", "--log", str(log_path(rule, partition, args))])
 
 
 def row(path: Path):

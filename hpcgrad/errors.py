@@ -24,3 +24,7 @@ class LogFormatError(HpcgradError, ValueError):
 
 class NonFiniteError(HpcgradError, FloatingPointError):
     """A gradient or loss is NaN or infinite; sending it would corrupt every worker."""
+
+
+class LogWriteError(HpcgradError, OSError):
+    """The traffic log cannot be written (a full disk, a quota): one line naming the file."""

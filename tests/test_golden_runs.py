@@ -38,7 +38,10 @@ RECORD = os.environ.get("HPCGRAD_RECORD_GOLDEN") == "1"
 #: Attributes that describe the machine, the versions or this particular run, not the bytes.
 VOLATILE_ATTRS = {"created", "log_path", "hostnames", "hpcgrad_version", "torch_version",
                   "numpy_version", "mpi_library", "mpi_version", "config", "cuda_aware",
-                  "devices", "phases"}
+                  "devices", "phases", "run_id", "created_unix"}
+#: A fresh run's place in a run of resumed parts (issue 23): checked to be the first part,
+#: from step 0, rather than compared with the recordings, which predate them.
+RUN_PART_ATTRS = {"part": "0", "first_step": "0"}
 
 #: name -> settings; every algorithm and every option that changes the bytes on the wire.
 CASES = {
@@ -103,7 +106,8 @@ def digests(path) -> dict:
             "steps": {n: _sha(f["steps"][n][()]) for n in steps},
             "eval": _sha(*(f["eval"][n][()] for n in sorted(f["eval"]))),
             "attrs": {k: str(v) for k, v in sorted(f.attrs.items())
-                      if k not in VOLATILE_ATTRS},
+                      if k not in VOLATILE_ATTRS and k not in RUN_PART_ATTRS},
+            "run_part": {k: str(f.attrs[k]) for k in RUN_PART_ATTRS if k in f.attrs},
         }
         if "messages" in f:
             parts["messages"] = {n: _sha(f["messages"][n][()])
@@ -126,6 +130,7 @@ def test_same_seed_gives_the_recorded_bytes(comm, mpi_tmp_path, case):
     got = digests(log)
     key = f"{case}@{size}"
     recorded = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+    assert got.pop("run_part") == RUN_PART_ATTRS, f"{case}: a fresh run's part and first step"
     if RECORD:
         recorded[key] = got
         GOLDEN.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")

@@ -25,6 +25,9 @@ def register(subparsers) -> None:
         "analyze", help="summaries, comparisons, plots and network projections from HDF5 logs "
                         "(no mpiexec needed)",
         description="Offline analysis of hpcgrad traffic logs (finished, live or killed runs). "
+                    "The logs of the parts of a resumed run (--resume; they share a run_id) "
+                    "given together are read as one run, stitched by step: a later part "
+                    "replaces an earlier part's steps from its first step on. "
                     "See docs/analysis.md.")
     sub = p.add_subparsers(dest="analyze_command", required=True, metavar="ANALYSIS")
 
@@ -61,7 +64,8 @@ def register(subparsers) -> None:
     e = sub.add_parser("export", help="write a log's tables as CSV files",
                        description="Writes steps.csv, worker_steps.csv, phase_times.csv, "
                                    "evals.csv and meta.csv into DIR.")
-    e.add_argument("run", metavar="RUN.h5")
+    e.add_argument("run", nargs="+", metavar="RUN.h5",
+                   help="a log, or the logs of the parts of one resumed run (stitched by step)")
     e.add_argument("--csv", required=True, metavar="DIR", help="directory for the CSV files")
     e.set_defaults(analyze_func=cmd_export)
 
@@ -150,12 +154,37 @@ def _render(table, args, notes=()) -> str:
     return text
 
 
+def _part_notes(logs) -> list[str]:
+    """What a reader of the figures must know about resumed runs: a part given alone covers
+    only its steps; a stitched run may lack the steps of a part not given."""
+    from .reader import StitchedRun
+    notes = []
+    for log in logs:
+        if isinstance(log, StitchedRun):
+            missing = log.missing_steps()
+            if missing:
+                notes.append(f"{log.name}: {missing} steps are in none of the parts given "
+                             "(a part missing?)")
+        elif log.first_step:
+            previous = log.meta.get("previous_log")
+            notes.append(f"{log.name} is a resumed run's part from step {log.first_step}: its "
+                         "figures cover its own steps; give the earlier parts' logs too"
+                         + (f" (previous: {previous})" if previous else "")
+                         + " for the whole run")
+    return notes
+
+
 def cmd_summary(args) -> int:
     from . import reader, summary
-    logs = reader.open_logs(args.runs)
+    logs = reader.open_runs(args.runs)
     try:
         if args.follow is None:
-            print(_render(summary.summary_table(logs, args.timing), args))
+            notes = _part_notes(logs)
+            print(_render(summary.summary_table(logs, args.timing), args,
+                          notes if args.format == "text" else ()))
+            if args.format != "text":
+                for note in notes:
+                    print(f"note: {note}", file=sys.stderr)
             return 0
         return _follow(logs, args)
     finally:
@@ -193,9 +222,10 @@ def _follow(logs, args, max_updates=None) -> int:
 
 def cmd_compare(args) -> int:
     from . import reader, summary
-    logs = reader.open_logs(args.runs)
+    logs = reader.open_runs(args.runs)
     try:
         table, notes = summary.compare_table(logs, args.timing)
+        notes = _part_notes(logs) + notes
         if args.format == "text":
             ref = logs[0]
             head = f"ratios against {ref.name} ({ref.algorithm}, {ref.num_workers} workers)"
@@ -212,7 +242,7 @@ def cmd_compare(args) -> int:
 
 def cmd_plot(args) -> int:
     from . import plots, reader
-    logs = reader.open_logs(args.runs)
+    logs = reader.open_runs(args.runs)
     try:
         for log in logs:
             if log.n == 0 and len(logs) == 1:
@@ -235,7 +265,14 @@ def cmd_export(args) -> int:
 
     from . import reader
     out = Path(args.csv)
-    with reader.open_log(args.run) as log:
+    runs = reader.open_runs(args.run)
+    if len(runs) > 1:
+        for run in runs:
+            run.close()
+        raise ValueError(f"export writes one run; the {len(args.run)} logs given are "
+                         f"{len(runs)} runs (only the parts of one resumed run, sharing its "
+                         "run_id, are exported together)")
+    with runs[0] as log:
         tables = {"steps": log.steps(), "worker_steps": log.worker_steps(),
                   "phase_times": log.phase_times(), "evals": log.evals(),
                   "meta": log.meta_frame()}
@@ -289,7 +326,7 @@ def _fit_and_check(args, out):
     from . import projection as P
     from . import reader
 
-    fit_logs = reader.open_logs(args.fit)
+    fit_logs = reader.open_runs(args.fit)
     try:
         points = [P.point(log, args.timing, args.skip, args.statistic) for log in fit_logs]
     finally:
@@ -312,7 +349,7 @@ def _fit_and_check(args, out):
     out.append("")
     rows = [("fit", *r) for r in result.rows]
     if args.holdout:
-        hold_logs = reader.open_logs(args.holdout)
+        hold_logs = reader.open_runs(args.holdout)
         try:
             for log in hold_logs:
                 name, topo, p, up, down, meas = P.point(log, args.timing, args.skip, args.statistic)

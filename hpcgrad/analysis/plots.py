@@ -95,13 +95,20 @@ def plot_bytes_per_step(logs, path: Path) -> Path:
 
 
 def _cumulative_mb_at_evals(log: RunLog) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative MB up per worker after each logged step, and at each evaluation."""
+    """Cumulative MB up per worker after each logged step, and at each evaluation.
+
+    Evaluations are placed by step, not by row: an evaluation after ``done`` steps goes at the
+    row whose iteration is ``done - 1``, so a resumed run's log (rows from its ``first_step``)
+    and a stitched run are placed right; one with no such row (a live log's /eval running
+    ahead of /steps, or the evaluation that ends an earlier part) is left out."""
     up = log.array("bytes_up").astype(np.float64).mean(axis=1)
-    cum = np.cumsum(up) / 1e6                      # after step i (i.e. i+1 steps done)
-    ev = log.evals()
-    done = ev["iteration"].to_numpy()
-    ok = (done >= 1) & (done <= log.n)             # /eval may run ahead of /steps (live log)
-    return cum, np.where(ok, cum[np.clip(done - 1, 0, max(log.n - 1, 0))], np.nan)
+    cum = np.cumsum(up) / 1e6                      # after row i
+    iteration = log.array("iteration")
+    done = log.evals()["iteration"].to_numpy()
+    if not log.n:
+        return cum, np.full(len(done), np.nan)
+    row = np.clip(np.searchsorted(iteration, done - 1), 0, log.n - 1)
+    return cum, np.where(iteration[row] == done - 1, cum[row], np.nan)
 
 
 def plot_cumulative(logs, path: Path, metric: str) -> Path:
@@ -117,6 +124,8 @@ def plot_cumulative(logs, path: Path, metric: str) -> Path:
             ax.plot(cum[window - 1:], smooth, color=color, lw=0.8, alpha=0.45)
         ok = ~np.isnan(at_eval)
         values = ev[metric].to_numpy()[ok]
+        if not len(values):
+            continue
         if metric == "accuracy":
             values = values * 100
         final = f"{values[-1]:.2f}%" if metric == "accuracy" else f"{values[-1]:.3f}"

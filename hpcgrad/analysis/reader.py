@@ -19,6 +19,15 @@ Tables (pandas DataFrames):
 * ``evals()``          one row per evaluation: ``iteration``, ``loss``, ``accuracy``.
 * ``meta``             the root attributes as a dict, JSON strings decoded.
 
+**Resumed runs.**  A run resumed from a checkpoint (``--resume``) writes a new log, a *part*
+of the same run: every log records its ``run_id``, ``part`` and ``first_step``.  The
+interrupted part may hold steps past the checkpoint that the next part ran again; nothing is
+deleted from it.  Instead :func:`open_runs` stitches the logs it is given that share a
+``run_id`` into one :class:`StitchedRun`, by step: a later part (in the order the parts were
+started) supersedes an earlier part's steps from its ``first_step`` on, and its evaluations
+after ``first_step``.  Given a part alone, the tables hold that part's steps, whose
+``iteration`` starts at its ``first_step``.
+
 Any problem (missing file, not HDF5, truncated or corrupt, not an hpcgrad log, unknown
 ``format_version``, missing datasets) raises :class:`LogError` naming the path.
 """
@@ -317,6 +326,24 @@ def open_log(path) -> RunLog:
     return RunLog(os.fspath(path))
 
 
+def open_runs(paths) -> list[RunLog]:
+    """Open logs and stitch the parts of each resumed run (those sharing a ``run_id``) into
+    one :class:`StitchedRun`, in the order each run's first part was given; a log given twice
+    counts once."""
+    logs = open_logs(paths)
+    groups: dict = {}
+    seen = set()
+    for log in logs:
+        key = log.path.resolve()
+        if key in seen:
+            log.close()
+            continue
+        seen.add(key)
+        run_id = log.meta.get("run_id")
+        groups.setdefault(run_id if run_id else ("single", key), []).append(log)
+    return [parts[0] if len(parts) == 1 else StitchedRun(parts) for parts in groups.values()]
+
+
 def open_logs(paths) -> list[RunLog]:
     """Open several logs; on any error the ones already opened are closed first."""
     logs = []
@@ -328,3 +355,81 @@ def open_logs(paths) -> list[RunLog]:
             log.close()
         raise
     return logs
+
+
+class StitchedRun(RunLog):
+    """The parts of one resumed run, read as one log (see the module docstring).
+
+    Parts are ordered by when they started (``created_unix``, then ``part``); each part keeps
+    its steps before the ``first_step`` of every later part, and its evaluations up to it.
+    Metadata are the last part's (its ``iterations`` may have grown), with ``first_step`` the
+    first part's and ``parts`` the paths.  The tables are those of :class:`RunLog`."""
+
+    def __init__(self, parts: list[RunLog]):
+        self.parts = sorted(parts, key=lambda p: (float(p.meta.get("created_unix", 0.0)),
+                                                  int(p.meta.get("part", 0))))
+        last = self.parts[-1]
+        self.path = last.path
+        self.file = last.file
+        self.swmr = any(p.swmr for p in self.parts)
+        self.phases = last.phases
+        self.meta = {**last.meta, "first_step": self.parts[0].first_step,
+                     "parts": [str(p.path) for p in self.parts]}
+        common = [n for n in last._steps if all(n in p._steps for p in self.parts)]
+        self._steps = {n: last._steps[n] for n in common}
+        self._evals = last._evals
+        self.refresh()
+
+    @property
+    def name(self) -> str:
+        return f"{self.parts[0].name} ({len(self.parts)} parts)"
+
+    def refresh(self) -> int:
+        for part in self.parts:
+            part.refresh()
+        self._step_rows, self._eval_rows = [], []
+        for i, part in enumerate(self.parts):
+            cut = min((p.first_step for p in self.parts[i + 1:]), default=None)
+            steps = part.array("iteration")
+            evals = part.eval_array("iteration")
+            self._step_rows.append(steps < cut if cut is not None else slice(None))
+            self._eval_rows.append(evals <= cut if cut is not None else slice(None))
+        self._step_order = np.argsort(self._join("iteration"), kind="stable")
+        self._eval_order = np.argsort(self._join_evals("iteration"), kind="stable")
+        self.n = len(self._step_order)
+        self.num_evals = len(self._eval_order)
+        return self.n
+
+    def _join(self, name: str) -> np.ndarray:
+        return np.concatenate([p.array(name)[rows] for p, rows in zip(self.parts,
+                                                                        self._step_rows)])
+
+    def _join_evals(self, name: str) -> np.ndarray:
+        return np.concatenate([p.eval_array(name)[rows] for p, rows in zip(self.parts,
+                                                                             self._eval_rows)])
+
+    def array(self, name: str) -> np.ndarray:
+        if name not in self._steps:
+            raise LogError(self.path, f"has no dataset /steps/{name} in every part")
+        return self._join(name)[self._step_order]
+
+    def eval_array(self, name: str) -> np.ndarray:
+        return self._join_evals(name)[self._eval_order]
+
+    def missing_steps(self) -> int:
+        """Steps between the first part's first step and the last logged one that no part
+        holds (a part not given, or a part killed before its checkpoint's rows reached it)."""
+        iteration = self.array("iteration")
+        if not len(iteration):
+            return 0
+        return int(iteration[-1] - self.first_step + 1 - len(np.unique(iteration)))
+
+    @property
+    def complete(self) -> bool:
+        iteration = self.array("iteration")
+        return (len(iteration) > 0 and iteration[-1] + 1 >= self.iterations_requested
+                and self.missing_steps() == 0)
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()

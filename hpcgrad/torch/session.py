@@ -46,9 +46,8 @@ from ..training import schedule as lr_schedule
 from ..training.exchange import COMPUTE, GATHER, PhaseClock
 # Shared with hpcgrad train's loop rather than copied: the log's metadata and per-step
 # columns, the replica check, the default log path and the resumed run's log rule.
-from ..training.runtime import (STEP_FIELDS, _check_new_log, _check_replicas, _run_metadata,
-                                _StepRecords, default_log_path)
-from ..training.tracelog import PHASES, TrafficLog
+from ..training.runtime import STEP_FIELDS, _check_replicas, _StepRecords, open_log
+from ..training.tracelog import PHASES
 from . import control
 from .control import Report
 from .params import FlatParameters
@@ -177,30 +176,21 @@ class Session:
             # The exchange calls alg.apply(ctx, decoded) on every rank; here the decoded mean
             # goes to the torch optimizer instead (an instance attribute shadows the method).
             alg.apply = self._optimizer_step
-        self.steps, totals = 0, {}
+        self.steps, totals, previous_run = 0, {}, None
         if config.resume:
-            totals = self._resume()
+            totals, previous_run = self._resume()
         zeros = np.zeros if where.name == "cpu" else device.pinned_zeros
         self.exchange = exchange.create(comm, alg, where, self.params, zeros)
         self.exchange.attack = agree(comm, lambda: attacks.create(config, alg, rank, size),
                                      "setting up the adversaries")
-        log_path = comm.bcast(config.log or default_log_path(config, size), root=0)
-        if config.resume:
-            agree(comm, lambda: _check_new_log(log_path) if self.is_server else None,
-                  "choosing the log of the resumed run")
-        meta = {**_run_metadata(comm, config, flat.count, alg, log_path, where),
-                **alg.metadata(), "api": "hpcgrad.torch", "update": self.update}
         # The workers' loops decide the number of steps: no "iterations" is requested (readers
         # then take the logged steps; hpcgrad analyze's "requested" shows those).
-        del meta["iterations"]
+        extra = {"api": "hpcgrad.torch", "update": self.update}
         if config.resume:
-            meta.update(resumed_from=str(config.resume), first_step=self.steps)
+            extra["resumed_from"] = str(config.resume)
+        self.log, self.run = open_log(comm, config, alg, flat.count, where, self.steps,
+                                      previous_run, extra, omit=("iterations",))
         fields = {**alg.step_fields, **STEP_FIELDS}
-        self.log = agree(comm, lambda: TrafficLog(log_path, attrs=meta, num_workers=workers,
-                                                  world_size=size,
-                                                  record_messages=config.record_messages,
-                                                  step_fields=fields)
-                         if self.is_server else None, "creating the log")
         rows = config.flush_every
         self.clock = PhaseClock(rows)
         self.losses = np.full(rows, np.nan)
@@ -258,7 +248,9 @@ class Session:
                        "loading the checkpoint")
         self._broadcast_params()  # rank 0 read them from its file
         agree(comm, lambda: self._load_torch_state(directory), "loading the optimizer state")
-        return totals
+        previous_run = agree(comm, lambda: checkpoint.read_run(directory)
+                             if self.is_server else None, "finding the checkpoint")
+        return totals, previous_run
 
     def _torch_state_file(self, directory) -> Path:
         return Path(directory) / f"torch-rank-{self.comm.Get_rank():05d}.pt"
@@ -351,7 +343,7 @@ class Session:
         if checkpoint_now:
             checkpoint.save(config.checkpoint_dir, self.steps, self.comm, self.flat, self.alg,
                             None, self.records.totals() if self.is_server else {}, config,
-                            extra=self._save_torch_state)
+                            extra=self._save_torch_state, run=self.run)
         self._mark = time.perf_counter()
         return "go"
 

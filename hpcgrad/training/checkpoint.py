@@ -58,7 +58,7 @@ DIGEST, ATTRS_DIGEST = "sha256", "attrs_sha256"
 #: Settings a resumed run may change: they do not change the trajectory.  (``iterations``
 #: may grow to extend a run, unless a cosine lr schedule is spread over it; settings
 #: derived from it, such as DQ-SGD's horizon, are compared as resolved.)
-IGNORED = {"iterations", "log", "quiet", "eval_every", "flush_every", "record_messages",
+IGNORED = {"iterations", "log", "overwrite", "quiet", "eval_every", "flush_every", "record_messages",
            "checkpoint_every", "checkpoint_dir", "resume"}
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
@@ -127,10 +127,11 @@ def _set(obj, path: str, value, xp=np) -> None:
 # ----------------------------------------------------------------------- save
 
 def save(directory, step: int, comm, flat, alg, sampler, totals: dict, config,
-         extra=None) -> Path:
+         extra=None, run: dict | None = None) -> Path:
     """Collective: write the state after ``step`` completed steps; return the directory.
     ``extra(directory)``, if given, writes this rank's further files into the directory
-    before it is complete (``hpcgrad.torch``: the torch optimizer's state)."""
+    before it is complete (``hpcgrad.torch``: the torch optimizer's state); ``run`` (rank 0):
+    the run's identity for the log of a resumed run (:func:`read_run`)."""
     rank = comm.Get_rank()
     final = Path(directory) / f"step-{step:08d}"
     partial = Path(directory) / f".step-{step:08d}.partial"
@@ -146,7 +147,7 @@ def save(directory, step: int, comm, flat, alg, sampler, totals: dict, config,
         raise AgreedError(error)  # every rank has it: one line from rank 0, exit status 1
     path = rank_file(partial, rank)
     try:
-        _write(path, step, comm, flat, alg, sampler, totals, config)
+        _write(path, step, comm, flat, alg, sampler, totals, config, run)
         if extra is not None:
             extra(partial)
     except OSError as exc:  # a full disk, a quota, a vanished directory
@@ -163,19 +164,19 @@ def save(directory, step: int, comm, flat, alg, sampler, totals: dict, config,
     return final
 
 
-def _write(path, step, comm, flat, alg, sampler, totals, config) -> None:
+def _write(path, step, comm, flat, alg, sampler, totals, config, run=None) -> None:
     """Build the file in memory, then write its bytes with plain file I/O: a full disk or a
     quota then raises a clean ``OSError`` (HDF5 writing to a full disk fails in its
     destructors, with error stacks and even a segmentation fault)."""
     image = io.BytesIO()
-    _build(image, step, comm, flat, alg, sampler, totals, config)
+    _build(image, step, comm, flat, alg, sampler, totals, config, run)
     with open(path, "wb") as fh:
         fh.write(image.getbuffer())
         fh.flush()
         os.fsync(fh.fileno())  # on disk before rank 0 renames the directory
 
 
-def _build(target, step, comm, flat, alg, sampler, totals, config) -> None:
+def _build(target, step, comm, flat, alg, sampler, totals, config, run=None) -> None:
     rank = comm.Get_rank()
     with h5py.File(target, "w") as f:
         f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "step": step,
@@ -190,6 +191,8 @@ def _build(target, step, comm, flat, alg, sampler, totals, config) -> None:
             for name, start, n, shape in _tensors(flat):
                 _put(group, name, params[start:start + n].reshape(shape))
             _seal_attrs(f.create_group("totals"), totals)
+            if run:
+                _seal_attrs(f.create_group("run"), run)
         state = f.create_group("state")
         for key in alg.state_names:
             value = _get(alg, key)
@@ -385,6 +388,20 @@ def _first_difference(saved, now) -> str:
         if a != b:
             return f" (first difference: {a[0]} {list(a[1])} vs {b[0]} {list(b[1])})"
     return ""
+
+
+def read_run(directory) -> dict:
+    """Rank 0's ``run`` attributes of a checkpoint: ``run_id``, ``part`` and ``log_path`` of the
+    run that wrote it (empty for checkpoints written before they were recorded)."""
+    try:
+        with h5py.File(rank_file(directory, 0), "r") as f:
+            if "run" not in f:
+                return {}
+            return {k: (v.item() if isinstance(v, np.generic) else v)
+                    for k, v in f["run"].attrs.items() if k != ATTRS_DIGEST}
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"checkpoint file {str(rank_file(directory, 0))!r} is damaged: "
+                          f"{exc}") from None
 
 
 def load(directory, comm, flat, alg, sampler, xp=np) -> dict:

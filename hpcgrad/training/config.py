@@ -85,7 +85,10 @@ LOOP = (
     Option("flush_every", int, 10, bounds=">= 1", metavar="N",
            help="gather per-step records to rank 0 and flush the log every N steps"),
     Option("log", str, None, metavar="PATH", default_help="runs/ALGORITHM-nWORLD-sSEED-TIME.h5",
-           help="HDF5 traffic log to write"),
+           help="HDF5 traffic log to write; its directory must exist (runs/ is created), "
+                "an existing file is refused unless --overwrite, and the run locks it"),
+    Option("overwrite", bool, False,
+           help="replace an existing --log file (never one another run is writing)"),
     Option("record_messages", int, 0, bounds=">= 0", metavar="N",
            help="store the raw bytes of every uplink and downlink message of the first N "
                 "iterations in the log's /messages group"),

@@ -25,8 +25,8 @@ import os
 import socket
 import sys
 import time
+import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from mpi4py import MPI
 from .. import __version__, algorithms, kernels
 from ..comm import device
 from ..workloads import datasets, footprint, models, partitions
-from . import attacks, checkpoint, exchange
+from . import attacks, checkpoint, exchange, logfile
 from . import schedule as lr_schedule
 from ..comm.agreement import agree
 from .config import TrainConfig
@@ -84,9 +84,27 @@ class RunSummary:
         ])
 
 
-def default_log_path(config: TrainConfig, world_size: int) -> str:
+def default_log_path(config: TrainConfig, world_size: int, first_step: int = 0) -> str:
+    """``runs/ALGORITHM-nWORLD-sSEED-TIME.h5``; a resumed run's ends ``-fromSTEP``, so the parts
+    of one run sort together and never take each other's name."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return str(Path("runs") / f"{config.algorithm}-n{world_size}-s{config.seed}-{stamp}.h5")
+    part = f"-from{first_step}" if first_step else ""
+    return str(logfile.DEFAULT_DIR
+               / f"{config.algorithm}-n{world_size}-s{config.seed}-{stamp}{part}.h5")
+
+
+def _run_identity(previous: dict | None, start_step: int) -> dict:
+    """The log attributes that tie the parts of one run together (docs/log-format.md): a
+    fresh run gets a new ``run_id``; a resumed run keeps its checkpoint's and is one part
+    further on."""
+    identity = {"run_id": uuid.uuid4().hex, "part": 0, "first_step": start_step,
+                "created_unix": time.time()}
+    if previous is not None:
+        identity["part"] = int(previous.get("part", 0)) + 1
+        identity["run_id"] = str(previous.get("run_id") or identity["run_id"])
+        if previous.get("log_path"):
+            identity["previous_log"] = str(previous["log_path"])
+    return identity
 
 
 def _run_metadata(comm, config, num_params, alg, log_path, where) -> dict:
@@ -132,13 +150,6 @@ def _broadcast_params(comm, flat, params, where) -> None:
     where.to_device(host_params, params)
 
 
-def _check_new_log(path) -> None:
-    if Path(path).exists():
-        raise ConfigError(f"--log {str(path)!r} exists: a resumed run writes a new log and "
-                          "would overwrite it (it may hold the steps before the checkpoint); "
-                          "give the resumed run another --log")
-
-
 def _check_world(comm, config) -> None:
     size = comm.Get_size()
     if size < 2:
@@ -166,6 +177,10 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     agree(comm, lambda: _check_world(comm, config), "checking the job")
     if data is None and model is None:  # the settings decide the sizes (the CLI checked too)
         agree(comm, lambda: footprint.check(config, size), "checking the memory")
+    # Refuse a log in the way before the seconds of loading; the claim below is the lock.
+    agree(comm, lambda: logfile.check_path(config.log, overwrite=config.overwrite,
+                                           default=config.log is None) if rank == 0 else None,
+          "checking the log path")
     workers = size - 1
     is_server = rank == 0
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -188,11 +203,13 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     sampler = agree(comm, lambda: None if is_server else partitions.ShardSampler(
         data, rank - 1, workers, config.batch_size, config.seed,
         partition=config.partition), "sharding the data")
-    start_step, totals, resumed_from = 0, {}, None
+    start_step, totals, resumed_from, previous_run = 0, {}, None, None
     if config.resume:
         resumed_from = str(comm.bcast(agree(comm, lambda: checkpoint.find(config.resume)
                                             if is_server else None, "finding the checkpoint"),
                                       root=0))
+        previous_run = agree(comm, lambda: checkpoint.read_run(resumed_from)
+                             if is_server else None, "finding the checkpoint")
         start_step = agree(comm, lambda: checkpoint.check(resumed_from, comm, flat, alg, config),
                            "checking the checkpoint")
         totals = agree(comm, lambda: checkpoint.load(resumed_from, comm, flat, alg, sampler,
@@ -208,25 +225,54 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
         print(f"hpcgrad: warning: {attacks.warning(config.adversaries, workers)}",
               file=sys.stderr, flush=True)
 
-    log_path = config.log or default_log_path(config, size)
-    log_path = comm.bcast(log_path, root=0)
-    if resumed_from:
-        agree(comm, lambda: _check_new_log(log_path) if is_server else None,
-              "choosing the log of the resumed run")
-    meta = {**_run_metadata(comm, config, d, alg, log_path, where), **alg.metadata()}
-    if resumed_from:
-        meta.update(resumed_from=resumed_from, first_step=start_step)
-    log = agree(comm, lambda: TrafficLog(log_path, attrs=meta, num_workers=workers,
+    extra = {"resumed_from": resumed_from} if resumed_from else {}
+    log, run = open_log(comm, config, alg, d, where, start_step, previous_run, extra)
+    try:
+        summary = _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data,
+                        log, where, start_step, totals, run)
+    except BaseException:
+        if log is not None:
+            log.abandon()  # the error being raised is the one to report
+        raise
+    if log is not None:
+        log.close()
+    return summary
+
+
+def open_log(comm, config, alg, num_params, where, start_step=0, previous_run=None,
+             attrs=None, omit=()):
+    """Collective: rank 0 claims the log path (``logfile.claim``: the file created and
+    locked, refused if it exists without ``--overwrite``) and creates the log with the run's
+    attributes, its identity (``run_id``, ``part``, ``first_step``; a resumed run continues
+    ``previous_run``, a checkpoint's :func:`checkpoint.read_run`) and ``attrs``, less the
+    attributes named in ``omit``.  Returns
+    ``(log, run)`` on rank 0 -- ``run`` is what a checkpoint records of the run -- and
+    ``(None, {})`` elsewhere.  A failure on any rank is a :class:`SetupError` on all."""
+    size, is_server = comm.Get_size(), comm.Get_rank() == 0
+    claim = agree(comm, lambda: logfile.claim(
+        config.log or default_log_path(config, size, start_step),
+        overwrite=config.overwrite, default=config.log is None) if is_server else None,
+        "claiming the log")
+    log_path = comm.bcast(str(claim.path) if is_server else None, root=0)
+    try:
+        meta = {**_run_metadata(comm, config, num_params, alg, log_path, where),
+                **alg.metadata(), **(attrs or {}),
+                **(_run_identity(previous_run, start_step) if is_server else {})}
+        for name in omit:
+            meta.pop(name, None)
+    except BaseException:
+        if claim is not None:
+            claim.release(remove=True)
+        raise
+    log = agree(comm, lambda: TrafficLog(log_path, attrs=meta, num_workers=size - 1,
                                          world_size=size,
                                          record_messages=config.record_messages,
-                                         step_fields={**alg.step_fields, **STEP_FIELDS})
+                                         step_fields={**alg.step_fields, **STEP_FIELDS},
+                                         claim=claim)
                 if is_server else None, "creating the log")
-    try:
-        return _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, log,
-                     where, start_step, totals)
-    finally:
-        if log is not None:
-            log.close()
+    run = ({"run_id": meta["run_id"], "part": meta["part"], "log_path": log_path}
+           if is_server else {})
+    return log, run
 
 
 class _StepRecords:
@@ -277,7 +323,7 @@ def progress_line(done: int, iterations: int, eval_loss: float, eval_acc: float,
 
 
 def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, log, where,
-          start_step=0, totals=None):
+          start_step=0, totals=None, run=None):
     rank, size = comm.Get_rank(), comm.Get_size()
     workers, is_server = size - 1, rank == 0
     flush_rows = config.flush_every
@@ -352,7 +398,7 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
         if checkpoint_now:
             checkpoint.save(config.checkpoint_dir, step + 1, comm, flat, alg, sampler,
                             records.totals() if is_server else {},
-                            config)
+                            config, run=run)
 
     digest = _check_replicas(comm, flat.params.detach().cpu().numpy())
     if not is_server:

@@ -16,17 +16,22 @@ Rows are appended in batches and flushed, in SWMR mode, so a killed run leaves
 a file readable up to its last flush, and a reader may follow a live run
 (``h5py.File(path, "r", swmr=True)``).  The file uses HDF5's v110 format,
 which HDF5 1.10+ tools can read.
+
+The file belongs to one run: the writer holds an exclusive lock on it
+(:mod:`hpcgrad.training.logfile`) from before it is created until it is closed.  A write
+that fails (a full disk, a quota, a lost file system) raises :class:`LogWriteError`, one line
+naming the file, instead of HDF5's chained error stack.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import h5py
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LogWriteError
+from . import logfile
 from .phases import PHASES
 
 FORMAT = "hpcgrad-traffic"
@@ -49,18 +54,27 @@ class TrafficLog:
     """Writer of one run's log.  Create it on rank 0 only."""
 
     def __init__(self, path, *, attrs: dict, num_workers: int, world_size: int,
-                 record_messages: int = 0, step_fields: dict | None = None):
-        self.path = Path(path)
+                 record_messages: int = 0, step_fields: dict | None = None,
+                 claim: logfile.LogClaim | None = None, overwrite: bool = False):
+        """``claim``: the path already claimed (:func:`logfile.claim`, which the writer then
+        owns and releases on close); otherwise the writer claims ``path`` itself, refusing
+        an existing file unless ``overwrite``."""
+        self.claim = claim or logfile.claim(path, overwrite=overwrite, default=False)
+        self.path = self.claim.path
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = h5py.File(self.path, "w", libver=("v110", "v110"))
+            # HDF5's own flock would also block readers of the live log: the claim locks.
+            self.file = h5py.File(self.path, "w", libver=("v110", "v110"), locking=False)
         except OSError as exc:
-            raise ConfigError(f"cannot create the log file {str(self.path)!r}: {exc}") from None
+            self.claim.release(remove=True)
+            raise ConfigError(f"cannot create the log file {str(self.path)!r}: "
+                              f"{_reason(exc)}") from None
         try:
-            self._create(self.file, attrs, num_workers, world_size, record_messages,
-                         step_fields or {})
+            with self._writing():
+                self._create(self.file, attrs, num_workers, world_size, record_messages,
+                             step_fields or {})
         except BaseException:
-            self.file.close()
+            self._close_quietly()
+            self.claim.release(remove=True)
             raise
 
     def _create(self, f, attrs, num_workers, world_size, record_messages, step_fields) -> None:
@@ -102,8 +116,15 @@ class TrafficLog:
         f.swmr_mode = True
         f.flush()
 
+    def _writing(self):
+        return _WriteErrors(self.path)
+
     def append_steps(self, iterations, bytes_up, bytes_down, loss, times: dict,
                      extra: dict | None = None) -> None:
+        with self._writing():
+            self._append_steps(iterations, bytes_up, bytes_down, loss, times, extra)
+
+    def _append_steps(self, iterations, bytes_up, bytes_down, loss, times, extra) -> None:
         for name, dataset in self.extra.items():
             _append(dataset, extra[name])
         _append(self.iteration, iterations)
@@ -115,12 +136,18 @@ class TrafficLog:
         self.flush()
 
     def append_eval(self, iteration: int, loss: float, accuracy: float) -> None:
-        for key, value in (("iteration", iteration), ("loss", loss), ("accuracy", accuracy)):
-            _append(self.eval[key], [value])
-        self.flush()
+        with self._writing():
+            for key, value in (("iteration", iteration), ("loss", loss),
+                               ("accuracy", accuracy)):
+                _append(self.eval[key], [value])
+            self.flush()
 
     def append_messages(self, iteration: int, uplinks, downlink) -> None:
         """Record one iteration's uplink messages (list, worker order) and downlink."""
+        with self._writing():
+            self._append_messages(iteration, uplinks, downlink)
+
+    def _append_messages(self, iteration: int, uplinks, downlink) -> None:
         offset = self.up_bytes.shape[0]
         index = []
         for message in uplinks:
@@ -134,12 +161,60 @@ class TrafficLog:
         self.flush()
 
     def finish(self, params_sha256: str) -> None:
-        self.final_params[()] = params_sha256.encode()
-        self.flush()
+        with self._writing():
+            self.final_params[()] = params_sha256.encode()
+            self.flush()
 
     def flush(self) -> None:
-        self.file.flush()
+        with self._writing():
+            self.file.flush()
 
     def close(self) -> None:
-        if self.file.id.valid:
-            self.file.close()
+        """Close the file (HDF5 writes its last metadata here: a failure raises
+        :class:`LogWriteError`) and release the run's lock on it."""
+        try:
+            if self.file.id.valid:
+                with self._writing():
+                    self.file.close()
+        finally:
+            self.claim.release()
+
+    def abandon(self) -> None:
+        """Close after a failure elsewhere: errors closing are not reported over it."""
+        self._close_quietly()
+        self.claim.release()
+
+    def _close_quietly(self) -> None:
+        try:
+            if self.file.id.valid:
+                self.file.close()
+        except Exception:  # noqa: BLE001 -- the error being handled is the one to report
+            pass
+
+
+def _reason(exc: Exception) -> str:
+    """HDF5's message cut to its cause: ``No space left on device`` rather than the stack."""
+    text = str(exc)
+    for cause in ("No space left on device", "Disk quota exceeded", "Read-only file system",
+                  "Input/output error", "Permission denied"):
+        if cause in text:
+            return cause
+    return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+
+
+class _WriteErrors:
+    """Turn an error from HDF5 while writing into one :class:`LogWriteError` line."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        # h5py raises OSError or, from a failed flush, RuntimeError (errno in the text).
+        if (kind is not None and issubclass(kind, (OSError, RuntimeError))
+                and not isinstance(exc, LogWriteError)):
+            raise LogWriteError(f"cannot write the log file {str(self.path)!r}: "
+                                f"{_reason(exc)}") from None
+        return False

@@ -109,7 +109,7 @@ def test_a_resumed_run_does_not_overwrite_an_existing_log(saved, tmp_path):
     before = first.read_bytes()
     result = run_mpi(3, ["train", *QUICK, "--log", str(first), "--resume", str(saved)],
                      timeout=120)
-    assert result.returncode == 2 and "exists: a resumed run writes a new log" in result.stderr
+    assert result.returncode == 2 and "exists (a log belongs to one run)" in result.stderr
     assert first.read_bytes() == before
 
 

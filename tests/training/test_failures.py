@@ -62,8 +62,8 @@ def test_unwritable_log_path(tmp_path):
     blocker.write_text("")
     result = run_mpi(3, ["train", *QUICK, "--log", str(blocker / "sub" / "run.h5")], timeout=90)
     assert result.returncode == 2
-    assert "creating the log failed on rank 0" in result.stderr
-    assert "cannot create the log file" in result.stderr
+    assert result.stderr.count("hpcgrad: error:") == 1
+    assert f"{str(blocker)!r} is a file, not a directory" in result.stderr
 
 
 def faulty(mode, rank, tmp_path, world=4, options=()):

@@ -101,7 +101,7 @@ def _phase_rows(rows: int, ranks: int, base: float) -> dict:
 
 
 def test_writer_layout_dtypes_and_attributes(tmp_path):
-    path = tmp_path / "sub" / "log.h5"  # the parent directory is created
+    path = tmp_path / "log.h5"  # (a missing parent is refused: test_log_ownership.py)
     log = TrafficLog(path, attrs=ATTRS, num_workers=2, world_size=3, record_messages=2)
     try:
         log.append_steps([0, 1, 2], [[10, 11]] * 3, [20] * 3, [[1.0, 2.0]] * 3,

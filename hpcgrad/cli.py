@@ -1,21 +1,35 @@
 """Command line: ``hpcgrad train ...`` (run it under mpiexec or srun).
 
-Failure policy, so that no rank is ever left waiting in a collective:
+Failure policy of ``hpcgrad train``, so that no rank is ever left waiting in a collective. It
+covers a rank's whole life: the signal policy (``comm/interrupts.py``) is installed before MPI
+starts, and every statement after ``MPI_Init`` -- the heavy imports (torch, Numba) included --
+runs inside it:
 
-* setup errors (bad options, config file, world size, log path) are agreed on
-  by all ranks; rank 0 prints one message and every rank exits with status 2;
-* any error after setup (a corrupt message, a NaN gradient, a bug) is printed
-  by the rank that hit it, naming the rank, and the whole job is aborted with
-  ``MPI_Abort`` (exit status 1).
+* argument errors (argparse) are printed by the launcher's rank 0 only; every rank exits with
+  status 2 before MPI starts;
+* setup errors (bad settings, config file, world size, log path) are agreed on by all ranks;
+  rank 0 prints one message and every rank exits with status 2.  Settings are checked before
+  torch and Numba are imported, so they are reported within about 2 s;
+* any other error, on any rank, at any time after MPI started (a failed import, a corrupt
+  message, a NaN gradient, a bug) is printed once, naming the rank, and the whole job is
+  aborted with ``MPI_Abort`` (exit status 1);
+* SIGINT (Ctrl-C) aborts the job with one line, status 130;
+* SIGTERM or ``--preempt-signal`` stops the run after a step all ranks agree on, with a
+  checkpoint (``--checkpoint-dir``) and the log closed, status 143; before training started,
+  it aborts the job, status 143.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 import warnings
 
 from . import __version__
+from .comm import interrupts
+from .comm.agreement import SetupError, abort_job
 from .options import add_arguments, owners_text
 from .training.config import TrainConfig
 
@@ -91,41 +105,80 @@ def _cli_settings(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from mpi4py import MPI
-
-    from .training import config as configuration
-    from .comm.agreement import SetupError, abort_job, agree
-    from .options import IgnoredSettingWarning
-    from .training.runtime import train
+    interrupts.install()  # before MPI starts: no signal may find a rank without the policy
+    try:
+        from mpi4py import MPI  # MPI_Init
+    except ImportError as exc:  # on every rank alike, and no MPI to abort with
+        if interrupts.launcher_rank() in (None, 0):
+            print(f"hpcgrad: error: cannot start MPI: {exc}", file=sys.stderr, flush=True)
+        return 1
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
     try:
-        file_settings = agree(comm, lambda: configuration.load_file(args.config)
-                              if args.config else {}, "reading the config file")
-        with warnings.catch_warnings(record=True) as ignored:
-            warnings.simplefilter("always", IgnoredSettingWarning)
-            config = agree(comm, lambda: configuration.build(file_settings,
-                                                             _cli_settings(args)),
-                           "checking the settings")
-        if rank == 0:  # every rank checked the same settings: one copy of each warning
-            for warning in ignored:
-                print(f"hpcgrad: warning: {warning.message}", file=sys.stderr, flush=True)
-        summary = train(config, comm)
+        return _train(comm, rank, args)
     except SetupError as exc:
         if rank == 0:
             print(f"hpcgrad: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except interrupts.Stopped as stop:
+        if rank == 0:
+            print(f"hpcgrad: {stop}", file=sys.stderr, flush=True)
+        return interrupts.EXIT_PREEMPTED
+    except KeyboardInterrupt:  # not from a signal (the policy handles those): a raise
+        interrupts.abort(interrupts.EXIT_INTERRUPTED, lambda rank, size: (
+            f"hpcgrad: interrupted on rank {rank}; aborting all {size} ranks"), rank)
     except BaseException as exc:  # noqa: BLE001 -- any failure must take the whole job down
         abort_job(comm, rank, exc)
-        return 1
+    return 1
+
+
+def _train(comm, rank, args) -> int:
+    """``hpcgrad train`` once MPI runs: settings first (light imports only), then the run."""
+    from .comm.agreement import agree
+    from .options import IgnoredSettingWarning
+    from .training import config as configuration
+
+    file_settings = agree(comm, lambda: configuration.load_file(args.config)
+                          if args.config else {}, "reading the config file")
+    with warnings.catch_warnings(record=True) as ignored:
+        warnings.simplefilter("always", IgnoredSettingWarning)
+        config = agree(comm, lambda: configuration.build(file_settings, _cli_settings(args)),
+                       "checking the settings")
+    if rank == 0:  # every rank checked the same settings: one copy of each warning
+        for warning in ignored:
+            print(f"hpcgrad: warning: {warning.message}", file=sys.stderr, flush=True)
+    if config.preempt_signal:
+        interrupts.install([config.preempt_signal])
+    _test_hook_fail_at_start(rank)
+    from .training.runtime import train  # torch, Numba: seconds, after the settings passed
+
+    summary = train(config, comm)
     if summary is not None:
         print(summary.text(), flush=True)
     return 0
 
 
+def _test_hook_fail_at_start(rank: int) -> None:
+    """``HPCGRAD_TEST_FAIL_AT_START=R`` makes rank R raise ``ImportError`` where torch is
+    imported: a start-up failure on one rank, for the tests (tests/training/test_interrupts.py)
+    and the stress script. One environment variable, read nowhere else."""
+    import os
+
+    if os.environ.get("HPCGRAD_TEST_FAIL_AT_START") == str(rank):
+        raise ImportError(f"HPCGRAD_TEST_FAIL_AT_START={rank}: injected start-up failure")
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Every rank parses the same arguments: only the launcher's rank 0 prints what argparse
+    # prints (usage errors, --help), so a mistake is shown once, not once per rank.
+    quiet = interrupts.launcher_rank() not in (None, 0)
+    with contextlib.ExitStack() as stack:
+        if quiet:
+            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+        args = parser.parse_args(argv)
     return args.func(args)
 
 

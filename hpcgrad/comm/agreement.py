@@ -10,10 +10,10 @@ benchmarks use it too.
 
 from __future__ import annotations
 
-import sys
 import traceback
 
 from ..errors import HpcgradError
+from . import interrupts
 
 
 class SetupError(HpcgradError):
@@ -38,11 +38,11 @@ def agree(comm, action, what: str):
 def abort_job(comm, rank: int, exc: BaseException) -> None:
     """After setup, a failure on one rank ends the whole job: print it, naming the rank (a
     traceback unless it is one of hpcgrad's own errors), then ``MPI_Abort`` with status 1,
-    so that no other rank is left waiting in a collective."""
+    so that no other rank is left waiting in a collective.  A rank r > 0 waits
+    :func:`interrupts.quiet_delay` first: a failure every rank hits is printed once."""
     if isinstance(exc, HpcgradError):
         detail = f"{type(exc).__name__}: {exc}"
     else:
         detail = "".join(traceback.format_exception(exc)).rstrip()
-    print(f"hpcgrad: error on rank {rank}: {detail}\nhpcgrad: aborting all "
-          f"{comm.Get_size()} ranks", file=sys.stderr, flush=True)
-    comm.Abort(1)
+    interrupts.abort(1, lambda rank, size: f"hpcgrad: error on rank {rank}: {detail}\n"
+                                           f"hpcgrad: aborting all {size} ranks", rank)

@@ -44,7 +44,7 @@ FORMAT_VERSION = 1
 #: may grow to extend a run, unless a cosine lr schedule is spread over it; settings
 #: derived from it, such as DQ-SGD's horizon, are compared as resolved.)
 IGNORED = {"iterations", "log", "quiet", "eval_every", "flush_every", "record_messages",
-           "checkpoint_every", "checkpoint_dir", "resume"}
+           "checkpoint_every", "checkpoint_dir", "resume", "preempt_signal"}
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
 

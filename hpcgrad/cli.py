@@ -24,19 +24,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import sys
+import traceback
 import warnings
 
 from . import __version__
 from .comm import interrupts
-from .comm.agreement import SetupError, abort_job
-from .options import add_arguments, owners_text
-from .training.config import TrainConfig
+from .comm.agreement import SetupError, abort_job, all_started
+
+# Nothing heavier than the standard library above: main() installs the signal policy before
+# it imports the settings (NumPy and the algorithm registry), so that a Ctrl-C early in a
+# rank's start-up finds the policy in place.
 
 
 def _per_algorithm(setting: str, algorithms=None) -> str | None:
     """``"0.001 for signum-mv, s3gd-mv; 0.1 for ..."``: an algorithm-dependent default, over the
     algorithms that have one (None if none has)."""
+    from .training.config import TrainConfig
+
     groups: dict = {}
     for name, cls in (algorithms or TrainConfig.ALGORITHMS).items():
         if setting in cls.defaults:
@@ -62,6 +68,8 @@ def _default_text(settings):
         owners = settings.OWNERS.get(option.name, ())
         if len(owners) < 2:
             return default
+        from .options import owners_text
+
         shared = "read by " + owners_text(owners)
         return f"{default}; {shared}" if default else shared
     return text
@@ -70,6 +78,9 @@ def _default_text(settings):
 def add_train_options(p: argparse.ArgumentParser, settings=None) -> None:
     """``hpcgrad train``'s arguments: ``--config`` and one per setting of ``settings`` (a
     ``TrainConfig`` class; default: the registries'), grouped as declared."""
+    from .options import add_arguments
+    from .training.config import TrainConfig
+
     settings = settings or TrainConfig
     p.add_argument("--config", metavar="FILE",
                    help="TOML file of settings (keys as the long options, e.g. lr = 0.01); "
@@ -107,8 +118,9 @@ def _cli_settings(args) -> dict:
 def cmd_train(args) -> int:
     interrupts.install()  # before MPI starts: no signal may find a rank without the policy
     try:
-        from mpi4py import MPI  # MPI_Init
+        MPI = interrupts.start_mpi()  # MPI_Init
     except ImportError as exc:  # on every rank alike, and no MPI to abort with
+        interrupts.mpi_not_coming()
         if interrupts.launcher_rank() in (None, 0):
             print(f"hpcgrad: error: cannot start MPI: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -116,14 +128,22 @@ def cmd_train(args) -> int:
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
     try:
+        all_started(comm, interrupts.start_timeout())
         return _train(comm, rank, args)
     except SetupError as exc:
         if rank == 0:
             print(f"hpcgrad: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except interrupts.Stopped as stop:
+        # Every rank got here after the same step, the state saved and rank 0's log closed.
         if rank == 0:
             print(f"hpcgrad: {stop}", file=sys.stderr, flush=True)
+        # Leave together and through MPI_Finalize, not MPI_Abort: a launcher that kills the
+        # job when one task exits non-zero (srun --kill-on-bad-exit) must find rank 0 done,
+        # and MPICH's shared-memory segments are removed for the requeued job (same job id).
+        comm.Barrier()
+        MPI.Finalize()
+        interrupts.mpi_not_coming()
         return interrupts.EXIT_PREEMPTED
     except KeyboardInterrupt:  # not from a signal (the policy handles those): a raise
         interrupts.abort(interrupts.EXIT_INTERRUPTED, lambda rank, size: (
@@ -163,13 +183,11 @@ def _test_hook_fail_at_start(rank: int) -> None:
     """``HPCGRAD_TEST_FAIL_AT_START=R`` makes rank R raise ``ImportError`` where torch is
     imported: a start-up failure on one rank, for the tests (tests/training/test_interrupts.py)
     and the stress script. One environment variable, read nowhere else."""
-    import os
-
     if os.environ.get("HPCGRAD_TEST_FAIL_AT_START") == str(rank):
         raise ImportError(f"HPCGRAD_TEST_FAIL_AT_START={rank}: injected start-up failure")
 
 
-def main(argv=None) -> int:
+def _parse(argv):
     parser = build_parser()
     # Every rank parses the same arguments: only the launcher's rank 0 prints what argparse
     # prints (usage errors, --help), so a mistake is shown once, not once per rank.
@@ -178,7 +196,36 @@ def main(argv=None) -> int:
         if quiet:
             stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
             stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
-        args = parser.parse_args(argv)
+        return parser.parse_args(argv)
+
+
+def _fail_before_mpi(exc: BaseException) -> None:
+    """A ``hpcgrad train`` rank failed before ``MPI_Init`` (an import of the settings, say):
+    start MPI only to end the whole job, as a failure after it would."""
+    try:
+        interrupts.start_mpi()  # MPI_Init, so that MPI_Abort reaches every rank
+    except BaseException:  # noqa: BLE001 -- no MPI: exit; all_started() ends the others
+        interrupts.mpi_not_coming()
+    if isinstance(exc, KeyboardInterrupt):
+        interrupts.abort(interrupts.EXIT_INTERRUPTED, lambda rank, size: (
+            f"hpcgrad: interrupted on rank {rank}; aborting all {size} ranks"))
+    detail = "".join(traceback.format_exception(exc)).rstrip()
+    interrupts.abort(1, lambda rank, size: f"hpcgrad: error on rank {rank}: {detail}\n"
+                                           f"hpcgrad: aborting all {size} ranks")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] != ["train"]:
+        args = _parse(argv)
+        return args.func(args)
+    interrupts.install()  # first: before the settings are imported, and before MPI_Init
+    try:
+        args = _parse(argv)
+    except SystemExit:  # argparse: every rank alike, so every rank exits, none waits
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        _fail_before_mpi(exc)
     return args.func(args)
 
 

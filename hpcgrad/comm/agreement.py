@@ -10,6 +10,7 @@ benchmarks use it too.
 
 from __future__ import annotations
 
+import time
 import traceback
 
 from ..errors import HpcgradError
@@ -33,6 +34,26 @@ def agree(comm, action, what: str):
         rank, msg = failed[0]
         raise SetupError(f"{what} failed on rank {rank}: {msg}")
     return result
+
+
+def all_started(comm, timeout: float) -> None:
+    """Collective, the first after ``MPI_Init``: wait until every rank of ``comm`` has started
+    MPI, for at most ``timeout`` seconds, then raise :class:`HpcgradError`.
+
+    A rank that ends before ``MPI_Init`` (an import that fails on one node, a signal during
+    Python's start-up) never joins a collective, and MPICH's launcher does not end a job for a
+    rank that exits before ``MPI_Init``: without this the others would wait forever in their
+    first collective.  A non-blocking barrier (``MPI_Ibarrier``) is polled, so the wait can
+    end."""
+    request = comm.Ibarrier()
+    deadline = time.monotonic() + timeout
+    while not request.Test():
+        if time.monotonic() > deadline:
+            raise HpcgradError(f"not all {comm.Get_size()} ranks started MPI within "
+                               f"{timeout:g} s: a rank ended before MPI_Init (see its "
+                               "output above), or start-up is slower than "
+                               "HPCGRAD_START_TIMEOUT allows")
+        time.sleep(0.01)
 
 
 def abort_job(comm, rank: int, exc: BaseException) -> None:

@@ -23,7 +23,9 @@ MPI semantics that shape this module:
 * ``MPI_Abort(MPI_COMM_WORLD, status)`` from any one rank ends every rank of the job
   (MPICH's Hydra and Slurm's srun kill the others; ``mpiexec`` exits with ``status``), and
   prints one line of its own.  Before ``MPI_Init`` (or after ``MPI_Finalize``) it cannot be
-  called; the rank then exits with the status, and the launcher ends the rest.
+  called: a signal that comes before it waits (up to 10 s) for the main thread to start MPI,
+  a signal after it (or a process that never starts MPI: :func:`mpi_not_coming`) makes the
+  rank exit with the status, and the launcher ends the rest.
 * Hydra (``mpiexec``) forwards SIGINT and SIGTERM to every rank, Slurm signals every task,
   ``kill`` may reach one rank only.  To print one line, not one per rank, rank 0 acts at once
   and rank r > 0 waits :func:`quiet_delay` first: if rank 0 (or a lower rank) saw the same
@@ -32,12 +34,12 @@ MPI semantics that shape this module:
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 #: Exit status of a job aborted by SIGINT (128 + 2, the shell's convention).
 EXIT_INTERRUPTED = 128 + signal.SIGINT
@@ -47,7 +49,8 @@ EXIT_PREEMPTED = 128 + signal.SIGTERM
 #: ``--preempt-signal`` choices: signals a batch system sends ahead of a time limit.
 PREEMPT_SIGNALS = ("USR1", "USR2", "HUP")
 
-_state = {"installed": False, "stoppable": False, "stop": None, "aborting": False}
+_state = {"installed": False, "stoppable": False, "stop": None, "aborting": False,
+          "mpi_done": False}
 _lock = threading.Lock()
 
 
@@ -72,9 +75,24 @@ def _mpi():
     """mpi4py's MPI module if MPI is running in this process (initialised, not finalised);
     else None.  Never imports it: importing it would start MPI."""
     mpi = sys.modules.get("mpi4py.MPI")
-    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+    try:
+        if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+            return None
+    except AttributeError:  # the module is being imported: MPI_Init is under way
         return None
     return mpi
+
+
+def _wait_for_mpi(timeout: float):
+    """MPI as soon as it runs, for up to ``timeout`` seconds (the main thread goes on towards
+    ``MPI_Init`` while the watcher waits: an abort through MPI ends every rank cleanly, where
+    a rank that just exits leaves the launcher to kill the others, with a banner)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        mpi = _mpi()
+        if mpi is not None or time.monotonic() > deadline or _state["mpi_done"]:
+            return mpi
+        time.sleep(0.05)
 
 
 def abort(status: int, message, rank: int | None = None) -> None:
@@ -88,7 +106,7 @@ def abort(status: int, message, rank: int | None = None) -> None:
     if not first:
         while True:  # the other caller is ending the job, and this process with it
             time.sleep(60)
-    mpi = _mpi()
+    mpi = _wait_for_mpi(10.0) if _state["installed"] else _mpi()
     if rank is None:
         rank = mpi.COMM_WORLD.Get_rank() if mpi is not None else (launcher_rank() or 0)
     size = mpi.COMM_WORLD.Get_size() if mpi is not None else os.environ.get("PMI_SIZE", "all")
@@ -97,7 +115,7 @@ def abort(status: int, message, rank: int | None = None) -> None:
         print(message(rank, size), file=sys.stderr, flush=True)
     except (OSError, ValueError):  # stderr closed: ending the job matters more
         pass
-    if _mpi() is not None:
+    if mpi is not None and _mpi() is not None:
         mpi.COMM_WORLD.Abort(status)
     os._exit(status)
 
@@ -151,6 +169,32 @@ def install(extra_stop_signals=()) -> None:
         signal.signal(signum, _ignore)
 
 
+def start_timeout() -> float:
+    """Seconds every rank has to start MPI: ``$HPCGRAD_START_TIMEOUT``, default 60."""
+    return float(os.environ.get("HPCGRAD_START_TIMEOUT", "60"))
+
+
+def start_mpi():
+    """``import mpi4py.MPI`` (``MPI_Init``), ended by SIGALRM if it has not returned within
+    :func:`start_timeout`.  A rank that ended before ``MPI_Init`` leaves the others waiting in
+    theirs, holding Python's GIL, so neither a Python handler nor the watcher thread can run:
+    only the signal's default action ends the process (the launcher then ends the job)."""
+    previous = signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(max(1, math.ceil(start_timeout())))
+    try:
+        from mpi4py import MPI
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    return MPI
+
+
+def mpi_not_coming() -> None:
+    """MPI will not run (again) in this process (it cannot start, or it was finalised): a
+    signal then ends the process at once instead of waiting for ``MPI_Init``."""
+    _state["mpi_done"] = True
+
+
 def allow_stop() -> None:
     """From now on SIGTERM and the ``--preempt-signal`` request a stop at a step instead of
     aborting (the training loop calls it as it starts; it stays so until the process ends,
@@ -171,7 +215,8 @@ class Stopped(Exception):
     def __init__(self, signal_name: str, step: int, iterations: int, checkpoint=None):
         self.signal_name, self.step, self.iterations = signal_name, step, iterations
         self.checkpoint = checkpoint
-        saved = (f"checkpoint {checkpoint}; continue with --resume {Path(checkpoint).parent}"
+        saved = (f"checkpoint {checkpoint}; continue with --resume "
+                 f"{os.path.dirname(checkpoint)}"
                  if checkpoint else "no checkpoint (no --checkpoint-dir)")
         super().__init__(f"stopped by {signal_name} after step {step} of {iterations}; "
                          f"{saved}")

@@ -6,13 +6,15 @@ launches ``mpiexec -n N python -m hpcgrad train`` (tests/launch_signals.py) and 
 one of its ranks, by pid. tests/scripts/interrupt_stress.py repeats the start-up cases."""
 
 import signal
+import subprocess
+import sys
 import time
 
 import h5py
 import pytest
 
 from launch_signals import Launch, interrupted_cleanly, signal_at
-from mpirun import run_mpi
+from mpirun import mpi_env, mpiexec_path, run_mpi
 
 QUICK = ["--quiet", "--flush-every", "5"]
 
@@ -44,6 +46,19 @@ def test_an_import_failure_on_one_rank_ends_the_job_with_one_message(tmp_path):
     assert result.stderr.count("ImportError: HPCGRAD_TEST_FAIL_AT_START=2") == 1, result.stderr
     assert "hpcgrad: error on rank 2: Traceback" in result.stderr
     assert "aborting all 4 ranks" in result.stderr
+
+
+def test_a_rank_that_ends_before_mpi_init_does_not_leave_the_others_waiting(tmp_path):
+    # MPMD: rank 2 is a Python that exits at once. MPICH's launcher does not end a job for a
+    # rank that never called MPI_Init; the others' MPI_Init is bounded by HPCGRAD_START_TIMEOUT.
+    cmd = [mpiexec_path(), "-n", "2", sys.executable, "-m", "hpcgrad", "train", *QUICK,
+           "--log", str(tmp_path / "run.h5"), ":", "-n", "1", sys.executable, "-c",
+           "import sys; sys.exit(1)"]
+    started = time.monotonic()
+    result = subprocess.run(cmd, env=mpi_env({"HPCGRAD_START_TIMEOUT": "5"}), timeout=60,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert time.monotonic() - started < 30
 
 
 def test_settings_are_checked_before_torch_is_imported(tmp_path):
@@ -120,6 +135,7 @@ def final_hash(log) -> bytes:
         return f["final_params_sha256"][()]
 
 
+@pytest.mark.timeout(300)  # three launches, on a busy 2-core machine
 def test_sigterm_stops_at_one_step_saves_and_the_resumed_run_ends_equal(tmp_path):
     """SIGTERM to mpiexec (every rank) mid-run: a checkpoint at the step all ranks agreed on,
     the log closed (opens without swmr), status 143; the resumed run ends with the

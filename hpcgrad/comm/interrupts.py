@@ -18,8 +18,12 @@ MPI semantics that shape this module:
   collective returns -- never.  Python's C-level handler does run at once, and writes the
   signal number to the wakeup file descriptor (:func:`signal.set_wakeup_fd`); a thread reading
   it wakes while the main thread stays blocked (mpi4py releases the GIL in blocking MPI calls)
-  and acts for it.  The main thread's own handler does nothing: a ``KeyboardInterrupt`` in
-  the middle of ``import torch`` is what used to end in "Segmentation fault".
+  and acts for it.  The main thread's own handler does nothing, so no rank dies of an
+  uncaught ``KeyboardInterrupt`` (Python then re-raises SIGINT on itself, and Hydra, which
+  ORs the ranks' statuses, reported SIGKILL | SIGINT = 9 | 2 as "Segmentation fault (signal
+  11)", exit status 11).
+* ``MPI_Init`` holds the GIL: a rank whose peer ended before ``MPI_Init`` waits there with no
+  Python code able to run, so :func:`start_mpi` bounds it with SIGALRM's default action.
 * ``MPI_Abort(MPI_COMM_WORLD, status)`` from any one rank ends every rank of the job
   (MPICH's Hydra and Slurm's srun kill the others; ``mpiexec`` exits with ``status``), and
   prints one line of its own.  Before ``MPI_Init`` (or after ``MPI_Finalize``) it cannot be

@@ -15,12 +15,13 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
 import pytest
 
-from slurm_cluster import SlurmCluster, ensure_installed
+from slurm_cluster import FINISHED_STATES, SlurmCluster, ensure_installed
 
 ROOT = Path(__file__).resolve().parent.parent
 SLURM_DIR = ROOT / "slurm"
@@ -28,6 +29,7 @@ FAULTY = Path(__file__).resolve().parent / "scripts" / "faulty_run.py"
 TASKS = "--ntasks-per-node=3"  # 1 server + 2 workers per run
 TWO = "--ntasks-per-node=2"  # 1 server + 1 worker, where 3 ranks would only cost more CPU
 QUICK = {"HPCGRAD_ITERATIONS": "20", "HPCGRAD_EXTRA_ARGS": "--quiet"}
+PREEMPT_RUN = {"HPCGRAD_ITERATIONS": "6000", "HPCGRAD_EXTRA_ARGS": "--quiet --seed 5"}
 WAIT_S = 240  # per test; a quiet 2-core machine finishes every job in well under a minute
 
 pytestmark = pytest.mark.timeout(600)  # the first test also installs and starts Slurm
@@ -72,6 +74,13 @@ def test_job_scripts_are_valid_bash_that_exits_with_sruns_status(script):
     assert 'exit "$rc"' in text and "rc=$?" in text
     assert 'OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"' in text
     assert "--kill-on-bad-exit=1" in text
+
+
+def test_train_script_is_set_up_for_preemption():
+    text = (SLURM_DIR / "train.sbatch").read_text()
+    for line in ("#SBATCH --signal=USR1@", "#SBATCH --requeue", "#SBATCH --open-mode=append"):
+        assert line in text
+    assert "--preempt-signal USR1" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
 
 
 # --------------------------------------------------------------------------- the cluster
@@ -146,6 +155,8 @@ def jobs(cluster, submit_dir):
         "local-rank": ([TASKS, "train.sbatch"],
                        dict(QUICK, HPCGRAD_RUN=f"{sys.executable} -m mpi4py {probe}")),
         "train": ([TASKS, "train.sbatch"], QUICK),
+        # The run that test_a_signalled_job_... signals and resumes, left alone.
+        "uninterrupted": ([TASKS, "train.sbatch"], PREEMPT_RUN),
         "multinode": (["--nodes=1", TWO, "--cpus-per-task=1", "multinode.sbatch"], QUICK),
         "sweep": ([TWO, "sweep.sbatch"], QUICK),
     }
@@ -273,3 +284,53 @@ def test_hpcgrads_node_local_rank_is_slurms_local_id(cluster, jobs, submit_dir):
     assert_state(record, "COMPLETED", "0:0", text)
     lines = sorted(line for line in text.splitlines() if line.startswith("probe "))
     assert lines == [f"probe rank={r} size=3 local={r} slurm_localid={r}" for r in range(3)]
+
+
+def _log_rows(path) -> int:
+    try:
+        with h5py.File(path, "r", swmr=True) as f:
+            return f["steps/iteration"].shape[0]
+    except (OSError, KeyError):
+        return 0
+
+
+def _final_hash(path) -> bytes:
+    with h5py.File(path, "r") as f:  # closed cleanly: no swmr
+        return f["final_params_sha256"][()]
+
+
+def test_a_signalled_job_checkpoints_requeues_and_ends_as_if_uninterrupted(cluster, jobs,
+                                                                           submit_dir):
+    """`scancel --signal=USR1` (what --signal=USR1@120 sends before the time limit): every rank
+    stops at one step and checkpoints, the script requeues the job, the next attempt resumes
+    into its own log, and the run ends with the uninterrupted run's final parameters."""
+    # Submitted here, not with the others: it must still be training when it is signalled.
+    job = cluster.sbatch(["--job-name=t-preempted", TASKS, SLURM_DIR / "train.sbatch"],
+                         env=job_env(**PREEMPT_RUN), cwd=submit_dir)
+    runs = submit_dir / "runs" / job
+    deadline = time.monotonic() + WAIT_S
+    while _log_rows(runs / "train.h5") < 50:  # training runs on every rank
+        assert time.monotonic() < deadline, output(submit_dir, job)
+        time.sleep(0.2)
+    cluster.run(["scancel", "--signal=USR1", job])
+    while True:  # requeued: pending again, Restarts=1
+        [record] = cluster.job_records(job)
+        if record.get("Restarts") == "1" and record["JobState"] == "PENDING":
+            break
+        assert record["JobState"] not in FINISHED_STATES, output(submit_dir, job)
+        assert time.monotonic() < deadline, output(submit_dir, job)
+        time.sleep(0.3)
+    # Slurm holds a requeued job for about two minutes (BeginTime); a test need not wait.
+    cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
+    [record] = cluster.wait([job], timeout=WAIT_S)[job]
+    text = output(submit_dir, job)
+    assert_state(record, "COMPLETED", "0:0", text)
+    stopped = int(re.search(r"hpcgrad: stopped by SIGUSR1 after step (\d+) of 6000", text)[1])
+    assert f"attempt 1, resuming from runs/{job}/checkpoints/step-{stopped:08d}" in text
+    with h5py.File(runs / "train.h5", "r") as f:  # the first attempt's log, closed cleanly
+        assert list(f["steps/iteration"]) == list(range(stopped))
+        assert f["final_params_sha256"][()] == b""
+    whole, [whole_record] = finished(cluster, jobs, "uninterrupted")
+    assert_state(whole_record, "COMPLETED", "0:0", output(submit_dir, whole))
+    assert (_final_hash(runs / "train.restart-1.h5")
+            == _final_hash(submit_dir / "runs" / whole / "train.h5") != b"")

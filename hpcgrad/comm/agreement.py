@@ -10,10 +10,11 @@ benchmarks use it too.
 
 from __future__ import annotations
 
-import sys
+import time
 import traceback
 
 from ..errors import HpcgradError
+from . import interrupts
 
 
 class AgreedError(HpcgradError):
@@ -46,14 +47,34 @@ def agree(comm, action, what: str):
     return result
 
 
+def all_started(comm, timeout: float) -> None:
+    """Collective, the first after ``MPI_Init``: wait until every rank of ``comm`` has started
+    MPI, for at most ``timeout`` seconds, then raise :class:`HpcgradError`.
+
+    A rank that ends before ``MPI_Init`` (an import that fails on one node, a signal during
+    Python's start-up) never joins a collective, and MPICH's launcher does not end a job for a
+    rank that exits before ``MPI_Init``: without this the others would wait forever in their
+    first collective.  A non-blocking barrier (``MPI_Ibarrier``) is polled, so the wait can
+    end."""
+    request = comm.Ibarrier()
+    deadline = time.monotonic() + timeout
+    while not request.Test():
+        if time.monotonic() > deadline:
+            raise HpcgradError(f"not all {comm.Get_size()} ranks started MPI within "
+                               f"{timeout:g} s: a rank ended before MPI_Init (see its "
+                               "output above), or start-up is slower than "
+                               "HPCGRAD_START_TIMEOUT allows")
+        time.sleep(0.01)
+
+
 def abort_job(comm, rank: int, exc: BaseException) -> None:
     """After setup, a failure on one rank ends the whole job: print it, naming the rank (a
     traceback unless it is one of hpcgrad's own errors), then ``MPI_Abort`` with status 1,
-    so that no other rank is left waiting in a collective."""
+    so that no other rank is left waiting in a collective.  A rank r > 0 waits
+    :func:`interrupts.quiet_delay` first: a failure every rank hits is printed once."""
     if isinstance(exc, HpcgradError):
         detail = f"{type(exc).__name__}: {exc}"
     else:
         detail = "".join(traceback.format_exception(exc)).rstrip()
-    print(f"hpcgrad: error on rank {rank}: {detail}\nhpcgrad: aborting all "
-          f"{comm.Get_size()} ranks", file=sys.stderr, flush=True)
-    comm.Abort(1)
+    interrupts.abort(1, lambda rank, size: f"hpcgrad: error on rank {rank}: {detail}\n"
+                                           f"hpcgrad: aborting all {size} ranks", rank)

@@ -58,8 +58,8 @@ DIGEST, ATTRS_DIGEST = "sha256", "attrs_sha256"
 #: Settings a resumed run may change: they do not change the trajectory.  (``iterations``
 #: may grow to extend a run, unless a cosine lr schedule is spread over it; settings
 #: derived from it, such as DQ-SGD's horizon, are compared as resolved.)
-IGNORED = {"iterations", "log", "overwrite", "quiet", "eval_every", "flush_every", "record_messages",
-           "checkpoint_every", "checkpoint_dir", "resume"}
+IGNORED = {"iterations", "log", "overwrite", "quiet", "eval_every", "flush_every",
+           "record_messages", "checkpoint_every", "checkpoint_dir", "resume", "preempt_signal"}
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from .. import options
 from ..algorithms import REGISTRY
+from ..comm.interrupts import PREEMPT_SIGNALS
 from ..compression.compressors import COMPRESSORS
 from ..errors import ConfigError
 from ..options import Option, Section, fail
@@ -107,8 +108,9 @@ def _check_loop(cfg) -> None:
 
 
 def _check_checkpoints(cfg) -> None:
-    fail(bool(cfg.checkpoint_every) == (cfg.checkpoint_dir is not None),
-         "checkpoints need both --checkpoint-every N (N >= 1) and --checkpoint-dir DIR")
+    fail(not cfg.checkpoint_every or cfg.checkpoint_dir is not None,
+         "checkpoints every N steps need both --checkpoint-every N and --checkpoint-dir DIR "
+         "(--checkpoint-dir alone: a checkpoint only when a signal stops the run)")
 
 
 def _check_schedule(cfg) -> None:
@@ -120,11 +122,18 @@ CHECKPOINTS = Section("checkpoints (docs/checkpoints.md)", (
     Option("checkpoint_every", int, 0, bounds=">= 0", metavar="N",
            help="save every rank's state every N steps (needs --checkpoint-dir)"),
     Option("checkpoint_dir", str, None, metavar="DIR", check=_directory,
-           help="where checkpoints go: DIR/step-NNNNNNNN/, one HDF5 file per rank"),
+           help="where checkpoints go: DIR/step-NNNNNNNN/, one HDF5 file per rank; also "
+                "the checkpoint of a run stopped by SIGTERM or --preempt-signal"),
     Option("resume", str, None, metavar="DIR", check=_directory,
            help="continue from the newest complete checkpoint in DIR (or from DIR, a "
                 "step-NNNNNNNN directory): same parameters, state and data order, so the run "
                 "continues exactly as if it had not stopped"),
+    Option("preempt_signal", str, None, choices=PREEMPT_SIGNALS, metavar="SIGNAL",
+           default_help="SIGTERM only",
+           help="a signal that, like SIGTERM, stops the run gracefully: every rank finishes "
+                "the step, a checkpoint is written (with --checkpoint-dir), the log is closed, "
+                "exit status 143 (e.g. USR1 with sbatch --signal=USR1@120; "
+                "choices: " + ", ".join(PREEMPT_SIGNALS) + ")"),
 ), check=_check_checkpoints)
 
 SCHEDULE_AND_ADVERSARIES = Section(

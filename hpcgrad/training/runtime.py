@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from mpi4py import MPI
 
 from .. import __version__, algorithms, kernels
-from ..comm import device
+from ..comm import device, interrupts
 from ..workloads import datasets, footprint, models, partitions
 from . import attacks, checkpoint, exchange, logfile
 from . import schedule as lr_schedule
@@ -343,6 +343,9 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
     every = config.checkpoint_every
     started = time.perf_counter()
     quiet = config.quiet or not is_server
+    # SIGTERM / --preempt-signal now stop the run after a step every rank agrees on.
+    vote = interrupts.StopVote(comm)
+    interrupts.allow_stop()
 
     for step in range(start_step, config.iterations):
         row = step - first_row
@@ -371,9 +374,12 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
                 log.append_messages(step, *step_exchange.messages())
 
         last = step == config.iterations - 1
-        checkpoint_now = every and (step + 1) % every == 0
+        # Collective, every step: whether a rank was asked to stop (a signal) a step ago.
+        stop = vote.step(interrupts.stop_requested() is not None) and not last
+        checkpoint_now = ((every and (step + 1) % every == 0)
+                          or (stop and config.checkpoint_dir is not None))
         # A checkpoint flushes the log first, so the log covers every step it saved.
-        if row == flush_rows - 1 or last or checkpoint_now:
+        if row == flush_rows - 1 or last or checkpoint_now or stop:
             rows = row + 1
             record[:, 0] = losses
             record[:, 1:] = clock.times
@@ -395,11 +401,17 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
                                     step + 1 - start_step, time.perf_counter() - started,
                                     workers * config.batch_size, records.total_up / workers,
                                     records.total_down), flush=True)
+        saved = None
         if checkpoint_now:
-            checkpoint.save(config.checkpoint_dir, step + 1, comm, flat, alg, sampler,
-                            records.totals() if is_server else {},
-                            config, run=run)
+            saved = checkpoint.save(config.checkpoint_dir, step + 1, comm, flat, alg, sampler,
+                                    records.totals() if is_server else {},
+                                    config, run=run)
+        if stop:  # every rank alike; train() closes the log on the way out
+            vote.close()
+            raise interrupts.Stopped(interrupts.stop_requested() or "a signal to another rank",
+                                     step + 1, config.iterations, saved)
 
+    vote.close()
     digest = _check_replicas(comm, flat.params.detach().cpu().numpy())
     if not is_server:
         return None

@@ -17,6 +17,9 @@ from launch_signals import Launch, interrupted_cleanly, signal_at
 from mpirun import mpi_env, mpiexec_path, run_mpi
 
 QUICK = ["--quiet", "--flush-every", "5"]
+#: A run still going when a start-up signal arrives, however fast the machine starts it (the
+#: default 300 steps take under a second once trained: a 5 s signal could find it done).
+RUNNING = [*QUICK, "--iterations", "100000"]
 
 
 def log_rows(path) -> int:
@@ -81,7 +84,7 @@ def test_argument_errors_are_printed_once(tmp_path):
 
 @pytest.mark.parametrize("after_s", [1.0, 2.5, 5.0])
 def test_ctrl_c_to_mpiexec_during_start_up_ends_the_job(tmp_path, after_s):
-    ended, took = signal_at(4, ["train", *QUICK, "--log", tmp_path / "run.h5"],
+    ended, took = signal_at(4, ["train", *RUNNING, "--log", tmp_path / "run.h5"],
                             signal.SIGINT, after_s, cwd=tmp_path, timeout=30)
     assert not interrupted_cleanly(ended), (interrupted_cleanly(ended), ended.stderr)
     assert took < 10, ended.stderr
@@ -93,7 +96,7 @@ def test_ctrl_c_to_mpiexec_during_start_up_ends_the_job(tmp_path, after_s):
 
 @pytest.mark.parametrize("rank, after_s", [(0, 3.0), (2, 2.0), (3, 5.0)])
 def test_ctrl_c_to_one_rank_during_start_up_ends_the_job(tmp_path, rank, after_s):
-    ended, took = signal_at(4, ["train", *QUICK, "--log", tmp_path / "run.h5"],
+    ended, took = signal_at(4, ["train", *RUNNING, "--log", tmp_path / "run.h5"],
                             signal.SIGINT, after_s, rank=rank, cwd=tmp_path, timeout=30)
     assert not interrupted_cleanly(ended), (interrupted_cleanly(ended), ended.stderr)
     assert took < 10, ended.stderr

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import sys
+import weakref
 
 import torch
 
@@ -32,6 +33,9 @@ from .session import Session
 
 NONFINITE = ("error", "skip")
 SYNC = ("check", "broadcast")
+#: model -> the DistributedOptimizer wrapping it on this rank (not an attribute of the model:
+#: torch.save(model) would then try to pickle the optimizer and its communicator).
+_WRAPPED = weakref.WeakKeyDictionary()
 
 
 class DistributedOptimizer:
@@ -58,6 +62,13 @@ class DistributedOptimizer:
                  update: str = "auto", sync: str = "check", nonfinite: str = "error",
                  buffers_every: int = 0, evaluate=None, comm=None, config: str | None = None,
                  **settings):
+        wrapped = _WRAPPED.get(model)
+        if wrapped is not None and not wrapped.session.finished:
+            # Checked before any collective: the server is in this wrap's step protocol and
+            # would take a second wrap's setup messages for a step report.
+            raise ConfigError("this model is already wrapped by a DistributedOptimizer that "
+                              "has not finished: wrap it once, before the training loop (or "
+                              "call finish() on the first one before wrapping it again)")
         if context is None:
             context = init(comm, config=config, **settings)
         elif settings or config:
@@ -78,6 +89,7 @@ class DistributedOptimizer:
         self.nonfinite, self.buffers_every = nonfinite, buffers_every
         self._failed = False
         self.session = Session(context, model, optimizer, update=update, sync=sync, check=check)
+        _WRAPPED[model] = self
         atexit.register(self._at_exit)
 
     # What LR schedulers, GradScaler.unscale_ and checkpoints read.

@@ -7,8 +7,9 @@ CASE: ``ok`` (no fault; the script ends without finish(): the exit handler finis
 wrap time), ``broadcast`` (as ``differ``, wrapped with sync="broadcast": no error),
 ``none-grad`` (rank 2 leaves one parameter's gradient None), ``nan`` (rank 2's
 gradient of one parameter is NaN), ``skip`` (as ``nan`` with nonfinite="skip": skipped),
-``crash`` (rank 2 raises a plain exception after wrapping), ``bad-setting`` (``lr=-1``),
-``unknown-setting`` (``sparsty=0.1``).
+``crash`` (rank 2 raises a plain exception after wrapping), ``before-init`` (rank 2 raises
+before init(), e.g. loading its data), ``twice`` (the workers wrap the model a second time
+inside the loop), ``bad-setting`` (``lr=-1``), ``unknown-setting`` (``sparsty=0.1``).
 """
 
 import sys
@@ -16,6 +17,7 @@ import sys
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mpi4py import MPI
 
 import hpcgrad.torch as hpc
 
@@ -36,6 +38,8 @@ class Net(nn.Module):
 
 
 model = Net()
+if case == "before-init" and MPI.COMM_WORLD.Get_rank() == 2:
+    raise FileNotFoundError("the user's data file")
 settings = {"bad-setting": {"lr": -1.0}, "unknown-setting": {"sparsty": 0.1}}.get(case, {})
 ctx = hpc.init(algorithm="signum-mv", log=log, flush_every=2, quiet=True, **settings)
 if case in ("differ", "broadcast") and ctx.rank == 2:
@@ -58,5 +62,7 @@ for step in range(steps):
     if case == "crash" and ctx.rank == 2 and step == 1:
         raise RuntimeError("a bug in the user's loop")
     opt.step(loss=loss)
+    if case == "twice" and step == 1:
+        opt = hpc.DistributedOptimizer(opt.optimizer, model, ctx)
 if ctx.rank == 1:
     print(f"rank 1 completed {opt.steps} exchanges")

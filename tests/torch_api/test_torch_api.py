@@ -92,6 +92,9 @@ def test_sync_broadcast_starts_every_replica_from_rank_0s_parameters(tmp_path):
     ("none-grad", "the gradient of parameter extra.weight is None on rank 2 but not on rank 1"),
     ("nan", "rank 2: non-finite gradient (NaN or Inf) in parameter head.weight at step 2"),
     ("crash", "error on rank 2: Traceback"),
+    ("before-init", "error on rank 2: Traceback"),
+    ("twice", "ConfigError: this model is already wrapped by a "
+     "DistributedOptimizer that has not finished"),
     ("bad-setting", "hpcgrad: error: checking the settings failed on rank 0: lr must be > 0"),
     ("unknown-setting", "unknown setting 'sparsty' (did you mean 'sparsity'?)"),
 ])
@@ -102,6 +105,8 @@ def test_bad_input_ends_every_rank_with_a_message_naming_rank_and_parameter(case
     assert message in result.stderr, result.stderr[-3000:]
     if case == "crash":
         assert "a bug in the user's loop" in result.stderr
+    if case == "before-init":
+        assert "FileNotFoundError: the user's data file" in result.stderr
     if "setting" in case:  # agreed by every rank: printed once, no abort
         assert result.stderr.count("hpcgrad: error:") == 1
         assert "Abort" not in result.stderr

@@ -52,7 +52,8 @@ class DistributedOptimizer:
     rank must start from the same parameters; a digest per parameter is compared) or
     ``"broadcast"`` (every rank takes rank 0's).  ``nonfinite``: ``"error"`` (default: a NaN
     or Inf gradient ends the job naming the rank and the parameter) or ``"skip"`` (the step
-    is skipped on every rank: mixed precision with a loss scaler).  ``buffers_every``: every
+    is skipped on every rank: mixed precision with a loss scaler; ``GradScaler.step(opt)``
+    always skips so).  ``buffers_every``: every
     this many steps, worker 1's buffers (BatchNorm statistics) are broadcast to every rank;
     0 (default) keeps buffers local to each rank.  ``evaluate(model) -> (loss, accuracy)``:
     run by the server on its replica every ``eval_every`` steps and at the end, logged.
@@ -92,6 +93,12 @@ class DistributedOptimizer:
         _WRAPPED[model] = self
         atexit.register(self._at_exit)
 
+    #: ``torch.amp.GradScaler.step(optimizer)`` then always calls :meth:`step` (with
+    #: ``grad_scale`` and ``found_inf`` set) instead of skipping it where this worker's
+    #: gradient overflowed: a skip on one worker only would pair its next step with the
+    #: others' current one.  :meth:`step` unscales, and the skip is agreed by every rank.
+    _step_supports_amp_scaling = True
+
     # What LR schedulers, GradScaler.unscale_ and checkpoints read.
     @property
     def param_groups(self):
@@ -129,8 +136,15 @@ class DistributedOptimizer:
             raise HpcgradError(f"rank {self.context.rank}: step() after finish()")
         flat = session.flat
         missing = flat.collect_grads()
+        # Called by GradScaler.step: gradients still scaled unless unscale_ ran (grad_scale
+        # None), unscaled as unscale_ does; an overflow is the scaler's to skip, on every rank.
+        by_scaler = hasattr(self, "found_inf")
+        scale = getattr(self, "grad_scale", None) if by_scaler else None
+        if scale is not None:
+            flat.grads.mul_(scale.double().reciprocal().float().to(flat.grads.device))
         every = self.buffers_every
-        report = Report(STEP, session.steps, missing, flat.first_nonfinite(), self.nonfinite,
+        report = Report(STEP, session.steps, missing, flat.first_nonfinite(),
+                        "skip" if by_scaler else self.nonfinite,
                         tuple(float(g["lr"]) for g in self.optimizer.param_groups),
                         bool(every and (session.steps + 1) % every == 0))
         value = float("nan") if loss is None else float(

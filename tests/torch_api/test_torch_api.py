@@ -119,6 +119,18 @@ def test_a_non_finite_step_is_skipped_on_every_rank_with_nonfinite_skip(tmp_path
         assert f["steps"]["iteration"].shape == (3,)
 
 
+def test_grad_scaler_step_on_the_wrapper_skips_an_overflow_on_every_rank(tmp_path):
+    """scaler.step(opt) calls step() on every worker (else the worker whose gradient
+    overflowed skips it alone and pairs its next step with the others'), unscaled exactly as
+    unscale_ does: the parameters of a run where the step is skipped by nonfinite="skip"."""
+    for case in ("scaler", "skip-fp32"):
+        result = _ok(run_mpi(3, [HERE / "bad_input.py", case, tmp_path / f"{case}.h5"],
+                             module=None, mpi4py=False, timeout=60))
+        assert "rank 1 completed 3 exchanges" in result.stdout
+    with h5py.File(tmp_path / "scaler.h5", "r") as a, h5py.File(tmp_path / "skip-fp32.h5") as b:
+        assert a["final_params_sha256"][()] == b["final_params_sha256"][()] != b""
+
+
 def test_user_habits_torch_optimizers_amp_half_models_buffers_and_resume(tmp_path):
     """features.py: Adam with update="optimizer", a DataLoader, bf16 autocast, accumulation,
     clipping, a frozen layer, buffers broadcast; a .half() model; a resumed run with the

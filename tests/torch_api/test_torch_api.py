@@ -73,6 +73,14 @@ def bad(case, tmp_path, n=3):
                    mpi4py=False, timeout=60)
 
 
+def test_a_script_run_without_mpiexec_is_told_how_to_launch_it(tmp_path):
+    result = subprocess.run([sys.executable, HERE / "bad_input.py", "ok", tmp_path / "x.h5"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "got a world of size 1. Run e.g. mpiexec -n 5 python " in result.stderr
+    assert "bad_input.py ok" in result.stderr, result.stderr
+
+
 def test_a_script_that_ends_without_finish_finishes_at_exit(tmp_path):
     result = _ok(bad("ok", tmp_path))
     assert "rank 1 completed 4 exchanges" in result.stdout

@@ -11,7 +11,8 @@ gradient of one parameter is NaN), ``skip`` (as ``nan`` with nonfinite="skip": s
 before init(), e.g. loading its data), ``twice`` (the workers wrap the model a second time
 inside the loop), ``scaler`` (fp32-ps with a ``GradScaler`` and ``scaler.step(opt)``;
 rank 2's scaled gradient overflows at step 2), ``skip-fp32`` (as ``skip``, with fp32-ps: the
-same parameters as ``scaler``), ``bad-setting`` (``lr=-1``), ``unknown-setting`` (``sparsty=0.1``).
+same parameters as ``scaler``), ``groups`` (parameter groups with different learning rates under a sign method),
+``bad-setting`` (``lr=-1``), ``unknown-setting`` (``sparsty=0.1``).
 """
 
 import sys
@@ -49,6 +50,10 @@ if case in ("differ", "broadcast") and ctx.rank == 2:
     with torch.no_grad():
         model.head.bias[0] += 1
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
+if case == "groups":  # a part "frozen" by lr=0: the sign method would update it anyway
+    opt = torch.optim.SGD([{"params": model.body.parameters(), "lr": 0.0},
+                           {"params": [*model.head.parameters(), *model.extra.parameters()]}],
+                          lr=0.1)
 opt = hpc.DistributedOptimizer(opt, model, ctx,
                                nonfinite="skip" if case in ("skip", "skip-fp32") else "error",
                                sync="broadcast" if case == "broadcast" else "check")

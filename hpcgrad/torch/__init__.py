@@ -26,12 +26,20 @@ master copies), ``optimizer.py``, ``server.py``, ``sampler.py``.  README "Your o
 loop" has the details and a worked example (``examples/``).
 """
 
-from .context import AgreedError, Context, init
+from mpi4py import MPI as _MPI
+
+from .context import AgreedError, Context, init, install_failure_policy
 from .control import NonFiniteGradientError, StepMismatchError
 from .optimizer import DistributedOptimizer
 from .sampler import WorkerSampler
 from .server import ServeSummary, serve
 from .session import MEAN_METHODS
+
+# From the import on, an exception nobody caught on any rank ends the job (MPI_Abort), as
+# ``python -m mpi4py`` does: an error in the user's script before init() -- its data loading,
+# a WorkerSampler built on rank 0 -- would otherwise leave that rank in MPI_Finalize and the
+# others waiting in init()'s first collective, forever.  init() installs it for its comm too.
+install_failure_policy(_MPI.COMM_WORLD)
 
 __all__ = ["AgreedError", "Context", "DistributedOptimizer", "MEAN_METHODS",
            "NonFiniteGradientError", "ServeSummary", "StepMismatchError", "WorkerSampler",

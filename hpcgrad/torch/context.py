@@ -119,5 +119,6 @@ def init(comm=None, *, config: str | None = None, **settings) -> Context:
     if comm.Get_rank() == 0:
         for warning in ignored:
             print(f"hpcgrad: warning: {warning.message}", file=sys.stderr, flush=True)
-    agree(comm, lambda: _check_world(comm, cfg), "checking the job")
+    script = " ".join(["python", *sys.argv]) if sys.argv and sys.argv[0] else "python SCRIPT"
+    agree(comm, lambda: _check_world(comm, cfg, script), "checking the job")
     return Context(comm, cfg)

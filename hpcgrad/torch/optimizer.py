@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import sys
+import weakref
 
 import torch
 
@@ -32,6 +33,9 @@ from .session import Session
 
 NONFINITE = ("error", "skip")
 SYNC = ("check", "broadcast")
+#: model -> the DistributedOptimizer wrapping it on this rank (not an attribute of the model:
+#: torch.save(model) would then try to pickle the optimizer and its communicator).
+_WRAPPED = weakref.WeakKeyDictionary()
 
 
 class DistributedOptimizer:
@@ -48,7 +52,8 @@ class DistributedOptimizer:
     rank must start from the same parameters; a digest per parameter is compared) or
     ``"broadcast"`` (every rank takes rank 0's).  ``nonfinite``: ``"error"`` (default: a NaN
     or Inf gradient ends the job naming the rank and the parameter) or ``"skip"`` (the step
-    is skipped on every rank: mixed precision with a loss scaler).  ``buffers_every``: every
+    is skipped on every rank: mixed precision with a loss scaler; ``GradScaler.step(opt)``
+    always skips so).  ``buffers_every``: every
     this many steps, worker 1's buffers (BatchNorm statistics) are broadcast to every rank;
     0 (default) keeps buffers local to each rank.  ``evaluate(model) -> (loss, accuracy)``:
     run by the server on its replica every ``eval_every`` steps and at the end, logged.
@@ -58,6 +63,13 @@ class DistributedOptimizer:
                  update: str = "auto", sync: str = "check", nonfinite: str = "error",
                  buffers_every: int = 0, evaluate=None, comm=None, config: str | None = None,
                  **settings):
+        wrapped = _WRAPPED.get(model)
+        if wrapped is not None and not wrapped.session.finished:
+            # Checked before any collective: the server is in this wrap's step protocol and
+            # would take a second wrap's setup messages for a step report.
+            raise ConfigError("this model is already wrapped by a DistributedOptimizer that "
+                              "has not finished: wrap it once, before the training loop (or "
+                              "call finish() on the first one before wrapping it again)")
         if context is None:
             context = init(comm, config=config, **settings)
         elif settings or config:
@@ -78,7 +90,14 @@ class DistributedOptimizer:
         self.nonfinite, self.buffers_every = nonfinite, buffers_every
         self._failed = False
         self.session = Session(context, model, optimizer, update=update, sync=sync, check=check)
+        _WRAPPED[model] = self
         atexit.register(self._at_exit)
+
+    #: ``torch.amp.GradScaler.step(optimizer)`` then always calls :meth:`step` (with
+    #: ``grad_scale`` and ``found_inf`` set) instead of skipping it where this worker's
+    #: gradient overflowed: a skip on one worker only would pair its next step with the
+    #: others' current one.  :meth:`step` unscales, and the skip is agreed by every rank.
+    _step_supports_amp_scaling = True
 
     # What LR schedulers, GradScaler.unscale_ and checkpoints read.
     @property
@@ -117,8 +136,15 @@ class DistributedOptimizer:
             raise HpcgradError(f"rank {self.context.rank}: step() after finish()")
         flat = session.flat
         missing = flat.collect_grads()
+        # Called by GradScaler.step: gradients still scaled unless unscale_ ran (grad_scale
+        # None), unscaled as unscale_ does; an overflow is the scaler's to skip, on every rank.
+        by_scaler = hasattr(self, "found_inf")
+        scale = getattr(self, "grad_scale", None) if by_scaler else None
+        if scale is not None:
+            flat.grads.mul_(scale.double().reciprocal().float().to(flat.grads.device))
         every = self.buffers_every
-        report = Report(STEP, session.steps, missing, flat.first_nonfinite(), self.nonfinite,
+        report = Report(STEP, session.steps, missing, flat.first_nonfinite(),
+                        "skip" if by_scaler else self.nonfinite,
                         tuple(float(g["lr"]) for g in self.optimizer.param_groups),
                         bool(every and (session.steps + 1) % every == 0))
         value = float("nan") if loss is None else float(

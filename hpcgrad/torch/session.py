@@ -73,6 +73,18 @@ def resolve_update(update: str, algorithm: str) -> str:
     return update
 
 
+def _check_groups(update: str, optimizer) -> str:
+    """``update="algorithm"`` has one learning rate (the settings', scaled by the optimizer's
+    first group): parameter groups with other learning rates would be silently ignored."""
+    lrs = [float(g["lr"]) for g in optimizer.param_groups] if optimizer else []
+    if update == "algorithm" and len(set(lrs)) > 1:
+        raise ConfigError(f"update='algorithm' applies the algorithm's one learning rate to "
+                          f"every parameter, but the optimizer's parameter groups have learning "
+                          f"rates {lrs}: give every group the same lr (freeze a part with "
+                          "requires_grad_(False)), or use a mean method with update='optimizer'")
+    return update
+
+
 @dataclasses.dataclass(frozen=True)
 class _WrapInfo:
     """What each rank wraps, compared at wrap time."""
@@ -152,7 +164,8 @@ class Session:
         self.flat = flat
         if update is not None:  # a worker
             update = agree(comm, lambda: (check() if check else None,
-                                          resolve_update(update, config.algorithm))[1],
+                                          _check_groups(resolve_update(update, config.algorithm),
+                                                        optimizer))[1],
                            "wrapping the optimizer")
         else:
             agree(comm, lambda: None, "wrapping the optimizer")

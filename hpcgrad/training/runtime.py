@@ -150,7 +150,7 @@ def _broadcast_params(comm, flat, params, where) -> None:
     where.to_device(host_params, params)
 
 
-def _check_world(comm, config) -> None:
+def _check_world(comm, config, command: str = "hpcgrad train") -> None:
     size = comm.Get_size()
     if size < 2:
         ntasks = os.environ.get("SLURM_NTASKS") or os.environ.get("OMPI_COMM_WORLD_SIZE")
@@ -160,7 +160,7 @@ def _check_world(comm, config) -> None:
                     "under Slurm use srun --mpi=pmi2, or the mpiexec of the MPI mpi4py uses)")
         raise ConfigError("hpcgrad needs at least 2 MPI ranks (rank 0 is the server, ranks "
                           f"1..N-1 are workers); got a world of size {size}{hint}. "
-                          "Run e.g. mpiexec -n 5 hpcgrad train")
+                          f"Run e.g. mpiexec -n 5 {command}")
     if size > 2**16:
         raise ConfigError(f"a world of {size} ranks exceeds the header's 16-bit sender field")
     digests = comm.allgather(hashlib.sha256(config.to_json().encode()).hexdigest())

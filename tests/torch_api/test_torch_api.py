@@ -73,6 +73,14 @@ def bad(case, tmp_path, n=3):
                    mpi4py=False, timeout=60)
 
 
+def test_a_script_run_without_mpiexec_is_told_how_to_launch_it(tmp_path):
+    result = subprocess.run([sys.executable, HERE / "bad_input.py", "ok", tmp_path / "x.h5"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "got a world of size 1. Run e.g. mpiexec -n 5 python " in result.stderr
+    assert "bad_input.py ok" in result.stderr, result.stderr
+
+
 def test_a_script_that_ends_without_finish_finishes_at_exit(tmp_path):
     result = _ok(bad("ok", tmp_path))
     assert "rank 1 completed 4 exchanges" in result.stdout
@@ -92,6 +100,12 @@ def test_sync_broadcast_starts_every_replica_from_rank_0s_parameters(tmp_path):
     ("none-grad", "the gradient of parameter extra.weight is None on rank 2 but not on rank 1"),
     ("nan", "rank 2: non-finite gradient (NaN or Inf) in parameter head.weight at step 2"),
     ("crash", "error on rank 2: Traceback"),
+    ("before-init", "error on rank 2: Traceback"),
+    ("twice", "ConfigError: this model is already wrapped by a "
+     "DistributedOptimizer that has not finished"),
+    ("groups", "hpcgrad: error: wrapping the optimizer failed on rank 1: update='algorithm' "
+               "applies the algorithm's one learning rate to every parameter, but the "
+               "optimizer's parameter groups have learning rates [0.0, 0.1]"),
     ("bad-setting", "hpcgrad: error: checking the settings failed on rank 0: lr must be > 0"),
     ("unknown-setting", "unknown setting 'sparsty' (did you mean 'sparsity'?)"),
 ])
@@ -102,7 +116,9 @@ def test_bad_input_ends_every_rank_with_a_message_naming_rank_and_parameter(case
     assert message in result.stderr, result.stderr[-3000:]
     if case == "crash":
         assert "a bug in the user's loop" in result.stderr
-    if "setting" in case:  # agreed by every rank: printed once, no abort
+    if case == "before-init":
+        assert "FileNotFoundError: the user's data file" in result.stderr
+    if "setting" in case or case == "groups":  # agreed by every rank: printed once, no abort
         assert result.stderr.count("hpcgrad: error:") == 1
         assert "Abort" not in result.stderr
 
@@ -112,6 +128,18 @@ def test_a_non_finite_step_is_skipped_on_every_rank_with_nonfinite_skip(tmp_path
     assert "rank 1 completed 3 exchanges" in result.stdout
     with h5py.File(tmp_path / "run.h5", "r") as f:
         assert f["steps"]["iteration"].shape == (3,)
+
+
+def test_grad_scaler_step_on_the_wrapper_skips_an_overflow_on_every_rank(tmp_path):
+    """scaler.step(opt) calls step() on every worker (else the worker whose gradient
+    overflowed skips it alone and pairs its next step with the others'), unscaled exactly as
+    unscale_ does: the parameters of a run where the step is skipped by nonfinite="skip"."""
+    for case in ("scaler", "skip-fp32"):
+        result = _ok(run_mpi(3, [HERE / "bad_input.py", case, tmp_path / f"{case}.h5"],
+                             module=None, mpi4py=False, timeout=60))
+        assert "rank 1 completed 3 exchanges" in result.stdout
+    with h5py.File(tmp_path / "scaler.h5", "r") as a, h5py.File(tmp_path / "skip-fp32.h5") as b:
+        assert a["final_params_sha256"][()] == b["final_params_sha256"][()] != b""
 
 
 def test_user_habits_torch_optimizers_amp_half_models_buffers_and_resume(tmp_path):

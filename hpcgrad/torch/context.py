@@ -28,7 +28,7 @@ from ..errors import ConfigError, HpcgradError
 from ..options import IgnoredSettingWarning
 from ..training import config as configuration
 from ..training.config import TrainConfig
-from ..training.runtime import _check_world
+from ..training.runtime import check_world
 
 
 class AgreedError(HpcgradError):
@@ -120,5 +120,5 @@ def init(comm=None, *, config: str | None = None, **settings) -> Context:
         for warning in ignored:
             print(f"hpcgrad: warning: {warning.message}", file=sys.stderr, flush=True)
     script = " ".join(["python", *sys.argv]) if sys.argv and sys.argv[0] else "python SCRIPT"
-    agree(comm, lambda: _check_world(comm, cfg, script), "checking the job")
+    agree(comm, lambda: check_world(comm, cfg, script), "checking the job")
     return Context(comm, cfg)

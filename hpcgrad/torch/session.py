@@ -46,7 +46,7 @@ from ..training import schedule as lr_schedule
 from ..training.exchange import COMPUTE, GATHER, PhaseClock
 # Shared with hpcgrad train's loop rather than copied: the log's metadata and per-step
 # columns, the replica check, the default log path and the resumed run's log rule.
-from ..training.runtime import STEP_FIELDS, _check_replicas, _StepRecords, open_log
+from ..training.runtime import STEP_FIELDS, check_replicas, StepRecords, open_log
 from ..training.tracelog import PHASES
 from . import control
 from .control import Report
@@ -209,7 +209,7 @@ class Session:
         self.losses = np.full(rows, np.nan)
         self.record = np.zeros((rows, 1 + len(PHASES)))
         self.gathered = np.zeros((size, rows, 1 + len(PHASES))) if self.is_server else None
-        self.records = _StepRecords(rows, workers, fields) if self.is_server else None
+        self.records = StepRecords(rows, workers, fields) if self.is_server else None
         if self.is_server:
             for name, value in totals.items():
                 setattr(self.records, name, value)
@@ -393,7 +393,7 @@ class Session:
     def _finish(self) -> None:
         """The stop verdict: the last rows to the log, the replicas checked equal."""
         self._flush(self.steps - self.first_row)
-        digest = _check_replicas(self.comm, self.flat.params.detach().cpu().numpy())
+        digest = check_replicas(self.comm, self.flat.params.detach().cpu().numpy())
         if self.is_server:
             if self.evaluate:
                 self._evaluate()

@@ -150,7 +150,10 @@ def _broadcast_params(comm, flat, params, where) -> None:
     where.to_device(host_params, params)
 
 
-def _check_world(comm, config, command: str = "hpcgrad train") -> None:
+def check_world(comm, config, command: str = "hpcgrad train") -> None:
+    """Collective: the world can run ``config`` (at least 2 ranks, at most the header's 16-bit
+    sender field) and every rank has the same settings; ``command`` is what the hint for a
+    world of one tells the user to launch."""
     size = comm.Get_size()
     if size < 2:
         ntasks = os.environ.get("SLURM_NTASKS") or os.environ.get("OMPI_COMM_WORLD_SIZE")
@@ -174,7 +177,7 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     """Train on every rank of ``comm``; rank 0 returns the summary, others ``None``."""
     comm = comm or MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    agree(comm, lambda: _check_world(comm, config), "checking the job")
+    agree(comm, lambda: check_world(comm, config), "checking the job")
     if data is None and model is None:  # the settings decide the sizes (the CLI checked too)
         agree(comm, lambda: footprint.check(config, size), "checking the memory")
     # Refuse a log in the way before the seconds of loading; the claim below is the lock.
@@ -275,7 +278,7 @@ def open_log(comm, config, alg, num_params, where, start_step=0, previous_run=No
     return log, run
 
 
-class _StepRecords:
+class StepRecords:
     """Rank 0's per-step log columns between flushes, allocated once."""
 
     def __init__(self, rows: int, workers: int, fields: dict):
@@ -331,7 +334,7 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
     losses = np.zeros(flush_rows)
     record = np.zeros((flush_rows, 1 + len(PHASES)))
     gathered = np.zeros((size, flush_rows, 1 + len(PHASES))) if is_server else None
-    records = (_StepRecords(flush_rows, workers, {**alg.step_fields, **STEP_FIELDS})
+    records = (StepRecords(flush_rows, workers, {**alg.step_fields, **STEP_FIELDS})
                if is_server else None)
     schedule = lr_schedule.from_config(config)  # lr of step t: a pure function of t
     model = flat.model
@@ -412,7 +415,7 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
                                      step + 1, config.iterations, saved)
 
     vote.close()
-    digest = _check_replicas(comm, flat.params.detach().cpu().numpy())
+    digest = check_replicas(comm, flat.params.detach().cpu().numpy())
     if not is_server:
         return None
     log.finish(digest)
@@ -431,7 +434,9 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
                       else None))
 
 
-def _check_replicas(comm, params) -> str:
+def check_replicas(comm, params) -> str:
+    """Collective: every rank's parameters (host array) hash alike; returns the SHA-256 that
+    the log records as ``final_params_sha256``, or raises naming the ranks that differ."""
     digests = comm.allgather(hashlib.sha256(params.tobytes()).hexdigest())
     bad = [r for r, dg in enumerate(digests) if dg != digests[0]]
     if bad:

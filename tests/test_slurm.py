@@ -320,7 +320,15 @@ def test_a_signalled_job_checkpoints_requeues_and_ends_as_if_uninterrupted(clust
         assert record["JobState"] not in FINISHED_STATES, output(submit_dir, job)
         assert time.monotonic() < deadline, output(submit_dir, job)
         time.sleep(0.3)
-    # Slurm holds a requeued job for about two minutes (BeginTime); a test need not wait.
+    # Slurm holds a requeued job for about two minutes (BeginTime), time for the node to
+    # clean up the first attempt. A test need not wait that long, but it must let the first
+    # attempt's step daemons end: released earlier, the job is killed unstarted ("Job
+    # credential revoked", FAILED 1:0, no output).
+    while subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job}\."],
+                         capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "the first attempt's steps did not end"
+        time.sleep(0.3)
+    time.sleep(1.0)
     cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
     [record] = cluster.wait([job], timeout=WAIT_S)[job]
     text = output(submit_dir, job)

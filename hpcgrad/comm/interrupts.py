@@ -53,6 +53,9 @@ EXIT_PREEMPTED = 128 + signal.SIGTERM
 #: ``--preempt-signal`` choices: signals a batch system sends ahead of a time limit.
 PREEMPT_SIGNALS = ("USR1", "USR2", "HUP")
 
+#: Seconds between printing the job-ending line and ``MPI_Abort`` (see :func:`abort`).
+LINGER_S = 0.5
+
 _state = {"installed": False, "stoppable": False, "stop": None, "aborting": False,
           "mpi_done": False}
 _lock = threading.Lock()
@@ -119,6 +122,10 @@ def abort(status: int, message, rank: int | None = None) -> None:
         print(message(rank, size), file=sys.stderr, flush=True)
     except (OSError, ValueError):  # stderr closed: ending the job matters more
         pass
+    # The line is in the pipe to the launcher's proxy, not yet on the user's terminal: MPI_Abort
+    # at once lets the launcher kill the proxies before they forward it (seen under load: an
+    # aborted job with an empty stderr).
+    time.sleep(LINGER_S)
     if mpi is not None and _mpi() is not None:
         mpi.COMM_WORLD.Abort(status)
     os._exit(status)

@@ -73,9 +73,10 @@ def launcher_rank() -> int | None:
 
 def quiet_delay(rank: int) -> float:
     """Seconds rank ``rank`` waits before it prints a job-ending message and aborts: 0 on
-    rank 0, then 0.5 s more per rank up to 2 s, so that usually the lowest rank that saw the
-    fault speaks and its ``MPI_Abort`` silences the others."""
-    return 0.5 * min(rank, 4)
+    rank 0; on rank r > 0, :data:`LINGER_S` (a lower rank's pause between its line and its
+    ``MPI_Abort``) plus 0.5 s per rank up to 2 s, so that usually the lowest rank that saw
+    the fault speaks and its ``MPI_Abort`` silences the others."""
+    return LINGER_S + 0.5 * min(rank, 4) if rank > 0 else 0.0
 
 
 def _mpi():

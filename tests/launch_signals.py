@@ -10,7 +10,6 @@ the environment (Hydra passes the environment on), and a rank is the process wit
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time

@@ -6,9 +6,6 @@ forever in a Gatherv.  So every exchange is preceded by a small *report* from ev
 (an ``allgather`` of a few numbers: MPI semantics, every rank receives every report), and
 every rank computes the same *verdict* from the same reports:
 
-Reports have a fixed size (``pack``: a few int64 and one learning rate per parameter group), so
-the per-step cost is one small ``Allgather``.
-
 * every worker reports ``step``, in agreement -> ``go``: run the exchange;
 * every worker reports ``done`` (``DistributedOptimizer.finish()``, or the interpreter exiting)
   -> ``stop``: the server's loop returns, the run is closed;
@@ -16,6 +13,9 @@ the per-step cost is one small ``Allgather``.
   rank and the parameter: some workers done and others not (``step()`` called a different
   number of times), a gradient ``None`` on one worker and not on another, a NaN or Inf in a
   gradient, learning rates that differ between workers.
+
+Reports have a fixed size (``pack``: a few int64 and one learning rate per parameter group), so
+the per-step cost is one small ``Allgather``.
 
 With ``nonfinite="skip"`` (mixed precision with a loss scaler), a step where any worker
 found a NaN or Inf is skipped on every rank instead: no exchange, no update, not counted.

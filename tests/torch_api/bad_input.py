@@ -59,12 +59,13 @@ opt = hpc.DistributedOptimizer(opt, model, ctx,
                                sync="broadcast" if case == "broadcast" else "check")
 steps = 4 - (case == "early" and ctx.rank == 2)
 gen = torch.Generator().manual_seed(ctx.rank)
+# A power of 2: unscaling is exact, as with no scaler at all.
+scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if case == "scaler" else None
 for step in range(steps):
     x, y = torch.randn(16, 8, generator=gen), torch.randint(0, 3, (16,), generator=gen)
     opt.zero_grad()
     loss = F.cross_entropy(model(x, use_extra=not (case == "none-grad" and ctx.rank == 2)), y)
-    if case == "scaler":  # a power of 2: unscaling is exact, as no scaler at all
-        scaler = scaler if step else torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    if scaler is not None:
         scaler.scale(loss).backward()
     else:
         loss.backward()

@@ -112,9 +112,15 @@ class ErrorFeedbackSGD(Algorithm):
         self._saved = None  # step-ahead: x, while the gradient is taken at x - e
 
     def metadata(self) -> dict:
+        # segments (every compressor) and k_per_segment (topk, randomk): a decoder of the
+        # logged messages needs them -- a qsgd body has one norm and one section per tensor,
+        # and a sparse body's entries fall K_l to a tensor (docs/log-format.md).
+        sizes = {"segments": self.segments}
+        if hasattr(self.compressor, "ks"):
+            sizes["k_per_segment"] = list(self.compressor.ks)
         return {"compressor": self.compressor.name, "feedback": self.feedback,
                 "error_averaging": self.average_every,
-                "server_feedback": self.server_feedback}
+                "server_feedback": self.server_feedback, **sizes}
 
     def uplink_codecs(self):
         return self.compressor.codecs()

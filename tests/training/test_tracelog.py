@@ -49,13 +49,14 @@ class Runs:
         self.done: dict[tuple, Path] = {}
 
     def get(self, ranks: int, algorithm: str, seed: int = 0, tag: str = "",
-            record_messages: int = 0) -> Path:
+            record_messages: int = 0, extra: tuple = (), iterations: int = ITERATIONS) -> Path:
+        """``extra``: more options (their launch needs a ``tag`` of its own)."""
         key = (ranks, algorithm, seed, tag, record_messages)
         if key not in self.done:
             path = self.root / f"{algorithm}-n{ranks}-s{seed}{tag}.h5"
             args = ["train", "--algorithm", algorithm, "--seed", seed,
-                    "--iterations", ITERATIONS, "--flush-every", 10, "--eval-every", 10,
-                    "--record-messages", record_messages, "--log", path, "--quiet"]
+                    "--iterations", iterations, "--flush-every", 10, "--eval-every", 10,
+                    "--record-messages", record_messages, "--log", path, "--quiet", *extra]
             result = mpirun.run_mpi(ranks, args, timeout=100, cwd=self.root)
             assert result.returncode == 0, (
                 f"hpcgrad train on {ranks} ranks exited {result.returncode}\n"
@@ -341,6 +342,39 @@ def test_recorded_messages_are_the_wire_messages(runs):
             assert n == length == f["steps/bytes_down"][i]
             header, _ = decode_message(m["downlink_bytes"][off:off + n].tobytes())
             assert (header.step, header.sender) == (i, 0)
+
+
+def _doc_snippet(heading: str) -> str:
+    """The first ```python block after ``heading`` in docs/log-format.md."""
+    text = (Path(__file__).parents[2] / "docs" / "log-format.md").read_text()
+    after = text[text.index(heading):]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start: after.index("```", start)]
+
+
+def test_messages_snippet_of_the_doc_decodes_a_qsgd_log_as_written(runs):
+    """The /messages snippet, run as the document prints it, decodes every recorded message of
+    an ``ef-sgd --compressor qsgd`` run: a body cut into several tensors, which it can decode
+    only with the ``segments`` the log holds (issue 21: such logs had none)."""
+    path = runs.get(3, "ef-sgd", tag="-qsgd", record_messages=2, iterations=3,
+                    extra=("--compressor", "qsgd", "--bits", "3", "--hidden", "16"))
+    snippet = _doc_snippet("## `/messages`")
+    with h5py.File(path, "r") as f:
+        segments = json.loads(f.attrs["segments"])
+        d = int(f.attrs["num_params"])
+        assert len(segments) > 1 and sum(segments) == d
+        assert (f.attrs["uplink_codec"], f.attrs["downlink_codec"]) == ("qsgd", "fp32")
+        for i in range(2):
+            for w in range(2):
+                scope = {"f": f, "i": i, "w": w}
+                exec(snippet, scope)  # noqa: S102  (the document's own code)
+                up_header = scope["hpcgrad"].wire.codecs.decode_message(
+                    scope["message"].tobytes(), segments=segments)[0]
+                assert (up_header.codec, up_header.step, up_header.sender) == (7, i, w + 1)
+                assert scope["length"] == f["steps/bytes_down"][i] == HEADER + 4 * d
+                header, values = scope["header"], scope["values"]
+                assert (header.codec, header.step, header.sender) == (1, i, 0)
+                assert values.shape == (d,) and np.isfinite(values).all()
 
 
 # --------------------------------------------------------------------------- (3) determinism

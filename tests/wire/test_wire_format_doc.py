@@ -4,9 +4,9 @@
 NumPy; nothing from ``hpcgrad.wire``, ``hpcgrad.wire.codecs`` or ``hpcgrad.kernels``).  The tests
 
 * decode every message a real 5-rank run recorded in its log (signum-mv with the default tie
-  rule and with ``--tie zero``, fp32-ps), check each header, recompute the server's downlink
-  from the decoded uplinks (majority vote, or the fp32 mean bit for bit) and the logged byte
-  counts;
+  rule, ``--tie zero`` and ``--tie random``, fp32-ps, ef-sgd scaled-sign), check each header,
+  recompute the server's downlink from the decoded uplinks (majority vote with the documented
+  coins, or the fp32 mean bit for bit) and the logged byte counts;
 * check, on random vectors, that hpcgrad's codecs and this decoder agree byte for byte, and
   that corrupted messages are rejected by both, hpcgrad naming the problem.
 
@@ -202,7 +202,8 @@ def _train(workdir: Path, extra: list) -> dict:
 
 
 RUNS = {"signum": [], "signum-zero": ["--tie", "zero"], "fp32-ps": ["--algorithm", "fp32-ps"],
-        "ef-scaled-sign": ["--algorithm", "ef-sgd", "--compressor", "scaled-sign"]}
+        "ef-scaled-sign": ["--algorithm", "ef-sgd", "--compressor", "scaled-sign"],
+        "signum-random": ["--tie", "random", "--seed", "4"]}
 
 
 @pytest.fixture(scope="module")
@@ -294,6 +295,27 @@ def test_signum_tie_zero_messages(runs):
         zeros += int((down == 0).sum())
         np.testing.assert_array_equal(down, np.sign(total).astype(np.float32))
     assert zeros > 0, "no tied coordinate: the zero downlink went untested"
+
+
+@pytest.mark.timeout(180)
+def test_signum_random_tie_takes_the_documented_coin_bits(runs):
+    """§6: a tied vote at coordinate i takes bit i % 8 (LSB first) of byte i // 8 of
+    default_rng([seed, t, 0x7E]).bytes(ceil(d/8)); 1 = -1."""
+    run = runs["signum-random"].result()
+    d = int(run["attrs"]["num_params"])
+    seed = int(run["attrs"]["seed"])
+    ties = {-1.0: 0, 1.0: 0}
+    for step, uplinks, (_, down), _ in _check_run(run, SIGN1, SIGN1):
+        total = np.stack([values for _, _, values in uplinks]).sum(axis=0)
+        coins = np.frombuffer(np.random.default_rng([seed, step, 0x7E]).bytes(-(-d // 8)),
+                              dtype=np.uint8)
+        coin = np.array([(coins[i // 8] >> (i % 8)) & 1 for i in range(d)])
+        expected = np.where(total < 0, -1.0, np.where(total > 0, 1.0,
+                                                      np.where(coin == 1, -1.0, 1.0)))
+        np.testing.assert_array_equal(down, expected.astype(np.float32))
+        for value in ties:
+            ties[value] += int(((total == 0) & (down == value)).sum())
+    assert min(ties.values()) > 0, f"ties broken both ways: {ties}"
 
 
 @pytest.mark.timeout(180)
@@ -485,6 +507,16 @@ def test_set_padding_bits_are_rejected(codec, values, data):
 def test_a_scaled_sign_scale_that_is_not_a_magnitude_is_rejected(scale):
     message = hp_message(SCALED_SIGN, np.array([1, -2, 0, 3, -0.5], np.float32))
     _rejected(_patch(message, len(message) - 4, "<f", scale), r"scale")
+
+
+def test_a_negative_zero_scaled_sign_scale_is_accepted_by_both():
+    """§4.10: -0.0 is not negative; bit 0 decodes to -0.0, bit 1 to +0.0."""
+    message = hp_message(SCALED_SIGN, np.array([1, -2, 0, 3, -0.5], np.float32))
+    message = _patch(message, len(message) - 4, "<f", -0.0)
+    assert message[-4:] == bytes.fromhex("00000080")
+    want = np.array([-0.0, 0.0, -0.0, -0.0, 0.0], np.float32)
+    assert same_bits(doc_decode(message)[1], want)
+    assert same_bits(hp_codecs.decode_message(message)[1], want)
 
 
 @few

@@ -38,7 +38,8 @@ FEEDBACK_MODES = ("none", "ef", "step-ahead")
 
 COMPRESSOR = Option("compressor", str, None, choices=tuple(COMPRESSORS),
                     help="what the workers send: " + "; ".join(
-                        f"{name} = {cls.summary}" for name, cls in COMPRESSORS.items()),
+                        f"{name} = {cls.summary}" for name, cls in COMPRESSORS.items())
+                    + " (qsgd and identity are ours, not the SAEF paper's)",
                     strict=True)
 FEEDBACK = Option("feedback", str, None, choices=FEEDBACK_MODES,
                   help="none = send C(u) of the local momentum-SGD update u; ef = send "

@@ -49,7 +49,7 @@ FP32_BITS = 32
 
 QUANTIZE_DOWNLINK = Option("quantize_downlink", bool, False,
                            help="re-quantize the server's mean at the step's width instead of "
-                                "broadcasting it in fp32")
+                                "broadcasting it in fp32 (ours, in neither paper)")
 DQ_RHO = Option("dq_rho", float, None, bounds="(0, 1]", metavar="RHO",
                 help="rho in (0, 1] of s_n = lambda*|g_n|*rho^((T-1-n)/2)")
 DQ_HORIZON = Option("dq_horizon", int, None, bounds=">= 1", metavar="T",

@@ -63,7 +63,7 @@ RESIDUAL = Option("residual", float, None, bounds="[0, 1]", label="residual (rho
                   help="residual decay rho of a <- rho*a + g, in [0, 1]; 0 = no residual")
 SELECTION = Option("selection", str, "exact", choices=SELECTIONS,
                    help="top-K rule: exact (partition, the reference) or threshold (sampled "
-                        "threshold refined to within 10% of K; faster, K varies)")
+                        "threshold refined to within 10% of K; faster, K varies; ours)")
 
 
 def k_per_tensor(config, numels, workers) -> list[int]:

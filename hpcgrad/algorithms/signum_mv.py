@@ -9,7 +9,7 @@ for a tied vote (as many + as - votes):
 * ``positive`` -- sign(0) = +1, as in the majority-vote paper's packing:
   1 bit per coordinate each way (``sign1``);
 * ``random``   -- zero entries send +1; a tied vote takes a coin seeded by
-  (seed, step): 1 bit each way;
+  (seed, step): 1 bit each way.  *Our invention*, in neither paper;
 * ``zero``     -- sign(0) = 0, as in the 2018 experiments: a zero entry votes 0
   and a tied coordinate does not move.  A 1-bit body cannot carry 0, so both
   directions use ``ternary2`` (2 bits per coordinate).
@@ -33,8 +33,9 @@ TIE_CODES = {"positive": TIE_POSITIVE, "zero": TIE_ZERO, "random": TIE_RANDOM}
 
 TIE = Option("tie", str, "positive", choices=tuple(TIE_CODES),
              unknown="unknown tie rule {value!r}; choose one of: " + ", ".join(TIE_CODES),
-             help="the vote for a tied coordinate (even worker count): positive = +1, "
-                  "random = seeded coin, zero = no move (needs a 2-bit downlink)")
+             help="the vote for a tied coordinate (even worker count): positive = +1 (the "
+                  "2019 paper's packing), random = seeded coin (ours), zero = no move, as "
+                  "in the 2018 paper (needs a 2-bit downlink)")
 
 
 class SignumMV(Algorithm):

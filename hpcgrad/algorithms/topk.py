@@ -16,25 +16,29 @@ K_l = ceil(sparsity * numel_l) (``--sparsity``, shared with s3gd-mv; ``k_by_frac
 with top-K's rule K = sum K_l < d; :mod:`hpcgrad.compression.selection`).  The residual r
 is a :class:`hpcgrad.compression.feedback.Residual` (the memory ef-sgd uses).
 
-Selection rules (``--topk-selection``), all with the residual:
+Selection rules (``--topk-selection``), all with the residual.  Wang, Liu & Wu (ICNCC
+2018; only the abstract is public) establish that the server's cost is |U| and propose
+selecting so that U stays small; how is not in the abstract.  So only ``local`` is a
+method from the literature (plain top-K); the others are ours (``docs/algorithms/topk.md``):
 
 ``local``
     the K_l entries of largest |r| (plain top-K, the baseline; ties in index order,
     exact zeros are never sent).
-``union-boost``  (*our reading*: the weighting is ours)
+``union-boost``  (*our reading* of the paper's idea; the weighting is ours)
     score |r_i| * (1 + W * [i in U_prev]), W = ``--union-boost`` >= 0 (default 1):
     prefer the coordinates of the previous step's union, which every worker knows
     from the previous downlink.  W = 0 is ``local``.
-``aggregate-hint``  (*our reading*)
+``aggregate-hint``  (*our reading* of the paper's idea; the score is ours)
     score |r_i| + L * |a_prev,i|, L = ``--aggregate-hint`` >= 0 (default 1), with
     a_prev the previous step's broadcast aggregate.  L = 0 is ``local``.
-``shared-random``
+``shared-random``  (*our invention*: not in Wang, Liu & Wu's paper)
     every worker takes the same K_l positions, drawn from
     ``numpy.random.default_rng([seed, step, l])`` without replacement, so |U| = K
     exactly.  ``--unbiased``: values scaled by numel_l / K_l and no residual (r = g
     each step): rand-K's unbiased estimator.  (*our reading*: the paper does not say
     how scaling and error feedback combine; we do not combine them.)
-``leader``  (*our reading* of "one worker chooses for all")
+``leader``  (*our invention*: not in Wang, Liu & Wu's paper, whose abstract says
+    nothing of a worker choosing positions for the others)
     the leader of step t is worker 1 + t mod M.  It sends its own local top-K; every
     other worker sends its values at the positions the previous step's leader chose.
     The server marks which union entries came from the leader (a membership bitmap in
@@ -74,13 +78,15 @@ TOPK_VALUES = ("fp32", "fp16")
 
 TOPK_SELECTION = Option(
     "topk_selection", str, "local", choices=TOPK_SELECTIONS,
-    help="how a worker picks its K positions: local = its largest |residual|; union-boost = "
-         "prefer the previous step's union; aggregate-hint = |residual| + L*|previous "
-         "aggregate|; shared-random = the same seeded positions on every worker (|U| = K); "
-         "leader = a rotating worker's previous top-K for all")
+    help="how a worker picks its K positions: local = its largest |residual| (plain "
+         "top-K); union-boost = prefer the previous step's union; aggregate-hint = "
+         "|residual| + L*|previous aggregate| (both our reading of Wang et al.); "
+         "shared-random = the same seeded positions on every worker (|U| = K); leader = a "
+         "rotating worker's previous top-K for all (both our inventions, not the paper's); "
+         "docs/algorithms/topk.md")
 TOPK_VALUES_OPTION = Option("topk_values", str, "fp32", choices=TOPK_VALUES,
                             unknown="topk-values must be fp32 or fp16, got {value!r}",
-                            help="uplink value precision")
+                            help="uplink value precision (fp16: ours)")
 UNION_BOOST = Option("union_boost", float, None, bounds=">= 0", metavar="W", default_help="1",
                      help="union-boost: score |r|*(1 + W) on the previous union, W >= 0",
                      strict=True)
@@ -89,7 +95,8 @@ AGGREGATE_HINT = Option("aggregate_hint", float, None, bounds=">= 0", metavar="L
                         help="aggregate-hint: score |r| + L*|previous aggregate|, L >= 0",
                         strict=True)
 UNBIASED = Option("unbiased", bool, False,
-                  help="shared-random: scale the values by numel/K and keep no residual",
+                  help="shared-random: scale the values by numel/K and keep no residual "
+                       "(ours)",
                   strict=True)
 
 

@@ -93,7 +93,8 @@ def doc_k_per_segment(segments, sparsity):
 def test_every_recorded_message_decodes_from_the_documents_and_the_log_alone(runs, name):
     run = runs[name].result()
     attrs, config = run["attrs"], json.loads(run["attrs"]["config"])
-    d, workers = int(attrs["num_params"]), int(attrs["num_workers"])
+    d = int(attrs["num_params"])
+    assert int(attrs["num_workers"]) == RANKS - 1
     assert attrs["algorithm"] == "ef-sgd" and attrs["compressor"] == name
     segments = json.loads(attrs["segments"])  # every ef-sgd log has them (log-format.md)
     assert sum(segments) == d and min(segments) > 0
@@ -133,6 +134,7 @@ def test_every_recorded_message_decodes_from_the_documents_and_the_log_alone(run
                 else:  # top-K: at most K_l per tensor (an exact zero is not sent)
                     assert (per_tensor <= ks).all() and per_tensor.sum() > 0
             rows.append(values)
+        assert len(rows) == RANKS - 1  # the divisor M of the mean below
         offset, length = run["m_downlink_index"][i]
         header, down, _ = doc_decode(down_bytes[offset: offset + length], segments)
         assert (header["codec"], header["step"], header["sender"], header["flags"]) == (

@@ -11,7 +11,9 @@ facts taken from the run are the log's own attributes -- ``segments`` (the tenso
 Each 3-rank run (``mpiexec``, real HDF5) is decoded message by message: the header fields and
 logged lengths are the documented ones, ``randomk``'s positions are the documented draws, the
 top-K uplink keeps at most K_l entries per tensor, and the fp32 downlink is, bit for bit, the
-mean of the decoded uplinks added in float32 in worker order (wire-format §6).
+mean of the decoded uplinks added in float32 in worker order (wire-format §6).  With
+``--server-feedback`` (qsgd) the downlink is re-encoded byte for byte from the documents: the
+server's residual followed from step 0, the documented coins keyed by (seed, t, 0).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import h5py
 import numpy as np
 import pytest
 from mpirun import run_mpi
-from test_quantized_wire_format_doc import doc_body_length, doc_decode_qsgd, doc_mean
+from test_quantized_wire_format_doc import (doc_body_length, doc_decode_qsgd, doc_encode_qsgd,
+                                            doc_key, doc_mean)
 from test_topk_wire_format_doc import doc_decode_sparse_values
 from test_wire_format_doc import FIELDS, HEADER, HEADER_BYTES, MAGIC, DocFormatError
 
@@ -35,7 +38,8 @@ ITERATIONS, RECORDED, RANKS = 4, 3, 3
 RUNS = {"topk": ["--compressor", "topk", "--sparsity", "0.02"],
         "randomk": ["--compressor", "randomk", "--sparsity", "0.02", "--feedback", "step-ahead"],
         "qsgd": ["--compressor", "qsgd", "--bits", "3"],
-        "identity": ["--compressor", "identity", "--feedback", "none"]}
+        "identity": ["--compressor", "identity", "--feedback", "none"],
+        "qsgd-server-feedback": ["--compressor", "qsgd", "--bits", "3", "--server-feedback"]}
 
 
 def _train(work, extra):
@@ -89,7 +93,7 @@ def doc_k_per_segment(segments, sparsity):
     return [min(n, max(1, math.ceil(sparsity * n))) for n in segments]
 
 
-@pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.parametrize("name", [name for name in RUNS if "server-feedback" not in name])
 def test_every_recorded_message_decodes_from_the_documents_and_the_log_alone(runs, name):
     run = runs[name].result()
     attrs, config = run["attrs"], json.loads(run["attrs"]["config"])
@@ -143,3 +147,32 @@ def test_every_recorded_message_decodes_from_the_documents_and_the_log_alone(run
         # The server's mean: ((u_1 + u_2) + ... + u_M) / float32(M), in float32.
         np.testing.assert_array_equal(down, doc_mean(rows))
         assert np.any(down != 0)
+
+
+def test_the_server_feedback_downlink_is_the_documented_compression_of_mean_plus_residual(runs):
+    """``--server-feedback``: the downlink is C(a + e_s), compressed with sender 0, and
+    e_s <- a + e_s - C(a + e_s) (docs/algorithms/error-feedback.md, wire format §6).  From the
+    documents alone the residual can be followed from step 0, so every recorded downlink is
+    re-encoded byte for byte: the mean of the decoded uplinks, plus e_s, quantized with the
+    documented coins keyed by (seed, t, 0)."""
+    run = runs["qsgd-server-feedback"].result()
+    attrs, config = run["attrs"], json.loads(run["attrs"]["config"])
+    d, segments, b = int(attrs["num_params"]), json.loads(attrs["segments"]), config["bits"]
+    assert (attrs["uplink_codec"], attrs["downlink_codec"]) == ("qsgd", "qsgd")
+    assert attrs["server_feedback"] == True  # noqa: E712  (an HDF5 boolean)
+    up_bytes, down_bytes = run["m_uplink_bytes"].tobytes(), run["m_downlink_bytes"].tobytes()
+    residual = np.zeros(d, dtype=np.float32)
+    for i, step in enumerate(run["m_iteration"]):
+        rows = [doc_decode(up_bytes[offset: offset + length], segments)[1]
+                for offset, length in run["m_uplink_index"][i]]
+        offset, length = run["m_downlink_index"][i]
+        message = down_bytes[offset: offset + length]
+        header, down, _ = doc_decode(message, segments)
+        assert (header["codec"], header["flags"], header["step"], header["sender"]) == (
+            QSGD, b, step, 0)
+        assert length == run["bytes_down"][step] == HEADER_BYTES + doc_body_length(segments, b)
+        target = (residual + doc_mean(rows)).astype(np.float32)  # a + e_s
+        key = doc_key(config["seed"], int(step), 0)
+        assert message[HEADER_BYTES:] == doc_encode_qsgd(target, segments, b, key)
+        residual = (target - down).astype(np.float32)  # e_s <- a + e_s - C(a + e_s)
+    assert np.any(residual != 0)

@@ -153,7 +153,10 @@ def doc_width(s: float, lo: int, hi: int) -> int:
 ITERATIONS, RECORDED, RANKS = 6, 3, 5
 RUNS = {"qsgd": ["--algorithm", "qsgd", "--bits", "3"],
         "dq-sgd": ["--algorithm", "dq-sgd", "--quantize-downlink", "--dq-start-bits", "3",
-                   "--dq-window", "2", "--dq-rho", "0.9", "--seed", "3"]}
+                   "--dq-window", "2", "--dq-rho", "0.9", "--seed", "3"],
+        "terngrad": ["--algorithm", "terngrad"]}
+#: The runs of the QSGD family's own test (terngrad has its own below).
+QSGD_RUNS = ["qsgd", "dq-sgd"]
 
 
 def _train(work, extra):
@@ -176,7 +179,7 @@ def runs(tmp_path_factory):
     pool.shutdown(wait=True)
 
 
-@pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.parametrize("name", QSGD_RUNS)
 def test_recorded_messages_decode_to_the_server_mean_and_the_logged_figures(runs, name):
     run = runs[name].result()
     attrs, config = run["attrs"], json.loads(run["attrs"]["config"])
@@ -226,6 +229,37 @@ def test_recorded_messages_decode_to_the_server_mean_and_the_logged_figures(runs
             smoothed = np.mean(g[max(0, n - window + 1): n + 1])
             s = lam * smoothed * rho ** ((horizon - 1 - (n + 1)) / 2)
             assert run["bits"][n + 1] == doc_width(s, config["min_bits"], config["max_bits"])
+
+
+def test_terngrad_messages_decode_as_two_bit_qsgd_with_the_max_scale(runs):
+    """docs/algorithms/terngrad.md §2 and wire format §6: a TernGrad uplink is a ``qsgd`` body
+    at b = 2 whose norm field holds the tensor's scale s_l = max |g_i| (after clipping), so
+    every field decodes to 0 or +-s_l and the largest entry (taken with probability 1) is
+    always sent; the downlink is the fp32 mean, bit for bit."""
+    run = runs["terngrad"].result()
+    attrs = run["attrs"]
+    d, segments = int(attrs["num_params"]), json.loads(attrs["segments"])
+    assert (attrs["uplink_codec"], attrs["downlink_codec"]) == ("qsgd", "fp32")
+    up_bytes, down_bytes = run["m_uplink_bytes"].tobytes(), run["m_downlink_bytes"].tobytes()
+    offsets = np.concatenate([[0], np.cumsum(segments)])
+    for i, step in enumerate(run["m_iteration"]):
+        rows = []
+        for w, (offset, length) in enumerate(run["m_uplink_index"][i]):
+            message = up_bytes[offset: offset + length]
+            header, values = doc_decode(message, segments)
+            assert (header["codec"], header["flags"], header["sender"]) == (QSGD, 2, w + 1)
+            assert length == run["bytes_up"][step, w] == HEADER_BYTES + doc_body_length(
+                segments, 2)
+            scales = struct.unpack_from(f"<{len(segments)}f", message, HEADER_BYTES)
+            for l, scale in enumerate(scales):
+                part = np.abs(values[offsets[l]: offsets[l + 1]])
+                assert set(np.unique(part).tolist()) <= {0.0, np.float32(scale)}
+                assert scale == 0 or part.max() == np.float32(scale)
+            rows.append(values)
+        offset, length = run["m_downlink_index"][i]
+        header, down = doc_decode(down_bytes[offset: offset + length], segments)
+        assert (header["codec"], header["flags"], header["sender"]) == (FP32, 0, 0)
+        assert down.tobytes() == doc_mean(rows).tobytes()  # bit for bit
 
 
 # ============================================================ hpcgrad == the document

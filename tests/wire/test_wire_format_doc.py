@@ -203,7 +203,8 @@ def _train(workdir: Path, extra: list) -> dict:
 
 RUNS = {"signum": [], "signum-zero": ["--tie", "zero"], "fp32-ps": ["--algorithm", "fp32-ps"],
         "ef-scaled-sign": ["--algorithm", "ef-sgd", "--compressor", "scaled-sign"],
-        "signum-random": ["--tie", "random", "--seed", "4"]}
+        "signum-random": ["--tie", "random", "--seed", "4"],
+        "fp16-ps": ["--algorithm", "fp16-ps"]}
 
 
 @pytest.fixture(scope="module")
@@ -331,6 +332,21 @@ def test_fp32_ps_messages(runs):
         mean = (mean / np.float32(len(uplinks))).astype(np.float32)
         assert mean.dtype == np.float32
         np.testing.assert_array_equal(down.view(np.uint32), mean.view(np.uint32))
+
+
+def test_fp16_ps_messages(runs):
+    """§6: the mean of the decoded (widened) fp16 uplinks in float32, rounded to binary16."""
+    run = runs["fp16-ps"].result()
+    assert run["attrs"]["uplink_codec"] == run["attrs"]["downlink_codec"] == "fp16"
+    d = int(run["attrs"]["num_params"])
+    assert message_length(FP16, d) == 32 + 2 * d
+    for _, uplinks, (_, down), _ in _check_run(run, FP16, FP16):
+        mean = uplinks[0][2].copy()
+        for _, _, values in uplinks[1:]:
+            mean = (mean + values).astype(np.float32)
+        mean = (mean / np.float32(len(uplinks))).astype(np.float32)
+        expected = mean.astype(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(down.view(np.uint32), expected.view(np.uint32))
 
 
 def test_ef_sgd_scaled_sign_messages(runs):

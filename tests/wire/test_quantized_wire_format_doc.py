@@ -240,6 +240,7 @@ def test_terngrad_messages_decode_as_two_bit_qsgd_with_the_max_scale(runs):
     attrs = run["attrs"]
     d, segments = int(attrs["num_params"]), json.loads(attrs["segments"])
     assert (attrs["uplink_codec"], attrs["downlink_codec"]) == ("qsgd", "fp32")
+    assert sum(segments) == d and len(segments) > 1
     up_bytes, down_bytes = run["m_uplink_bytes"].tobytes(), run["m_downlink_bytes"].tobytes()
     offsets = np.concatenate([[0], np.cumsum(segments)])
     for i, step in enumerate(run["m_iteration"]):

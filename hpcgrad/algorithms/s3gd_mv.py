@@ -77,6 +77,7 @@ class S3GDMV(Algorithm):
     name = "s3gd-mv"
     summary = "signs of each worker's top-K entries, majority vote, coded positions"
     order = 20
+    docs = "docs/algorithms/s3gd-mv.md"
     options = (SPARSITY, K_PER_WORKER, VOTES_PER_COORDINATE, RESIDUAL, SELECTION)
     devices = ("cpu",)
     device_note = "runs its selection and coding on the host"

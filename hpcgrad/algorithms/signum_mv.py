@@ -42,6 +42,7 @@ class SignumMV(Algorithm):
     name = "signum-mv"
     summary = "Signum / signSGD with majority vote, 1 bit per coordinate each way"
     order = 10
+    docs = "docs/algorithms/signum-mv.md"
     options = (TIE,)
     # A sign step moves every coordinate by lr: far smaller than SGD's lr.
     defaults = {"lr": 0.001, "momentum": 0.9}

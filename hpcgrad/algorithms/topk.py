@@ -104,6 +104,7 @@ class TopKEF(Algorithm):
     name = "topk"
     summary = "each worker's top-K values with error feedback, mean over the union"
     order = 30
+    docs = "docs/algorithms/topk.md"
     options = (SPARSITY, TOPK_SELECTION, TOPK_VALUES_OPTION, UNION_BOOST, AGGREGATE_HINT,
                UNBIASED)
     devices = ("cpu",)

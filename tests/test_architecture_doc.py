@@ -165,3 +165,18 @@ def test_every_registered_algorithm_documents_itself(name):
     assert cls.summary, f"{name}: no summary for --algorithm's help"
     if cls.docs:
         assert (ROOT / cls.docs).is_file(), f"{name}: its docs page {cls.docs} does not exist"
+
+
+#: Algorithms without a paper of their own (baselines): no method page.
+BASELINES = {"fp32-ps", "fp16-ps", "allreduce"}
+
+
+@pytest.mark.parametrize("name", [n for n in REGISTRY if n not in BASELINES])
+def test_every_paper_method_has_a_page_that_says_what_is_ours(name):
+    """Issue 21: a page per method under docs/algorithms/, named by the algorithm (so --help
+    points to it), that sets the paper's method apart from our reading and our inventions."""
+    cls = REGISTRY[name]
+    assert cls.docs.startswith("docs/algorithms/"), f"{name}: no method page in its docs"
+    text = (ROOT / cls.docs).read_text().lower()
+    assert "paper" in text and ("our reading" in text or "ours" in text), \
+        f"{cls.docs}: says nothing of what is the paper's and what is ours"

@@ -154,9 +154,10 @@ ITERATIONS, RECORDED, RANKS = 6, 3, 5
 RUNS = {"qsgd": ["--algorithm", "qsgd", "--bits", "3"],
         "dq-sgd": ["--algorithm", "dq-sgd", "--quantize-downlink", "--dq-start-bits", "3",
                    "--dq-window", "2", "--dq-rho", "0.9", "--seed", "3"],
+        "dq-sgd-fp32-down": ["--algorithm", "dq-sgd", "--dq-start-bits", "3", "--seed", "3"],
         "terngrad": ["--algorithm", "terngrad"]}
 #: The runs of the QSGD family's own test (terngrad has its own below).
-QSGD_RUNS = ["qsgd", "dq-sgd"]
+QSGD_RUNS = ["qsgd", "dq-sgd", "dq-sgd-fp32-down"]
 
 
 def _train(work, extra):
@@ -212,6 +213,11 @@ def test_recorded_messages_decode_to_the_server_mean_and_the_logged_figures(runs
             assert header["codec"] == FP32 and header["flags"] == 0
             assert down.tobytes() == mean.tobytes()  # bit for bit
             assert run["bits_down"][step] == 32 and b == 3
+        elif name == "dq-sgd-fp32-down":  # qsgd at b = 0: the fp32 mean, carrying next
+            assert header["codec"] == QSGD and header["flags"] & 0x1F == 0
+            assert length == HEADER_BYTES + 4 * d and run["bits_down"][step] == 32
+            assert down.tobytes() == mean.tobytes()  # bit for bit
+            assert nxt == run["bits"][step + 1]
         else:
             assert header["codec"] == QSGD and header["flags"] & 0x1F == b
             assert run["bits_down"][step] == b

@@ -42,6 +42,7 @@ from ..kernels import cpu, sparse
 from ..kernels.generic import packed_length
 from ..compression.compressors import SPARSITY, SparseSigns, TopKSigns
 from ..compression.feedback import Residual, residual_of
+from ..compression.on_device import SignTopKStep, on_device
 from ..compression.selection import SELECTIONS, k_by_fraction, k_by_votes
 from ..wire import round_up
 from .base import Algorithm, MomentumSGD, f32
@@ -79,8 +80,6 @@ class S3GDMV(Algorithm):
     order = 20
     docs = "docs/algorithms/s3gd-mv.md"
     options = (SPARSITY, K_PER_WORKER, VOTES_PER_COORDINATE, RESIDUAL, SELECTION)
-    devices = ("cpu",)
-    device_note = "runs its selection and coding on the host"
     hints = {"ef-sgd": "s3gd-mv keeps its own gradient residual, --residual"}
     # A sign step: small lr (authors: 1e-3, no momentum).
     defaults = {"lr": 0.001, "momentum": 0.0, "sparsity": 0.01, "residual": 1.0}
@@ -102,6 +101,7 @@ class S3GDMV(Algorithm):
                             band=0.1)
         # The most entries one uplink may carry: K, or K(1 + band) for threshold selection.
         self.capacity = self.up.capacity
+        self.device_step = SignTopKStep(self.up, config.selection)  # CuPy gradients
         # Worker state (rho = 0: none, a = g), allocated on first use.
         self.memory = Residual(config.residual) if self.rho else None
         # Server: every worker's decoded entries, and the vote result.
@@ -130,6 +130,8 @@ class S3GDMV(Algorithm):
 
     # ---------------------------------------------------------------- worker
     def worker_step(self, ctx, grad, uplink):
+        if on_device(grad):
+            return self.device_step(self.memory, grad, uplink)
         a = grad if self.memory is None else self.memory.compensate(grad)
         self.up.compress(ctx, a, uplink)
         if self.memory is not None:
@@ -165,6 +167,8 @@ class S3GDMV(Algorithm):
     def apply(self, ctx, nnz):
         d, params = self.num_params, ctx.params
         pos, neg = self.direction_pos, self.direction_neg
+        if on_device(params):
+            return self.device_step.apply(self, params, nnz)
         if self.sgd is not None:
             if self._direction is None:
                 self._direction = np.zeros(d, dtype=np.float32)

@@ -68,6 +68,7 @@ from ..errors import WireFormatError
 from ..kernels import sparse
 from ..compression.compressors import SPARSITY, SparseValues, TopKCompressor
 from ..compression.feedback import Residual, residual_of
+from ..compression.on_device import ValueTopKStep, on_device
 from ..compression.selection import k_by_fraction, require_k_below_d
 from ..options import Option, fail
 from .base import Algorithm, MomentumSGD
@@ -107,8 +108,6 @@ class TopKEF(Algorithm):
     docs = "docs/algorithms/topk.md"
     options = (SPARSITY, TOPK_SELECTION, TOPK_VALUES_OPTION, UNION_BOOST, AGGREGATE_HINT,
                UNBIASED)
-    devices = ("cpu",)
-    device_note = "runs its selection and coding on the host"
     hints = {"k_per_worker": "use --sparsity",
              "ef-sgd": "topk keeps its own gradient residual (error feedback)"}
     defaults = {"lr": 0.1, "momentum": 0.9, "sparsity": 0.01}
@@ -153,6 +152,7 @@ class TopKEF(Algorithm):
         self.announced_nnz = -1  # -1: none yet (step 0)
         self.aggregate = np.zeros(d, dtype=np.float32)  # a_prev, dense
         self.sgd = MomentumSGD(d, config.lr, config.momentum, config.weight_decay)
+        self.device_step = ValueTopKStep(self)  # CuPy gradients
         sparse.warm_up()
 
     @classmethod
@@ -212,6 +212,8 @@ class TopKEF(Algorithm):
         return score
 
     def worker_step(self, ctx, grad, uplink):
+        if on_device(grad):
+            return self.device_step(ctx, grad, uplink)
         r = grad if self.memory is None else self.memory.compensate(grad)
         up = self.up
         shared = self._shared_positions(ctx.step, ctx.rank)
@@ -263,4 +265,6 @@ class TopKEF(Algorithm):
         return self.aggregate
 
     def apply(self, ctx, aggregate):
+        if on_device(ctx.params):
+            return self.device_step.apply(ctx.params, self.union_nnz)
         self.sgd.step(ctx.params, aggregate)

@@ -115,7 +115,9 @@ def _set(obj, path: str, value, xp=np) -> None:
     current = getattr(obj, last, None)
     if isinstance(value, np.ndarray) and hasattr(current, "shape") \
             and current.shape == value.shape and current.dtype == value.dtype:
-        current[...] = xp.asarray(value)  # in place: other objects may hold views of it
+        # In place: other objects may hold views of it.  An array that exists keeps its
+        # module: state an algorithm keeps on the host stays there on a GPU rank.
+        current[...] = value if isinstance(current, np.ndarray) else xp.asarray(value)
     elif isinstance(value, np.ndarray):
         setattr(obj, last, xp.asarray(value))
     elif value is None or current is None:

@@ -1,0 +1,106 @@
+"""The device-side worker steps and updates (hpcgrad/compression/on_device.py), run with NumPy
+arrays, against the CPU path byte for byte: for s3gd-mv and topk, over several steps (so that
+residuals, momentum and the previous union / aggregate matter), every uplink message, the
+parameters after each update and the residuals are identical.  A GPU worker runs the same
+code with CuPy arrays (tests/gpu/ on a machine with a GPU)."""
+
+import numpy as np
+import pytest
+
+from hpcgrad.algorithms import create
+from hpcgrad.training.config import TrainConfig
+from without_mpi import context, downlink_buffer, receive, uplink_buffer
+from hpcgrad.comm.transport import Uplinks
+from hpcgrad.wire import HEADER_SIZE
+
+
+def build(name, d, workers, segments, **settings):
+    cfg = TrainConfig(algorithm=name, **settings).resolved()
+    return create(cfg, d, workers, segments)
+
+
+def gradient(rng, d, step, kind):
+    g = rng.standard_normal(d).astype(np.float32)
+    if kind == "ties":  # few distinct magnitudes and many exact zeros
+        g = (rng.integers(-2, 3, d) * np.float32(0.25)).astype(np.float32)
+    if step == 1:
+        g[: d // 3] = 0
+    return g
+
+
+def run_both(name, segments, steps=4, workers=3, kind="normal", seed=0, **settings):
+    """``steps`` steps of ``workers`` CPU workers and their device-path twins; asserts equal
+    bytes, parameters and residuals at every step."""
+    d = sum(segments)
+    make = lambda: build(name, d, workers, list(segments), seed=seed, **settings)  # noqa: E731
+    cpu, dev = [make() for _ in range(workers)], [make() for _ in range(workers)]
+    server = make()
+    rng = np.random.default_rng(seed)
+    x0 = rng.standard_normal(d).astype(np.float32)
+    params = {"cpu": [x0.copy() for _ in range(workers)], "dev": [x0.copy() for _ in range(workers)]}
+    capacity = max(c.max_body_length(d) for c in server.uplink_codecs())
+    for step in range(steps):
+        up = Uplinks(workers + 1, HEADER_SIZE + capacity)
+        for w in range(workers):
+            g = gradient(rng, d, step, kind)
+            rank = w + 1
+            a, b = uplink_buffer(cpu[w], rank), uplink_buffer(dev[w], rank)
+            a.begin(step)
+            b.begin(step)
+            cpu[w].worker_step(context(cpu[w], rank, step, params["cpu"][w]), g.copy(), a)
+            dev[w].device_step(*_step_args(name, dev[w], rank, step, params["dev"][w], g.copy(),
+                                           b))
+            assert a.wire.tobytes() == b.wire.tobytes(), f"worker {w} step {step}"
+            receive(up, rank, a)
+        down = downlink_buffer(server)
+        down.begin(step)
+        server.server_step(context(server, 0, step), up, down)
+        for w in range(workers):
+            ctx = context(cpu[w], w + 1, step, params["cpu"][w])
+            cpu[w].apply(ctx, cpu[w].decode(ctx, down))
+            ctx = context(dev[w], w + 1, step, params["dev"][w])
+            decoded = dev[w].decode(ctx, down)
+            if name == "s3gd-mv":
+                dev[w].device_step.apply(dev[w], params["dev"][w], decoded)
+            else:
+                dev[w].device_step.apply(params["dev"][w], dev[w].union_nnz)
+            assert params["cpu"][w].tobytes() == params["dev"][w].tobytes()
+            if cpu[w].residual is not None:
+                assert cpu[w].residual.tobytes() == dev[w].residual.tobytes()
+    return server
+
+
+def _step_args(name, alg, rank, step, params, grad, message):
+    if name == "s3gd-mv":
+        return alg.memory, grad, message
+    return context(alg, rank, step, params), grad, message
+
+
+SEGMENTS = [(37,), (101, 3, 250), (5000, 1, 333)]
+
+
+@pytest.mark.parametrize("segments", SEGMENTS)
+@pytest.mark.parametrize("settings", [
+    {}, {"residual": 0.0}, {"residual": 0.5}, {"selection": "threshold"},
+    {"momentum": 0.9}, {"weight_decay": 0.01}, {"sparsity": 0.3, "weight_decay": 0.01},
+    {"k_per_worker": "auto", "votes_per_coordinate": 0.5}])
+def test_s3gd_mv_device_step_sends_the_cpu_bytes(segments, settings):
+    for kind, seed in (("normal", 0), ("ties", 1)):
+        run_both("s3gd-mv", segments, kind=kind, seed=seed, **settings)
+
+
+@pytest.mark.parametrize("segments", SEGMENTS)
+@pytest.mark.parametrize("settings", [
+    {}, {"topk_values": "fp16"}, {"topk_selection": "union-boost"},
+    {"topk_selection": "union-boost", "union_boost": 3.0},
+    {"topk_selection": "aggregate-hint", "aggregate_hint": 0.5},
+    {"topk_selection": "shared-random"}, {"topk_selection": "shared-random", "unbiased": True},
+    {"topk_selection": "leader"}, {"weight_decay": 0.01, "sparsity": 0.2}])
+def test_topk_device_step_sends_the_cpu_bytes(segments, settings):
+    for kind, seed in (("normal", 0), ("ties", 1)):
+        run_both("topk", segments, kind=kind, seed=seed, **settings)
+
+
+def test_threshold_selection_with_a_large_tensor_samples_as_the_cpu_path_does():
+    server = run_both("s3gd-mv", (70001, 9), steps=3, selection="threshold", sparsity=0.01)
+    assert server.step_stats["nnz_up"].min() > 0

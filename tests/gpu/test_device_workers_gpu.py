@@ -1,0 +1,108 @@
+"""On a GPU: the device-side worker steps (hpcgrad/compression/on_device.py) with CuPy arrays
+send the CPU path's bytes and leave the CPU path's parameters and residuals; a steady-state
+step takes no new device memory from the driver (CuPy's pool stops growing).
+
+Written without a GPU and never run yet (see tests/gpu/run.sh); skips without CuPy or a GPU.
+"""
+
+import numpy as np
+import pytest
+
+from hpcgrad.algorithms import create
+from hpcgrad.algorithms.step import StepContext
+from hpcgrad.compression.selection import TopKSelector, k_by_fraction
+from hpcgrad.kernels.device_steps import DeviceTopKSelector
+from hpcgrad.training.config import TrainConfig
+from hpcgrad.training.exchange import StagedMessage
+from hpcgrad.wire import Header, MessageBuffer
+from hpcgrad.wire.codecs import segment_offsets
+
+try:
+    import cupy
+    HAS_GPU = cupy.cuda.runtime.getDeviceCount() > 0
+except Exception:  # noqa: BLE001 -- no CuPy, no driver, no device
+    HAS_GPU = False
+
+pytestmark = [pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA GPU"),
+              pytest.mark.gpu]
+
+
+@pytest.mark.parametrize("rule", ["exact", "threshold"])
+@pytest.mark.parametrize("segments", [(7,), (13, 1, 30), (70001,), (1_000_003, 17)])
+def test_cupy_selection_equals_the_cpu_path(rule, segments):
+    rng = np.random.default_rng(0)
+    d = sum(segments)
+    ks = k_by_fraction(segments, 0.01)
+    offsets = segment_offsets(segments)
+    for values in (rng.standard_normal(d).astype(np.float32),
+                   (rng.integers(-3, 4, d) * np.float32(0.5)).astype(np.float32)):
+        cpu = TopKSelector(offsets, segments, ks, rule)
+        cap = cpu.capacity + len(segments)
+        p0, n0 = np.zeros(cap, np.int64), np.zeros(cap, np.uint8)
+        p1, n1 = np.zeros(cap, np.int64), np.zeros(cap, np.uint8)
+        nnz = cpu.select(values, p0, n0)
+        got, _ = DeviceTopKSelector(offsets, segments, ks, rule).select(cupy.asarray(values),
+                                                                        p1, n1)
+        assert got == nnz
+        np.testing.assert_array_equal(p1[:nnz], p0[:nnz])
+        np.testing.assert_array_equal(n1[:nnz], n0[:nnz])
+
+
+def context(alg, rank, step, params=None):
+    return StepContext(rank, alg.num_workers, alg.shard, params, "cuda", alg.config.lr, step)
+
+
+def uplink_buffer(alg, sender):
+    d = alg.num_params
+    capacity = max(c.max_body_length(d) for c in alg.uplink_codecs())
+    return MessageBuffer(Header(alg.uplink.id, d, capacity, 0, sender), variable=True)
+
+
+def build(name, d, segments, **settings):
+    return create(TrainConfig(algorithm=name, **settings).resolved(), d, 2, list(segments))
+
+
+@pytest.mark.parametrize("name,settings", [
+    ("s3gd-mv", {}), ("s3gd-mv", {"selection": "threshold"}), ("s3gd-mv", {"momentum": 0.9}),
+    ("s3gd-mv", {"weight_decay": 0.01}), ("topk", {}), ("topk", {"topk_values": "fp16"}),
+    ("topk", {"topk_selection": "aggregate-hint"}), ("topk", {"topk_selection": "union-boost"}),
+    ("topk", {"topk_selection": "shared-random", "unbiased": True})])
+def test_cupy_worker_sends_the_cpu_bytes_through_a_staged_device_twin(name, settings):
+    segments = (200_003, 1, 4097)
+    d = sum(segments)
+    cpu, gpu = build(name, d, segments, **settings), build(name, d, segments, **settings)
+    rng = np.random.default_rng(1)
+    x_cpu = rng.standard_normal(d).astype(np.float32)
+    x_gpu = cupy.asarray(x_cpu)
+    for step in range(4):
+        g = rng.standard_normal(d).astype(np.float32)
+        a = uplink_buffer(cpu, 1)
+        host = uplink_buffer(gpu, 1)
+        b = StagedMessage(host, cupy.zeros(host.padded_body.shape, np.uint8))
+        a.begin(step)
+        b.begin(step)
+        cpu.worker_step(context(cpu, 1, step, x_cpu), g.copy(), a)
+        gpu.worker_step(context(gpu, 1, step, x_gpu), cupy.asarray(g), b)
+        n = a.header.body_length
+        assert b.header.body_length == n
+        assert a.wire.tobytes() == host.wire.tobytes()
+        assert b.padded_body[:n].get().tobytes() == a.padded_body[:n].tobytes()
+        if cpu.residual is not None:
+            assert cpu.residual.tobytes() == gpu.residual.get().tobytes()
+
+
+def test_a_steady_state_step_takes_no_new_device_memory():
+    segments = (1_000_003,)
+    d = sum(segments)
+    alg = build("s3gd-mv", d, segments)
+    pool = cupy.get_default_memory_pool()
+    rng = np.random.default_rng(2)
+    grads = [cupy.asarray(rng.standard_normal(d).astype(np.float32)) for _ in range(6)]
+    totals = []
+    for step, g in enumerate(grads):
+        msg = uplink_buffer(alg, 1)
+        msg.begin(step)
+        alg.worker_step(context(alg, 1, step), g, msg)
+        cupy.cuda.get_current_stream().synchronize()
+        totals.append(pool.total_bytes())
+    assert totals[2:] == [totals[2]] * (len(totals) - 2), totals

@@ -36,6 +36,7 @@ import math
 import numpy as np
 
 from ..compression.compressors import QSGDCompressor
+from ..compression.on_device import QuantizeStep, on_device
 from ..wire.codecs import FP32, QSGDCodec
 from ..errors import WireFormatError
 from ..kernels import quantize
@@ -126,8 +127,6 @@ class QSGD(Algorithm):
     order = 40
     docs = "docs/algorithms/dq-sgd.md"
     options = (BITS, QUANTIZE_DOWNLINK)
-    devices = ("cpu",)
-    device_note = "quantizes on the host"
     defaults = {"lr": 0.1, "momentum": 0.9, "bits": 4}
     variable_length = True
     step_fields = {"bits": (False, np.int64), "bits_down": (False, np.int64),
@@ -151,6 +150,7 @@ class QSGD(Algorithm):
         self.mean = np.zeros(num_params, dtype=np.float32)
         self._grad_norm = 0.0  # server: the sum over workers of their gradients' norms
         self.sgd = MomentumSGD(num_params, config.lr, config.momentum, config.weight_decay)
+        self.device_step = QuantizeStep(self.compressor)  # CuPy gradients
         quantize.warm_up()
 
     @property
@@ -179,6 +179,8 @@ class QSGD(Algorithm):
 
     # ---------------------------------------------------------------- worker
     def worker_step(self, ctx, grad, uplink):
+        if on_device(grad):
+            return self.device_step(ctx, grad, uplink)
         self.compressor.compress(ctx, grad, uplink)
 
     # ---------------------------------------------------------------- server
@@ -223,6 +225,8 @@ class QSGD(Algorithm):
         return self.mean
 
     def apply(self, ctx, mean):
+        if on_device(ctx.params):
+            return self.device_step.apply(self.sgd, ctx.params, mean)
         self.sgd.step(ctx.params, mean)
 
     def _take_next(self, flags, what) -> None:

@@ -21,8 +21,10 @@ import os
 
 import numpy as np
 
-from ..kernels import array_module, generic
+from ..errors import NonFiniteError, WireFormatError
+from ..kernels import array_module, device_quantize, generic, quantize
 from ..kernels.device_steps import DeviceTopKSelector, to_device
+from ..wire.codecs import QSGDCodec
 
 #: Test-only: run the device-side worker steps on NumPy arrays too (``HPCGRAD_TEST_XP_WORKER=1``).
 FORCE_XP = os.environ.get("HPCGRAD_TEST_XP_WORKER", "") == "1"
@@ -165,3 +167,51 @@ class ValueTopKStep:
         aggregate[...] = 0
         aggregate[to_device(xp, alg.union_pos[:nnz])] = to_device(xp, alg.union_val[:nnz])
         alg.sgd.step(params, aggregate)
+
+
+class QuantizeStep:
+    """qsgd's and dq-sgd's worker step: the ``qsgd`` body at the compressor's width, packed
+    where the gradient lives (:mod:`hpcgrad.kernels.device_quantize`) straight into the
+    message's body (the device twin on a GPU rank: a dense body, no host coding).  ``up`` is
+    the algorithm's :class:`~hpcgrad.compression.compressors.QSGDCompressor`."""
+
+    def __init__(self, up):
+        self.up = up
+        self._mean = None  # the update's copy of the decoded mean, where the parameters live
+
+    def __call__(self, ctx, values, message) -> None:
+        up = self.up
+        bits, offsets = up.bits, up.offsets
+        key = quantize.stream_key(up.seed, ctx.step, ctx.rank)
+        nseg = len(up.segments)
+        norms = up.norms
+        for l in range(nseg):
+            norm = device_quantize.norm_float32(values[offsets[l]: offsets[l + 1]])
+            if norm is None:
+                raise NonFiniteError(f"the L2 norm of tensor {l} is not finite in float32; it "
+                                     "cannot be quantized")
+            norms[l] = norm
+        body = message.padded_body
+        xp = array_module(body)
+        length = 4 * nseg + sum(quantize.section_lengths(up.segments, bits))
+        if length > body.size:
+            raise WireFormatError(f"a {bits}-bit qsgd body of {length} bytes does not fit the "
+                                  f"{body.size}-byte buffer")
+        body[: 4 * nseg] = to_device(xp, norms[:nseg].view(np.uint8))
+        at = 4 * nseg
+        for l in range(nseg):
+            lo, hi = int(offsets[l]), int(offsets[l + 1])
+            section = device_quantize.quantize_section(values[lo:hi], lo, bits, key, norms[l])
+            body[at: at + section.size] = section
+            at += section.size
+        message.write(QSGDCodec.id, QSGDCodec.flags(bits, 0), length)
+
+    def apply(self, sgd, params, mean) -> None:
+        """The update on the device: ``MomentumSGD`` on the mean decoded on the host."""
+        xp = array_module(params)
+        if xp is np:
+            return sgd.step(params, mean)
+        if self._mean is None:
+            self._mean = xp.empty(mean.shape, dtype=np.float32)
+        self._mean.set(mean)
+        sgd.step(params, self._mean)

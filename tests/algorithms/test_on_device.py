@@ -1,5 +1,5 @@
 """The device-side worker steps and updates (hpcgrad/compression/on_device.py), run with NumPy
-arrays, against the CPU path byte for byte: for s3gd-mv and topk, over several steps (so that
+arrays, against the CPU path byte for byte: for s3gd-mv, topk, qsgd and dq-sgd, over several steps (so that
 residuals, momentum and the previous union / aggregate matter), every uplink message, the
 parameters after each update and the residuals are identical.  A GPU worker runs the same
 code with CuPy arrays (tests/gpu/ on a machine with a GPU)."""
@@ -55,6 +55,7 @@ def run_both(name, segments, steps=4, workers=3, kind="normal", seed=0, **settin
         down = downlink_buffer(server)
         down.begin(step)
         server.server_step(context(server, 0, step), up, down)
+        server.decode(context(server, 0, step), down)  # every rank decodes (dq-sgd's width)
         for w in range(workers):
             ctx = context(cpu[w], w + 1, step, params["cpu"][w])
             cpu[w].apply(ctx, cpu[w].decode(ctx, down))
@@ -62,10 +63,12 @@ def run_both(name, segments, steps=4, workers=3, kind="normal", seed=0, **settin
             decoded = dev[w].decode(ctx, down)
             if name == "s3gd-mv":
                 dev[w].device_step.apply(dev[w], params["dev"][w], decoded)
+            elif name in ("qsgd", "dq-sgd"):
+                dev[w].device_step.apply(dev[w].sgd, params["dev"][w], decoded)
             else:
                 dev[w].device_step.apply(params["dev"][w], dev[w].union_nnz)
             assert params["cpu"][w].tobytes() == params["dev"][w].tobytes()
-            if cpu[w].residual is not None:
+            if getattr(cpu[w], "residual", None) is not None:
                 assert cpu[w].residual.tobytes() == dev[w].residual.tobytes()
     return server
 
@@ -104,3 +107,25 @@ def test_topk_device_step_sends_the_cpu_bytes(segments, settings):
 def test_threshold_selection_with_a_large_tensor_samples_as_the_cpu_path_does():
     server = run_both("s3gd-mv", (70001, 9), steps=3, selection="threshold", sparsity=0.01)
     assert server.step_stats["nnz_up"].min() > 0
+
+
+@pytest.mark.parametrize("segments", SEGMENTS + [(1,), (0, 5)])
+@pytest.mark.parametrize("name,settings", [
+    ("qsgd", {}), ("qsgd", {"bits": 2}), ("qsgd", {"bits": 3, "quantize_downlink": True}),
+    ("qsgd", {"bits": 16}), ("qsgd", {"bits": 8, "weight_decay": 0.01}),
+    ("dq-sgd", {}), ("dq-sgd", {"dq_window": 2, "min_bits": 3, "max_bits": 6})])
+def test_qsgd_device_step_quantizes_with_the_cpu_coins(segments, name, settings):
+    for kind, seed in (("normal", 0), ("ties", 1)):
+        run_both(name, segments, kind=kind, seed=seed, **settings)
+
+
+def test_qsgd_device_step_refuses_a_norm_beyond_float32_as_the_cpu_path_does():
+    from hpcgrad.errors import NonFiniteError
+    alg = build("qsgd", 4, 2, [4])
+    msg = uplink_buffer(alg, 1)
+    msg.begin(0)
+    big = np.full(4, 3e38, np.float32)
+    with pytest.raises(NonFiniteError, match="norm of tensor 0 is not finite"):
+        alg.device_step(context(alg, 1, 0), big, msg)
+    with pytest.raises(NonFiniteError, match="norm of tensor 0 is not finite"):
+        alg.worker_step(context(alg, 1, 0), big, msg)

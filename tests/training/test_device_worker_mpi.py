@@ -30,7 +30,7 @@ def flags(settings) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("case", ["s3gd-mv-threshold", "topk-aggregate-hint-fp16"])
+@pytest.mark.parametrize("case", ["s3gd-mv-threshold", "topk-aggregate-hint-fp16", "dq-sgd-window"])
 def test_a_worker_on_the_device_path_sends_the_recorded_bytes(tmp_path, case):
     log = tmp_path / f"{case}.h5"
     args = ["-m", "mpi4py", "-m", "hpcgrad", "train", "--quiet", "--log", str(log),

@@ -287,6 +287,7 @@ def test_bad_settings_are_named(settings, message):
         TrainConfig(**settings).resolved()
 
 
-def test_cuda_is_refused_for_now():
-    with pytest.raises(ConfigError, match="qsgd quantizes on the host"):
-        algorithm(10, 2, device="cuda")
+def test_cuda_is_accepted():
+    """The worker step has a device-side twin (tests/algorithms/test_on_device.py); a missing
+    GPU or CuPy is refused when the device is selected (tests/comm/test_device.py)."""
+    assert algorithm(10, 2, device="cuda").config.device == "cuda"

@@ -24,9 +24,11 @@ LENGTHS = [0, 1, 7, 63, 64, 65, 1000, 100_003]
 
 
 @pytest.mark.skipif(HAS_GPU, reason="checks the message on a machine without a GPU")
-def test_cuda_device_without_a_gpu_is_a_clear_error(tmp_path):
-    result = run_mpi(3, ["train", "--device", "cuda", "--iterations", "5", "--quiet",
-                         "--log", str(tmp_path / "run.h5")], timeout=90)
+@pytest.mark.parametrize("algorithm", ["signum-mv", "s3gd-mv"])
+def test_cuda_device_without_a_gpu_is_a_clear_error(tmp_path, algorithm):
+    result = run_mpi(3, ["train", "--algorithm", algorithm, "--device", "cuda",
+                         "--iterations", "5", "--quiet", "--log", str(tmp_path / "run.h5")],
+                     timeout=90)
     assert result.returncode == 2
     assert "selecting the device failed on rank 1" in result.stderr
     assert "--device cuda" in result.stderr

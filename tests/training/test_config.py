@@ -104,5 +104,6 @@ def test_a_setting_only_another_algorithm_reads_is_named_in_a_warning_or_refused
     with pytest.raises(ConfigError, match="--residual: a setting of --algorithm s3gd-mv; this "
                                           "run uses --algorithm ef-sgd"):
         TrainConfig(algorithm="ef-sgd", residual=0.5).resolved()
-    with pytest.raises(ConfigError, match="s3gd-mv runs its selection and coding on the host"):
-        TrainConfig(algorithm="s3gd-mv", device="cuda").resolved()
+    with pytest.raises(ConfigError, match="ef-sgd compresses on the host"):
+        TrainConfig(algorithm="ef-sgd", device="cuda").resolved()
+    assert TrainConfig(algorithm="s3gd-mv", device="cuda").resolved().device == "cuda"

@@ -180,7 +180,12 @@ def _ddp_train(args, variant: str, workers_comm, lr: float, momentum: float) -> 
         compute.append(time.perf_counter() - start)
     del local
 
-    ddp = DDP(model, device_ids=[where.index] if cuda else None)
+    # PowerSGD chains its all-reduces in future callbacks; with several buckets gloo then
+    # receives them in a different order on different ranks (a size mismatch that kills the
+    # job), so PowerSGD gets one bucket for the whole model.
+    cap = ({"bucket_cap_mb": 4 * sum(p.numel() for p in model.parameters()) / 2**20 + 1}
+           if variant == "powersgd" else {})
+    ddp = DDP(model, device_ids=[where.index] if cuda else None, **cap)
     payload = 4 * sum(p.numel() for p in model.parameters())
     if variant == "fp16":
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks

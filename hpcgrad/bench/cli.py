@@ -1,4 +1,5 @@
-"""``hpcgrad bench {exchange,micro,overhead,overlap,peers,sparse}``: registered by ``hpcgrad/cli.py``.
+"""``hpcgrad bench {exchange,micro,overhead,overlap,peers,sparse}``: registered by
+``hpcgrad/cli.py``.
 
 Building the parser imports nothing heavy (no MPI, no Numba); each command
 imports what it needs when it runs.  Bad input ends with

@@ -310,6 +310,7 @@ def main(args) -> int:
     from mpi4py import MPI
 
     from ..comm.agreement import SetupError, agree
+    from ..workloads import footprint
     from .exchange import selected
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -324,13 +325,14 @@ def main(args) -> int:
         if args.powersgd_rank < 1:
             raise BenchError("--powersgd-rank must be >= 1")
         names = [] if args.no_hpcgrad else list(args.algorithm or DEFAULT_ALGORITHMS)
-        selected(names) if names else None  # checks they are registered
+        if names:
+            selected(names)  # checks they are registered
         variants = [] if args.no_ddp else list(args.ddp or DDP_VARIANTS)
         for v in variants:
             if v not in DDP_VARIANTS:
                 raise BenchError(f"--ddp must be one of {', '.join(DDP_VARIANTS)}, got {v!r}")
-        for name in names:  # the settings check of `hpcgrad train`, per algorithm
-            _config(args, name)
+        for name in names or ["allreduce"]:  # `hpcgrad train`'s checks, memory included,
+            footprint.check(_config(args, name), size)  # before DDP allocates anything
         if args.device == "cuda":
             import torch
             if not torch.cuda.is_available():

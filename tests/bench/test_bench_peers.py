@@ -47,3 +47,10 @@ def test_peers_world_too_small_is_a_clear_error():
     assert proc.returncode == 2
     assert "at least 3 MPI ranks" in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_peers_too_large_a_model_is_refused_before_ddp_allocates():
+    proc = run_mpi(3, ["bench", "peers", "--hidden", "100000000"])
+    assert proc.returncode == 2
+    assert "of memory" in proc.stderr and "--hidden" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr

@@ -98,7 +98,7 @@ def register(subparsers) -> None:
                     "--iterations 30 --json peers.json")
     pe.add_argument("--algorithm", action="append", metavar="NAME",
                     help="hpcgrad algorithm (repeatable; default allreduce, fp32-ps, "
-                         "signum-mv, s3gd-mv)")
+                         "signum-mv, s3gd-mv: those of them that run on --device)")
     pe.add_argument("--ddp", action="append", metavar="VARIANT",
                     help="DDP variant: fp32 (no hook), fp16 (fp16_compress_hook), powersgd "
                          "(repeatable; default all three)")

@@ -154,7 +154,15 @@ def _ddp_train(args, variant: str, workers_comm, lr: float, momentum: float) -> 
     config = _config(args, "allreduce")
     w, workers = workers_comm.Get_rank(), workers_comm.Get_size()
     cuda = config.device == "cuda"
-    where = torch.device(f"cuda:{w % torch.cuda.device_count()}") if cuda else torch.device("cpu")
+    where = torch.device("cpu")
+    if cuda:  # NCCL refuses two ranks on one GPU: a GPU per worker on each node
+        local = workers_comm.Split_type(MPI.COMM_TYPE_SHARED)
+        index, gpus = local.Get_rank(), torch.cuda.device_count()
+        local.Free()
+        if index >= gpus:
+            raise BenchError(f"--device cuda: DDP over NCCL needs a GPU per worker; worker {w} "
+                             f"is number {index + 1} on its node, which has {gpus} GPU(s)")
+        where = torch.device(f"cuda:{index}")
     data = datasets.load(config)
     torch.manual_seed(config.seed)
     model = models.build(config, data).to(where)
@@ -310,6 +318,7 @@ def main(args) -> int:
     from mpi4py import MPI
 
     from ..comm.agreement import SetupError, agree
+    from ..algorithms import REGISTRY
     from ..workloads import footprint
     from .exchange import selected
     comm = MPI.COMM_WORLD
@@ -324,7 +333,9 @@ def main(args) -> int:
             raise BenchError("--iterations must be >= 2 and --warmup in [0, --iterations)")
         if args.powersgd_rank < 1:
             raise BenchError("--powersgd-rank must be >= 1")
-        names = [] if args.no_hpcgrad else list(args.algorithm or DEFAULT_ALGORITHMS)
+        names = [] if args.no_hpcgrad else list(args.algorithm or [
+            name for name in DEFAULT_ALGORITHMS  # by default, those that run on the device
+            if args.device in REGISTRY[name].devices])
         if names:
             selected(names)  # checks they are registered
         variants = [] if args.no_ddp else list(args.ddp or DDP_VARIANTS)

@@ -16,9 +16,10 @@ the same number of steps with the same batch size:
   sleeps in a non-spinning barrier meanwhile (``common.idle_barrier``), leaving the cores to
   them.  The process group is built from the MPI world: gloo on CPU (NCCL with
   ``--device cuda``), a TCP store on worker 1's host at a port it picked and broadcast
-  through MPI.  Variants: no hook (fp32 all-reduce), ``fp16_compress_hook`` and
-  ``powerSGD_hook`` (``--powersgd-rank``, error feedback and warm start as PyTorch's
-  defaults, compressing from step 2).  The optimizer is ``torch.optim.SGD`` with
+  through MPI (``--device cuda``: a GPU per worker on each node, as NCCL requires).
+  Variants: no hook (fp32 all-reduce), ``fp16_compress_hook`` and ``powerSGD_hook``
+  (``--powersgd-rank``, error feedback and warm start as PyTorch's defaults, compressing
+  from step 2, one bucket for the whole model).  The optimizer is ``torch.optim.SGD`` with
   ``allreduce``'s lr and momentum.  DDP overlaps its bucketed all-reduces with the backward
   pass, so its compute and communication cannot be told apart inside a step: before the run
   every worker times the forward and backward of a local copy of the model (no DDP) on its

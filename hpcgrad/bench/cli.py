@@ -1,4 +1,5 @@
-"""``hpcgrad bench {exchange,micro,overhead,overlap,sparse}``: registered by ``hpcgrad/cli.py``.
+"""``hpcgrad bench {exchange,micro,overhead,overlap,peers,sparse}``: registered by
+``hpcgrad/cli.py``.
 
 Building the parser imports nothing heavy (no MPI, no Numba); each command
 imports what it needs when it runs.  Bad input ends with
@@ -84,6 +85,47 @@ def register(subparsers) -> None:
     ov.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     ov.set_defaults(bench_func=_overlap, bench_mpi=True)
 
+    pe = sub.add_parser(
+        "peers", help="hpcgrad's algorithms against PyTorch DDP (no hook, fp16, PowerSGD) on "
+                      "the same model, data and steps (under mpiexec -n N, N >= 3)",
+        description="Trains the same model from the same initialisation on the same data in "
+                    "the same order for the same steps, with PyTorch DDP on the N-1 worker "
+                    "ranks (gloo; NCCL with --device cuda) and with hpcgrad's algorithms "
+                    "through its training loop on all N ranks, and reports per step: median "
+                    "time (compute / communication / optimizer), bytes per worker, final loss "
+                    "and accuracy, and the ratio to DDP fp32 measured in the same job. "
+                    "Example: mpiexec -n 5 hpcgrad bench peers --features 4096 --hidden 2048 "
+                    "--iterations 30 --json peers.json")
+    pe.add_argument("--algorithm", action="append", metavar="NAME",
+                    help="hpcgrad algorithm (repeatable; default allreduce, fp32-ps, "
+                         "signum-mv, s3gd-mv: those of them that run on --device)")
+    pe.add_argument("--ddp", action="append", metavar="VARIANT",
+                    help="DDP variant: fp32 (no hook), fp16 (fp16_compress_hook), powersgd "
+                         "(repeatable; default all three)")
+    pe.add_argument("--no-ddp", action="store_true", help="run no DDP variant")
+    pe.add_argument("--no-hpcgrad", action="store_true", help="run no hpcgrad algorithm")
+    pe.add_argument("--powersgd-rank", type=int, default=4, metavar="R",
+                    help="PowerSGD's matrix approximation rank (default 4)")
+    pe.add_argument("--features", type=int, default=4096, metavar="F",
+                    help="input features of the synthetic task (default 4096)")
+    pe.add_argument("--hidden", type=int, default=2048, metavar="H",
+                    help="hidden width of the MLP (default 2048: 12,607,498 parameters)")
+    pe.add_argument("--examples", type=int, default=None, metavar="N",
+                    help="training examples generated (default hpcgrad train's)")
+    pe.add_argument("--batch-size", type=int, default=32, metavar="B",
+                    help="examples per worker per step (default 32)")
+    pe.add_argument("--iterations", type=int, default=30, metavar="N",
+                    help="training steps of every run (default 30)")
+    pe.add_argument("--warmup", type=int, default=2, metavar="W",
+                    help="first steps left out of the medians (default 2)")
+    pe.add_argument("--flush-every", type=int, default=10, metavar="N",
+                    help="hpcgrad's log flush interval (default 10, as hpcgrad train)")
+    pe.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
+    pe.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="where the workers' models live (default cpu)")
+    pe.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    pe.set_defaults(bench_func=_peers, bench_mpi=True)
+
     sp = sub.add_parser(
         "sparse", help="S3GD-MV's position coding and top-K selection, one process (no mpiexec)",
         description="For each d and density: uplink bits per entry against the entropy bound "
@@ -163,6 +205,11 @@ def _overhead(args) -> int:
 def _overlap(args) -> int:
     from . import overlap
     return overlap.main(args)
+
+
+def _peers(args) -> int:
+    from . import peers
+    return peers.main(args)
 
 
 def _sparse(args) -> int:

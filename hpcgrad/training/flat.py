@@ -49,8 +49,14 @@ class FlatModel:
 
     def check_grads_finite(self) -> None:
         """Raise :class:`NonFiniteError` naming the tensors with NaN/Inf gradients."""
-        if bool(torch.isfinite(self.grads).all()):
+        # One reduction without a d-sized temporary (``isfinite(grads).all()`` allocates a
+        # bool per coordinate: 387 ms against 20 ms at d = 12.6M on one loaded core).  NaN
+        # and Inf propagate through a sum, so a finite sum means finite terms; a sum that
+        # overflowed from finite terms falls through to the exact check below.
+        if bool(torch.isfinite(self.grads.sum())):
             return
         bad = [name for name, start, n in zip(self.names, self.offsets, self.numels)
                if not bool(torch.isfinite(self.grads[start:start + n]).all())]
+        if not bad:
+            return
         raise NonFiniteError("non-finite gradient (NaN or Inf) in tensor(s): " + ", ".join(bad))

@@ -156,6 +156,11 @@ WORKLOAD = Section("workload (models, datasets, partitions)", (
     Option("examples", int, None, bounds=">= 1", metavar="N",
            help="training examples: synthetic generates N (and N/8 held out; default 16384); "
                 "file datasets and digits use their first N (default: all)"),
+    Option("validation_fraction", float, 0.0, bounds="[0, 1)", metavar="F",
+           help="hold out this share of the training examples (after --examples; a fixed "
+                "draw, the same for every --seed) as a validation set, evaluated beside the "
+                "test set and logged apart (/validation): choose hyperparameters on it, never "
+                "on the test set; 0 = none"),
     Option("features", (int, str), None, metavar="F|CxHxW", parse=_features_argument,
            check=lambda value, label: parse_features(value), default_help="32",
            help="synthetic: inputs per example, or an image shape such as 1x28x28 for cnn / "

@@ -63,6 +63,8 @@ VOCAB_SIZE = 20000
 PAD, UNKNOWN = 0, 1
 #: digits: the seed of its fixed train/test split, and the share of each class held out.
 DIGITS_SPLIT_SEED, DIGITS_TEST_SHARE = 1797, 0.2
+#: --validation-fraction: the seed of the draw (fixed: the same examples for every --seed).
+VALIDATION_SEED = 2021
 
 
 @dataclass
@@ -81,6 +83,9 @@ class Dataset:
     num_classes: int
     name: str = "custom"
     vocab_size: int = 0
+    #: A validation set carved from the training set (``--validation-fraction``), or None.
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
 
     @property
     def num_features(self) -> int:
@@ -130,7 +135,15 @@ def synthetic(seed: int, *, train: int = SYNTHETIC_EXAMPLES, test: int = 2048,
 
 
 def load(config) -> Dataset:
-    """The dataset ``config`` names (``dataset``, ``data_path``, ``examples``, ...)."""
+    """The dataset ``config`` names (``dataset``, ``data_path``, ``examples``, ...), with its
+    validation set held out (``validation_fraction``)."""
+    data = _load(config)
+    if config.validation_fraction:
+        hold_out_validation(data, config.validation_fraction)
+    return data
+
+
+def _load(config) -> Dataset:
     name = config.dataset
     if name == "synthetic":
         train = config.examples or SYNTHETIC_EXAMPLES
@@ -156,6 +169,24 @@ def load(config) -> Dataset:
         data.train_x = data.train_x[:config.examples].clone()
         data.train_y = data.train_y[:config.examples].clone()
     return data
+
+
+def hold_out_validation(data: Dataset, fraction: float) -> None:
+    """Move ``round(fraction * N)`` training examples, drawn with :data:`VALIDATION_SEED`,
+    into ``data.val_x`` / ``data.val_y``; the rest stay the training set, in their order."""
+    n = len(data.train_y)
+    held = round(fraction * n)
+    if held < 1 or held >= n:
+        raise ConfigError(f"validation-fraction {fraction} of the {n} training examples of "
+                          f"{data.name} holds out {held}; it must leave at least one example "
+                          "on each side")
+    chosen = np.random.default_rng(VALIDATION_SEED).permutation(n)[:held]
+    mask = np.zeros(n, dtype=bool)
+    mask[chosen] = True
+    keep = torch.from_numpy(~mask)
+    held_out = torch.from_numpy(mask)
+    data.val_x, data.val_y = data.train_x[held_out].clone(), data.train_y[held_out].clone()
+    data.train_x, data.train_y = data.train_x[keep].clone(), data.train_y[keep].clone()
 
 
 #: What each reader looks for, for error messages.

@@ -60,7 +60,8 @@ MODEL_NEEDS = {("vector", "image"): "feature vectors or images",
                ("image",): "images (C x H x W: --dataset mnist, cifar10, cifar100, or "
                            "synthetic with --features CxHxW, e.g. 1x28x28)",
                ("tokens",): "token ids (--dataset ag-news)"}
-_DATASET_INPUTS = {"digits": ("image", "1x8x8 images"), "mnist": ("image", "1x28x28 images"), "cifar10": ("image", "3x32x32 images"),
+_DATASET_INPUTS = {"digits": ("image", "1x8x8 images"),
+                   "mnist": ("image", "1x28x28 images"), "cifar10": ("image", "3x32x32 images"),
                    "cifar100": ("image", "3x32x32 images"),
                    "ag-news": ("tokens", "token-id sequences")}
 

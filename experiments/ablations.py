@@ -27,11 +27,12 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from common import mean_std
 
 RUNS_DIR = Path("runs/issue21")
 
@@ -197,16 +198,6 @@ def read(path: Path) -> dict | None:
         if "bits" in f["steps"]:
             out["bits"] = float(np.mean(f["steps"]["bits"][...]))
     return out
-
-
-def mean_std(values) -> str:
-    """``mean ± sample std`` in percent points (``± n/a`` for one value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return f"{100 * mean:.2f} ± n/a"
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def table(args) -> int:

@@ -95,6 +95,24 @@ GROUPS = [
               Method("saef", "scaled sign, step-ahead EF",
                      {"algorithm": "ef-sgd", "feedback": "step-ahead"}, (0.1, 0.03)),
           ], iterations=200),
+    Group("dq-sgd",
+          "DQ-SGD's error-target and calibrated rules against fixed-width QSGD, embedded task, "
+          "4 workers",
+          {"validation_fraction": 0.1}, [
+              Method("qsgd-2", "QSGD 2 bits", {"algorithm": "qsgd", "bits": 2}, (0.01, 0.005)),
+              Method("qsgd-3", "QSGD 3 bits", {"algorithm": "qsgd", "bits": 3}, (0.01, 0.005)),
+              Method("qsgd-4", "QSGD 4 bits", {"algorithm": "qsgd", "bits": 4}, (0.02, 0.01)),
+              Method("qsgd-8", "QSGD 8 bits", {"algorithm": "qsgd", "bits": 8}, (0.02, 0.01)),
+              Method("dq-cal", "DQ-SGD, calibrated λ (start 2 bits, ρ 0.99)",
+                     {"algorithm": "dq-sgd", "dq_start_bits": 2, "dq_rho": 0.99},
+                     (0.02, 0.01)),
+              Method("dq-eps16", "DQ-SGD, error target EPS = 16 (ρ 0.999)",
+                     {"algorithm": "dq-sgd", "dq_start_bits": 3, "dq_error_target": 16.0},
+                     (0.02, 0.01)),
+              Method("dq-eps48", "DQ-SGD, error target EPS = 48 (ρ 0.999)",
+                     {"algorithm": "dq-sgd", "dq_start_bits": 3, "dq_error_target": 48.0},
+                     (0.02, 0.01)),
+          ], iterations=300),
 ]
 BY_GROUP = {g.name: g for g in GROUPS}
 

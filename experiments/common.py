@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -26,3 +27,15 @@ def launch(cmd: list[str], label: str = "$") -> int:
         lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
         print(f"  failed: {lines[0]}", flush=True)
     return done.returncode
+
+
+def mean_std(values, scale: float = 100.0, digits: int = 2) -> str:
+    """``mean ± sample standard deviation`` of ``values`` times ``scale`` (percent points by
+    default); ``± n/a`` for a single value."""
+    values = [scale * v for v in values]
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return f"{mean:.{digits}f} ± n/a"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"

@@ -2,12 +2,14 @@
 
     python experiments/qsgd_vs_dqsgd.py [--iterations 500] [--seed 0] [--lr 0.1 0.05 0.02]
                                         [--only NAME ...] [--table-only]
+    python experiments/qsgd_vs_dqsgd.py --seeds 0 1 2 --lr 0.01 --only qsgd-4 dq-sgd-eps16
 
 Runs every configuration below at every learning rate with ``mpiexec -n 5 hpcgrad train`` (the
 mpiexec next to this Python), one after the other, logs to ``runs/issue5/NAME-lrLR.h5``, then
 prints a Markdown table read from the HDF5 logs: MB up and down per worker, bits per coordinate
 of the uplinks, the widths used, final accuracy and loss.  A run that diverges (NaN loss: the job
-stops) is listed as such.  ``--table-only`` re-reads existing logs.
+stops) is listed as such.  ``--table-only`` re-reads existing logs.  ``--seeds S ...`` runs every
+seed and adds a table of final accuracy as mean ± sample std over the seeds per run and lr.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
+from common import mean_std
 
 RUNS = {
     "fp32-ps": ["--algorithm", "fp32-ps"],
@@ -40,6 +44,9 @@ RUNS = {
     "dq-sgd-start3-rho0.995": ["--algorithm", "dq-sgd", "--dq-start-bits", "3",
                                "--dq-rho", "0.995"],
     "dq-sgd-start3-rho1": ["--algorithm", "dq-sgd", "--dq-start-bits", "3", "--dq-rho", "1"],
+    "dq-sgd-eps4": ["--algorithm", "dq-sgd", "--dq-start-bits", "3", "--dq-error-target", "4"],
+    "dq-sgd-eps16": ["--algorithm", "dq-sgd", "--dq-start-bits", "3",
+                     "--dq-error-target", "16"],
     "qsgd-4-qdown": ["--algorithm", "qsgd", "--bits", "4", "--quantize-downlink"],
     "dq-sgd-start2-rho0.99-qdown": ["--algorithm", "dq-sgd", "--dq-start-bits", "2",
                                     "--dq-rho", "0.99", "--quantize-downlink"],
@@ -80,6 +87,8 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--iterations", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="run every seed; adds mean ± std over them")
     p.add_argument("--out", default="runs/issue5")
     p.add_argument("--lr", type=float, nargs="+", default=[0.1, 0.05, 0.02])
     p.add_argument("--only", nargs="*", default=None)
@@ -89,21 +98,46 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     names = args.only or list(RUNS)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    seeds = args.seeds or [args.seed]
     if not args.table_only:
-        for name in names:
-            for lr in args.lr:
-                cmd = command(name, lr, args.iterations, args.seed, out)
-                print("$ mpiexec -n 5 hpcgrad", " ".join(cmd[8:]), flush=True)
-                subprocess.run(cmd, env=env)
+        for seed in seeds:
+            for name in names:
+                for lr in args.lr:
+                    cmd = command(name, lr, args.iterations, seed, out)
+                    print("$ mpiexec -n 5 hpcgrad", " ".join(cmd[8:]), flush=True)
+                    subprocess.run(cmd, env=env)
     print("| run | lr | MB up / worker | MB down | uplink bits / coordinate (incl. header, "
           "norms) | mean width b (width:steps) | final accuracy % | final loss |")
     print("|---|---|---|---|---|---|---|---|")
-    for name in names:
-        for lr in args.lr:
-            path = out / f"{stem(name, lr, args.seed)}.h5"
-            if path.exists():
-                print(row(path, args.iterations))
+    for seed in seeds:
+        for name in names:
+            for lr in args.lr:
+                path = out / f"{stem(name, lr, seed)}.h5"
+                if path.exists():
+                    print(row(path, args.iterations))
+    if args.seeds:
+        print(f"\n| run | lr | MB up / worker (mean) | final accuracy %, mean ± std over "
+              f"{len(seeds)} seeds |")
+        print("|---|---|---|---|")
+        for name in names:
+            for lr in args.lr:
+                done = [final(out / f"{stem(name, lr, s)}.h5", args.iterations) for s in seeds]
+                done = [d for d in done if d is not None]
+                if done:
+                    print(f"| {name} | {lr} | {np.mean([d[0] for d in done]) / 1e6:.3f} | "
+                          f"{mean_std([d[1] for d in done])}"
+                          + ("" if len(done) == len(seeds) else f" ({len(done)} seeds)") + " |")
     return 0
+
+
+def final(path: Path, iterations: int):
+    """(uplink bytes per worker, final accuracy) of a finished run, or None."""
+    if not path.exists():
+        return None
+    with h5py.File(path, "r", swmr=True) as f:
+        if f["steps/bytes_up"].shape[0] < iterations:
+            return None
+        return float(f["steps/bytes_up"][:].sum(axis=0).mean()), float(f["eval/accuracy"][-1])
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ Worker m, step t (``--feedback``; C is ``--compressor``, :mod:`hpcgrad.compressi
 
     g = grad f_m(x)                 none, ef
     g = grad f_m(x - e)             step-ahead: the gradient at the error-corrected point
-    b <- mu*b + (g + wd*x)          local momentum SGD (mu = --momentum, wd = --weight-decay)
+    b <- mu*b + (g + wd*y)          local momentum SGD (mu = --momentum, wd = --weight-decay),
+                                    y = x (none, ef) or y = x - e (step-ahead)
     u = lr*b                        the local update, in parameter units
     d = u + e                       (d = u for none)
     send C(d);  e <- d - C(d)       (e stays 0 for none)
@@ -16,6 +17,12 @@ an fp32 ``MPI_Allreduce`` on a communicator of the workers only.
 Server: a = (C(d_1) + ... + C(d_M)) / M in float32, worker order; broadcast a in fp32,
 or with ``--server-feedback`` C(a + e_s) with its own residual e_s <- a + e_s - C(a + e_s).
 Every rank: x <- x - (the decoded downlink).
+
+Step-ahead takes its weight decay at the same point as its gradient, x - e: the authors'
+code (``anxuthu/SAEF``, ``main.py``) moves the model to x - e, runs backward and calls
+``torch.optim.SGD.step`` there, so PyTorch's ``wd*p`` is ``wd*(x - e)``; their update
+``u + e`` is then measured from x.  The point is recomputed as ``x - e`` in float32, the
+same rounding as the gradient's point.
 
 The residuals e and e_s are :class:`hpcgrad.compression.feedback.Residual` memories (the
 one helper topk and s3gd-mv use too).  State (``state_names``, saved by checkpoints): the
@@ -142,9 +149,18 @@ class ErrorFeedbackSGD(Algorithm):
         if self.feedback == "step-ahead":
             ctx.params[...] = self._saved  # a copy back: x - e + e need not round to x
 
+    def _decay_point(self, ctx):
+        """Where the weight decay is taken: x, or x - e for step-ahead (as the gradient)."""
+        if self.feedback != "step-ahead" or not self.sgd.wd or ctx.params is None:
+            return ctx.params
+        if self._saved is None:  # before_gradient did not run (a step without a model)
+            self._saved = np.empty_like(ctx.params)
+        # _saved held x for the backward pass; x is back in ctx.params, so it is free.
+        return np.subtract(ctx.params, self.residual, out=self._saved)
+
     def worker_step(self, ctx, grad, uplink):
         u = self.update
-        self.sgd.update(ctx.params, grad, u)
+        self.sgd.update(self._decay_point(ctx), grad, u)
         d = u if self.memory is None else self.memory.compensate(u)  # e <- e + u: d in e
         sent = self.compressor.compress(ctx, d, uplink)
         if self.memory is not None:

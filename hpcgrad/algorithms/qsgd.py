@@ -17,6 +17,10 @@ DQ-SGD changes b every step (``docs/algorithms/dq-sgd.md``; the rule is **our
 reading** of Yan et al., arXiv 2107.14575):
     s_n = lambda * G_n * rho**((T-1-n)/2),  b_n = 1 + ceil(log2(s_n + 1)), clipped
 with G_n the workers' mean gradient norm, smoothed over ``--dq-window`` steps.
+Or, with ``--dq-error-target EPS`` (:class:`ErrorTargetWidths`), the smallest b in range
+whose QSGD variance bound, damped by rho**(T-1-n), is at most EPS times the squared norm:
+    rho**(T-1-n) * sum_l min(d_l/s**2, sqrt(d_l)/s) * G_l**2  <=  EPS * sum_l G_l**2
+with G_l**2 the workers' squared norms of tensor l summed over workers.
 The server computes b_{n+1} from the norms in step n's uplinks and sends it in
 bits 8-12 of step n's downlink header flags; workers start at
 ``--dq-start-bits``.  No extra message, no extra round.
@@ -60,6 +64,11 @@ DQ_LAMBDA = Option("dq_lambda", float, None, bounds="> 0", metavar="L",
                    default_help="calibrated on step 0's gradient norm so that the rule gives "
                                 "--dq-start-bits",
                    help="lambda of the width rule, > 0")
+DQ_ERROR_TARGET = Option("dq_error_target", float, None, bounds="> 0", metavar="EPS",
+                         default_help="off: the lambda rule",
+                         help="choose each width as the smallest b whose QSGD variance bound "
+                              "sum_l min(d_l/s^2, sqrt(d_l)/s)*|g_l|^2, damped by "
+                              "rho^(T-1-n), is at most EPS*|g|^2 (instead of the lambda rule)")
 DQ_START_BITS = Option("dq_start_bits", int, None, check=check_width, metavar="B",
                        help="width of step 0, before any norm is known, and the calibration "
                             "target of lambda")
@@ -119,6 +128,58 @@ class WidthSchedule:
                 norm * self.rho ** ((self.horizon - 1 - step) / 2))
         smoothed = float(self.history[: min(self.seen, self.history.size)].mean())
         return width_for(self.levels(smoothed, step + 1), self.min_bits, self.max_bits)
+
+
+def variance_bound(sizes, squared_norms, bits: int) -> float:
+    """QSGD's bound on ``E|Q(v) - v|^2 / |v|^2`` at width ``bits``, per-tensor quantization:
+    ``sum_l min(d_l/s^2, sqrt(d_l)/s) * |v_l|^2 / sum_l |v_l|^2`` with ``s = 2**(bits-1) - 1``
+    (Alistarh et al. 2017, Lemma 3.1, applied to each tensor ``l`` of ``d_l`` coordinates).
+    ``squared_norms`` may be summed over workers: the bound then holds for their sum."""
+    s = float((1 << (bits - 1)) - 1)
+    d = np.asarray(sizes, dtype=np.float64)
+    squares = np.asarray(squared_norms, dtype=np.float64)
+    total = float(squares.sum())
+    if total == 0:
+        return 0.0
+    return float(np.dot(np.minimum(d / (s * s), np.sqrt(d) / s), squares)) / total
+
+
+class ErrorTargetWidths:
+    """DQ-SGD's width under an error constraint, on the server (``--dq-error-target``).
+
+    ``observe(step, squared_norms)`` takes step n's per-tensor squared norms (summed over the
+    workers, float64) and returns b_{n+1}: the smallest b in ``[min_bits, max_bits]`` with
+    ``rho**(T-1-(n+1)) * variance_bound(b) <= target``, or ``max_bits`` if none qualifies.
+    The norms are averaged over the last ``window`` steps.  A zero gradient needs no bits
+    beyond ``min_bits``.  Same state as :class:`WidthSchedule` (``history``, ``seen``, ``lam``
+    always None), so checkpoints keep their paths.
+    """
+
+    def __init__(self, sizes, target, rho, horizon, min_bits, max_bits, window):
+        self.sizes = np.asarray(sizes, dtype=np.float64)
+        self.target, self.rho, self.horizon = float(target), float(rho), int(horizon)
+        self.min_bits, self.max_bits = min_bits, max_bits
+        self.history = np.zeros((int(window), self.sizes.size))
+        self.seen = 0
+        self.lam = None
+
+    def width(self, squared_norms, step: int) -> int:
+        """The width of step ``step`` for tensors of these squared norms."""
+        damping = self.rho ** (self.horizon - 1 - step)
+        for bits in range(self.min_bits, self.max_bits + 1):
+            if damping * variance_bound(self.sizes, squared_norms, bits) <= self.target:
+                return bits
+        return self.max_bits
+
+    def observe(self, step: int, squared_norms) -> int:
+        squares = np.asarray(squared_norms, dtype=np.float64)
+        if not np.all(np.isfinite(squares)) or np.any(squares < 0):
+            raise WireFormatError(f"step {step}: the workers' squared tensor norms are not all "
+                                  "finite and non-negative; DQ-SGD's error target needs them")
+        self.history[self.seen % len(self.history)] = squares
+        self.seen += 1
+        smoothed = self.history[: min(self.seen, len(self.history))].mean(axis=0)
+        return self.width(smoothed, step + 1)
 
 
 class QSGD(Algorithm):
@@ -239,8 +300,8 @@ class DQSGD(QSGD):
     name = "dq-sgd"
     summary = "qsgd with a width chosen by the server every step"
     order = 50
-    options = (QUANTIZE_DOWNLINK, DQ_RHO, DQ_HORIZON, DQ_LAMBDA, DQ_START_BITS, MIN_BITS,
-               MAX_BITS, DQ_WINDOW)
+    options = (QUANTIZE_DOWNLINK, DQ_RHO, DQ_HORIZON, DQ_LAMBDA, DQ_ERROR_TARGET,
+               DQ_START_BITS, MIN_BITS, MAX_BITS, DQ_WINDOW)
     hints = {"bits": "dq-sgd chooses the width every step: use --dq-start-bits, --min-bits "
                      "and --max-bits"}
     defaults = {"lr": 0.1, "momentum": 0.9, "dq_rho": 0.999,
@@ -258,13 +319,24 @@ class DQSGD(QSGD):
         fail(cfg.min_bits <= cfg.dq_start_bits <= cfg.max_bits,
              f"dq-start-bits {cfg.dq_start_bits} is outside min-bits {cfg.min_bits} .. "
              f"max-bits {cfg.max_bits}")
+        fail(cfg.dq_error_target is None or cfg.dq_lambda is None,
+             "--dq-error-target and --dq-lambda are two width rules; give one of them")
 
     def __init__(self, config, num_params, num_workers, segments=None):
         super().__init__(config, num_params, num_workers, segments)
         self.min_bits, self.max_bits = int(config.min_bits), int(config.max_bits)
-        self.schedule = WidthSchedule(config.dq_rho, config.dq_horizon, self.bits,
-                                      self.min_bits, self.max_bits, config.dq_window,
-                                      config.dq_lambda)
+        self.error_target = config.dq_error_target
+        #: Server, during a step's gather: per-tensor squared norms summed over the workers.
+        self.tensor_squares = None
+        if self.error_target is None:
+            self.schedule = WidthSchedule(config.dq_rho, config.dq_horizon, self.bits,
+                                          self.min_bits, self.max_bits, config.dq_window,
+                                          config.dq_lambda)
+        else:
+            self.schedule = ErrorTargetWidths(self.segments, self.error_target, config.dq_rho,
+                                              config.dq_horizon, self.min_bits, self.max_bits,
+                                              config.dq_window)
+            self.tensor_squares = np.zeros(len(self.segments))
 
     def _first_bits(self, config) -> int:
         return int(config.dq_start_bits)
@@ -272,10 +344,22 @@ class DQSGD(QSGD):
     def _widest(self, config) -> int:
         return int(config.max_bits)
 
+    def _add_norm(self, w, header):
+        super()._add_norm(w, header)
+        if self.tensor_squares is not None:
+            norms = self.compressor.norms.astype(np.float64)
+            self.tensor_squares += norms * norms
+
     def _next_bits(self, step, grad_norm):
-        return self.schedule.observe(step, grad_norm)
+        if self.tensor_squares is None:
+            return self.schedule.observe(step, grad_norm)
+        squares, self.tensor_squares = self.tensor_squares, np.zeros_like(self.tensor_squares)
+        return self.schedule.observe(step, squares)
 
     def metadata(self) -> dict:
+        if self.error_target is not None:
+            return {**super().metadata(), "dq_rule": "error-target",
+                    "dq_error_target": self.error_target}
         return {**super().metadata(), "dq_calibration_levels":
                 calibration_levels(self.schedule.start_bits)}
 

@@ -65,6 +65,9 @@ class RunSummary:
     union_over_k: float | None = None
     #: ef-sgd --error-averaging: bytes each worker passed to the averaging Allreduce.
     bytes_average_per_worker: int | None = None
+    #: --validation-fraction: the last evaluation on the validation set (None: none held out).
+    final_validation_loss: float | None = None
+    final_validation_accuracy: float | None = None
 
     def text(self) -> str:
         mb = 1e6
@@ -72,6 +75,9 @@ class RunSummary:
             f"hpcgrad: {self.algorithm}, {self.workers} workers, {self.num_params:,} parameters, "
             f"{self.iterations} iterations in {self.seconds:.1f} s",
             f"  final eval: loss {self.final_loss:.4f}, accuracy {self.final_accuracy:.2%}",
+            *([f"  final validation: loss {self.final_validation_loss:.4f}, accuracy "
+               f"{self.final_validation_accuracy:.2%}"]
+              if self.final_validation_loss is not None else []),
             f"  sent per worker: {self.bytes_up_per_worker / mb:.3f} MB up, "
             f"{self.bytes_down / mb:.3f} MB down",
             f"  compression vs fp32: {self.compression_up:.1f}x up, "
@@ -135,11 +141,13 @@ def _run_metadata(comm, config, num_params, alg, log_path, where) -> dict:
     }
 
 
-def evaluate(model, data) -> tuple[float, float]:
+def evaluate(model, data, split: str = "test") -> tuple[float, float]:
+    """Loss and accuracy on the test set, or on the validation set (``split="validation"``)."""
+    x, y = (data.val_x, data.val_y) if split == "validation" else (data.test_x, data.test_y)
     with torch.no_grad():
-        out = model(data.test_x)
-        loss = F.cross_entropy(out, data.test_y).item()
-        accuracy = (out.argmax(1) == data.test_y).double().mean().item()
+        out = model(x)
+        loss = F.cross_entropy(out, y).item()
+        accuracy = (out.argmax(1) == y).double().mean().item()
     return loss, accuracy
 
 
@@ -229,7 +237,8 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
               file=sys.stderr, flush=True)
 
     extra = {"resumed_from": resumed_from} if resumed_from else {}
-    log, run = open_log(comm, config, alg, d, where, start_step, previous_run, extra)
+    log, run = open_log(comm, config, alg, d, where, start_step, previous_run, extra,
+                        validation=getattr(data, "val_x", None) is not None)
     try:
         summary = _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data,
                         log, where, start_step, totals, run)
@@ -243,12 +252,12 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
 
 
 def open_log(comm, config, alg, num_params, where, start_step=0, previous_run=None,
-             attrs=None, omit=()):
+             attrs=None, omit=(), validation=False):
     """Collective: rank 0 claims the log path (``logfile.claim``: the file created and
     locked, refused if it exists without ``--overwrite``) and creates the log with the run's
     attributes, its identity (``run_id``, ``part``, ``first_step``; a resumed run continues
     ``previous_run``, a checkpoint's :func:`checkpoint.read_run`) and ``attrs``, less the
-    attributes named in ``omit``.  Returns
+    attributes named in ``omit``; ``validation``: with a ``/validation`` group.  Returns
     ``(log, run)`` on rank 0 -- ``run`` is what a checkpoint records of the run -- and
     ``(None, {})`` elsewhere.  A failure on any rank is a :class:`SetupError` on all."""
     size, is_server = comm.Get_size(), comm.Get_rank() == 0
@@ -271,7 +280,7 @@ def open_log(comm, config, alg, num_params, where, start_step=0, previous_run=No
                                          world_size=size,
                                          record_messages=config.record_messages,
                                          step_fields={**alg.step_fields, **STEP_FIELDS},
-                                         claim=claim)
+                                         claim=claim, validation=validation)
                 if is_server else None, "creating the log")
     run = ({"run_id": meta["run_id"], "part": meta["part"], "log_path": log_path}
            if is_server else {})
@@ -315,11 +324,12 @@ STEP_FIELDS = {"lr": (False, np.float64)}
 
 def progress_line(done: int, iterations: int, eval_loss: float, eval_acc: float,
                   lr: float | None, steps_timed: int, elapsed: float, examples_per_step: int,
-                  up_per_worker: float, down: float) -> str:
+                  up_per_worker: float, down: float, val_acc: float | None = None) -> str:
     """Rank 0's line at an evaluation: where training is, its throughput over the
     ``steps_timed`` steps run in ``elapsed`` seconds, and the bytes sent so far."""
     rate = steps_timed / elapsed if elapsed > 0 else float("inf")
     return (f"step {done:6d}/{iterations}  eval loss {eval_loss:.4f}  accuracy {eval_acc:6.2%}"
+            + (f"  validation {val_acc:6.2%}" if val_acc is not None else "")
             + (f"  lr {lr:.4g}" if lr is not None else "")
             + f"  up {up_per_worker / 1e6:9.3f} MB/worker  down {down / 1e6:9.3f} MB"
             f"  {rate:7.1f} steps/s  {rate * examples_per_step:8.0f} examples/s")
@@ -339,6 +349,8 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
     schedule = lr_schedule.from_config(config)  # lr of step t: a pure function of t
     model = flat.model
     eval_loss = eval_acc = float("nan")
+    validating = getattr(data, "val_x", None) is not None  # --validation-fraction
+    val_loss = val_acc = float("nan") if validating else None
     first_row = start_step
     if is_server and totals:  # a resumed run: its summary covers the whole run
         for name, value in totals.items():
@@ -398,12 +410,15 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
         if is_server and ((config.eval_every and (step + 1) % config.eval_every == 0) or last):
             eval_loss, eval_acc = evaluate(model, data)
             log.append_eval(step + 1, eval_loss, eval_acc)
+            if validating:
+                val_loss, val_acc = evaluate(model, data, "validation")
+                log.append_validation(step + 1, val_loss, val_acc)
             if not quiet:
                 print(progress_line(step + 1, config.iterations, eval_loss, eval_acc,
                                     None if schedule.is_constant else float(np.float32(lr)),
                                     step + 1 - start_step, time.perf_counter() - started,
                                     workers * config.batch_size, records.total_up / workers,
-                                    records.total_down), flush=True)
+                                    records.total_down, val_acc), flush=True)
         saved = None
         if checkpoint_now:
             saved = checkpoint.save(config.checkpoint_dir, step + 1, comm, flat, alg, sampler,
@@ -429,6 +444,7 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
         compression_up=fp32 / up_per_worker, compression_down=fp32 / records.total_down,
         seconds=time.perf_counter() - started,
         bytes_average_per_worker=round(records.total_average / workers),
+        final_validation_loss=val_loss, final_validation_accuracy=val_acc,
         union_over_k=(records.total_union / n / alg.k_total
                       if "union_size" in records.extra and getattr(alg, "k_total", None)
                       else None))

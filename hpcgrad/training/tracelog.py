@@ -55,10 +55,12 @@ class TrafficLog:
 
     def __init__(self, path, *, attrs: dict, num_workers: int, world_size: int,
                  record_messages: int = 0, step_fields: dict | None = None,
-                 claim: logfile.LogClaim | None = None, overwrite: bool = False):
+                 claim: logfile.LogClaim | None = None, overwrite: bool = False,
+                 validation: bool = False):
         """``claim``: the path already claimed (:func:`logfile.claim`, which the writer then
         owns and releases on close); otherwise the writer claims ``path`` itself, refusing
-        an existing file unless ``overwrite``."""
+        an existing file unless ``overwrite``.  ``validation``: the run evaluates a
+        validation set too (group ``/validation``, :meth:`append_validation`)."""
         self.claim = claim or logfile.claim(path, overwrite=overwrite, default=False)
         self.path = self.claim.path
         try:
@@ -71,13 +73,14 @@ class TrafficLog:
         try:
             with self._writing():
                 self._create(self.file, attrs, num_workers, world_size, record_messages,
-                             step_fields or {})
+                             step_fields or {}, validation)
         except BaseException:
             self._close_quietly()
             self.claim.release(remove=True)
             raise
 
-    def _create(self, f, attrs, num_workers, world_size, record_messages, step_fields) -> None:
+    def _create(self, f, attrs, num_workers, world_size, record_messages, step_fields,
+                validation=False) -> None:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["phases"] = json.dumps(PHASES)
@@ -100,6 +103,13 @@ class TrafficLog:
         ev = f.create_group("eval")
         self.eval = {k: _resizable(ev, k, (), np.int64 if k == "iteration" else np.float64, 16)
                      for k in ("iteration", "loss", "accuracy")}
+        # Apart from /eval, so that nothing reading /eval mistakes it for the test set.
+        self.validation = None
+        if validation:
+            val = f.create_group("validation")
+            self.validation = {k: _resizable(val, k, (), np.int64 if k == "iteration"
+                                             else np.float64, 16)
+                               for k in ("iteration", "loss", "accuracy")}
         # Written once at the end (SWMR allows writing, not creating): the digest every
         # replica agreed on, so two logs show at a glance whether two runs ended equal.
         self.final_params = f.create_dataset("final_params_sha256", shape=(), dtype="S64")
@@ -140,6 +150,13 @@ class TrafficLog:
             for key, value in (("iteration", iteration), ("loss", loss),
                                ("accuracy", accuracy)):
                 _append(self.eval[key], [value])
+            self.flush()
+
+    def append_validation(self, iteration: int, loss: float, accuracy: float) -> None:
+        with self._writing():
+            for key, value in (("iteration", iteration), ("loss", loss),
+                               ("accuracy", accuracy)):
+                _append(self.validation[key], [value])
             self.flush()
 
     def append_messages(self, iteration: int, uplinks, downlink) -> None:

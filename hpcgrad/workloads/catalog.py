@@ -11,6 +11,7 @@ loads the datasets, :mod:`hpcgrad.workloads.partitions` deals them to workers.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 from ..options import Option, Section, fail
@@ -44,7 +45,13 @@ def parse_partition(partition: str) -> tuple:
 
 #: --model, --dataset and --batch-norm choices (hpcgrad/workloads/models.py, hpcgrad/workloads/datasets.py).
 MODELS = ("mlp", "cnn", "resnet20", "resnet56", "embedding-bag")
-DATASETS = ("synthetic", "mnist", "cifar10", "cifar100", "ag-news")
+DATASETS = ("synthetic", "digits", "mnist", "cifar10", "cifar100", "ag-news")
+#: The datasets read from --data-path (synthetic is generated, digits ships with scikit-learn).
+FILE_DATASETS = ("mnist", "cifar10", "cifar100", "ag-news")
+#: Why --dataset digits cannot run, when scikit-learn is missing.
+DIGITS_MISSING = ("dataset digits is scikit-learn's bundled copy of the UCI handwritten digits, "
+                  "and scikit-learn is not installed: pip install 'hpcgrad[digits]' (or "
+                  "pip install scikit-learn)")
 BATCH_NORMS = ("batch-stats", "running", "none")
 #: The inputs each model takes and each file dataset gives (synthetic: by --features).
 MODEL_INPUTS = {"mlp": ("vector", "image"), "cnn": ("image",), "resnet20": ("image",),
@@ -53,7 +60,8 @@ MODEL_NEEDS = {("vector", "image"): "feature vectors or images",
                ("image",): "images (C x H x W: --dataset mnist, cifar10, cifar100, or "
                            "synthetic with --features CxHxW, e.g. 1x28x28)",
                ("tokens",): "token ids (--dataset ag-news)"}
-_DATASET_INPUTS = {"mnist": ("image", "1x28x28 images"), "cifar10": ("image", "3x32x32 images"),
+_DATASET_INPUTS = {"digits": ("image", "1x8x8 images"),
+                   "mnist": ("image", "1x28x28 images"), "cifar10": ("image", "3x32x32 images"),
                    "cifar100": ("image", "3x32x32 images"),
                    "ag-news": ("tokens", "token-id sequences")}
 
@@ -78,14 +86,23 @@ def check_workload(cfg) -> None:
     passed its own checks (:data:`WORKLOAD`)."""
     shape = parse_features(cfg.features)
     synthetic = cfg.dataset == "synthetic"
+    from_files = cfg.dataset in FILE_DATASETS
     fail(synthetic or (cfg.features is None and cfg.classes is None),
          f"features and classes shape the generated data of --dataset synthetic; dataset "
          f"{cfg.dataset} has its own")
     fail(not synthetic or cfg.data_path is None, "data-path: --dataset synthetic is "
          f"generated and reads no files; choose the files' format with --dataset "
-         f"({', '.join(DATASETS[1:])})")
-    fail(synthetic or bool(cfg.data_path), f"dataset {cfg.dataset} is read from files you "
-         "already have: pass their directory with --data-path DIR (nothing is downloaded)")
+         f"({', '.join(FILE_DATASETS)})")
+    fail(from_files or cfg.data_path is None, f"data-path: --dataset {cfg.dataset} reads no "
+         f"files; choose the files' format with --dataset ({', '.join(FILE_DATASETS)})")
+    fail(not from_files or bool(cfg.data_path), f"dataset {cfg.dataset} is read from files "
+         "you already have: pass their directory with --data-path DIR (nothing is "
+         "downloaded)")
+    if cfg.dataset == "digits":
+        fail(have_scikit_learn(), DIGITS_MISSING)
+        fail(cfg.model != "cnn", "model cnn needs images of at least 16x16 (two 5x5 "
+             "convolutions and two 2x2 poolings); dataset digits has 1x8x8 images: use "
+             "--model mlp or resnet20")
     fail(cfg.vocab_size is None or cfg.dataset == "ag-news",
          "vocab-size is the vocabulary cap of --dataset ag-news")
     if cfg.batch_norm is not None:
@@ -97,6 +114,14 @@ def check_workload(cfg) -> None:
     needs = MODEL_INPUTS[cfg.model]
     fail(kind in needs, f"model {cfg.model} needs {MODEL_NEEDS[needs]}, but dataset "
          f"{cfg.dataset} has {described}")
+
+
+def have_scikit_learn() -> bool:
+    """Whether scikit-learn can be imported (looked up without importing it)."""
+    try:
+        return importlib.util.find_spec("sklearn") is not None
+    except (ImportError, ValueError):  # a broken install, or sys.modules["sklearn"] = None
+        return False
 
 
 def _features_argument(text: str):
@@ -111,7 +136,9 @@ WORKLOAD = Section("workload (models, datasets, partitions)", (
                 "ResNets (He et al. 2016, option-A shortcuts); embedding-bag = mean of token "
                 "embeddings + linear, for text"),
     Option("dataset", str, "synthetic", choices=DATASETS,
-           help="synthetic = generated from the seed (the embedded task); mnist (IDX files, "
+           help="synthetic = generated from the seed (the embedded task); digits = "
+                "scikit-learn's 1,797 8x8 handwritten digits (the digits extra; a fixed "
+                "stratified split, 1,438 train / 359 test); mnist (IDX files, "
                 ".gz too), cifar10 / cifar100 (python pickle batches), ag-news (train.csv, "
                 "test.csv) = your files in --data-path"),
     Option("data_path", str, None, metavar="DIR",
@@ -129,7 +156,12 @@ WORKLOAD = Section("workload (models, datasets, partitions)", (
                 "per replica, not synchronised; none = no normalisation"),
     Option("examples", int, None, bounds=">= 1", metavar="N",
            help="training examples: synthetic generates N (and N/8 held out; default 16384); "
-                "file datasets use their first N (default: all)"),
+                "file datasets and digits use their first N (default: all)"),
+    Option("validation_fraction", float, 0.0, bounds="[0, 1)", metavar="F",
+           help="hold out this share of the training examples (after --examples; a fixed "
+                "draw, the same for every --seed) as a validation set, evaluated beside the "
+                "test set and logged apart (/validation): choose hyperparameters on it, never "
+                "on the test set; 0 = none"),
     Option("features", (int, str), None, metavar="F|CxHxW", parse=_features_argument,
            check=lambda value, label: parse_features(value), default_help="32",
            help="synthetic: inputs per example, or an image shape such as 1x28x28 for cnn / "

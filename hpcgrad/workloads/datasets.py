@@ -7,6 +7,11 @@
   learns it well but not perfectly within a few hundred steps. Any size: ``--examples N``
   training examples (N/8 held out), ``--features F`` (or ``CxHxW`` for image-shaped inputs),
   ``--classes C``. The defaults (16384, 32, 10) are the embedded task.
+* ``digits`` (no files; the ``digits`` extra): scikit-learn's bundled copy of the UCI
+  handwritten digits, 1,797 real 8x8 scans of 16 grey levels, 10 classes
+  (``sklearn.datasets.load_digits``, inside the wheel, never downloaded). Split once and for
+  all, whatever ``--seed``: a fifth of each class (rounded) is the test set, drawn with
+  :data:`DIGITS_SPLIT_SEED`, so 1,438 train / 359 test. Normalised as the images below.
 * ``mnist``: the IDX files ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
   ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (each also as ``.gz``) in
   ``--data-path`` or its ``MNIST/raw``. Any IDX set of 10 classes in that layout works
@@ -46,7 +51,7 @@ import numpy as np
 import torch
 
 from . import footprint
-from .catalog import parse_features
+from .catalog import DIGITS_MISSING, parse_features
 from ..errors import ConfigError
 
 #: Defaults of the synthetic task (the embedded default run).
@@ -56,6 +61,10 @@ MAX_TOKENS = 128
 #: ag-news: default embedding-table rows (padding, unknown, then the most frequent words).
 VOCAB_SIZE = 20000
 PAD, UNKNOWN = 0, 1
+#: digits: the seed of its fixed train/test split, and the share of each class held out.
+DIGITS_SPLIT_SEED, DIGITS_TEST_SHARE = 1797, 0.2
+#: --validation-fraction: the seed of the draw (fixed: the same examples for every --seed).
+VALIDATION_SEED = 2021
 
 
 @dataclass
@@ -74,6 +83,9 @@ class Dataset:
     num_classes: int
     name: str = "custom"
     vocab_size: int = 0
+    #: A validation set carved from the training set (``--validation-fraction``), or None.
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
 
     @property
     def num_features(self) -> int:
@@ -123,7 +135,15 @@ def synthetic(seed: int, *, train: int = SYNTHETIC_EXAMPLES, test: int = 2048,
 
 
 def load(config) -> Dataset:
-    """The dataset ``config`` names (``dataset``, ``data_path``, ``examples``, ...)."""
+    """The dataset ``config`` names (``dataset``, ``data_path``, ``examples``, ...), with its
+    validation set held out (``validation_fraction``)."""
+    data = _load(config)
+    if config.validation_fraction:
+        hold_out_validation(data, config.validation_fraction)
+    return data
+
+
+def _load(config) -> Dataset:
     name = config.dataset
     if name == "synthetic":
         train = config.examples or SYNTHETIC_EXAMPLES
@@ -131,23 +151,42 @@ def load(config) -> Dataset:
                          features=parse_features(config.features),
                          classes=config.classes or SYNTHETIC_CLASSES)
     readers = {"mnist": mnist, "cifar10": cifar10, "cifar100": cifar100, "ag-news": ag_news}
-    if name not in readers:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of: synthetic, "
+    if name not in readers and name != "digits":
+        raise ConfigError(f"unknown dataset {name!r}; choose one of: synthetic, digits, "
                           + ", ".join(readers))
-    if not config.data_path:
+    if not config.data_path and name != "digits":
         raise ConfigError(f"dataset {name} is read from files you already have: pass their "
                           f"directory with --data-path DIR (expected there: "
                           f"{EXPECTED[name]}; nothing is downloaded)")
     kwargs = {"vocab_size": config.vocab_size or VOCAB_SIZE} if name == "ag-news" else {}
-    data = readers[name](config.data_path, **kwargs)
+    data = digits() if name == "digits" else readers[name](config.data_path, **kwargs)
     if config.examples:
         available = len(data.train_y)
         if config.examples > available:
             raise ConfigError(f"examples {config.examples} is more than the {available} "
-                              f"training examples of {name} in {config.data_path}")
+                              f"training examples of {name}"
+                              + (f" in {config.data_path}" if config.data_path else ""))
         data.train_x = data.train_x[:config.examples].clone()
         data.train_y = data.train_y[:config.examples].clone()
     return data
+
+
+def hold_out_validation(data: Dataset, fraction: float) -> None:
+    """Move ``round(fraction * N)`` training examples, drawn with :data:`VALIDATION_SEED`,
+    into ``data.val_x`` / ``data.val_y``; the rest stay the training set, in their order."""
+    n = len(data.train_y)
+    held = round(fraction * n)
+    if held < 1 or held >= n:
+        raise ConfigError(f"validation-fraction {fraction} of the {n} training examples of "
+                          f"{data.name} holds out {held}; it must leave at least one example "
+                          "on each side")
+    chosen = np.random.default_rng(VALIDATION_SEED).permutation(n)[:held]
+    mask = np.zeros(n, dtype=bool)
+    mask[chosen] = True
+    keep = torch.from_numpy(~mask)
+    held_out = torch.from_numpy(mask)
+    data.val_x, data.val_y = data.train_x[held_out].clone(), data.train_y[held_out].clone()
+    data.train_x, data.train_y = data.train_x[keep].clone(), data.train_y[keep].clone()
 
 
 #: What each reader looks for, for error messages.
@@ -314,6 +353,33 @@ def mnist(path) -> Dataset:
     x, tx = _normalise(train[:, None], test[:, None])
     return Dataset(x, torch.from_numpy(train_y.astype(np.int64)), tx,
                    torch.from_numpy(test_y.astype(np.int64)), 10, name="mnist")
+
+
+def digits_split(labels: np.ndarray) -> np.ndarray:
+    """The test mask of the digits split: in each class, ``round(DIGITS_TEST_SHARE * n_c)``
+    of its examples drawn with :data:`DIGITS_SPLIT_SEED` (the same for every run)."""
+    rng = np.random.default_rng(DIGITS_SPLIT_SEED)
+    test = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        test[rng.permutation(members)[:round(DIGITS_TEST_SHARE * len(members))]] = True
+    return test
+
+
+def digits() -> Dataset:
+    """scikit-learn's handwritten digits as ``1 x 8 x 8`` images (values 0..16), split by
+    :func:`digits_split`, the training set in the bundled order."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ConfigError(DIGITS_MISSING) from None
+    bunch = load_digits()
+    images = np.asarray(bunch.images).round().astype(np.uint8)[:, None]  # N x 1 x 8 x 8
+    labels = np.asarray(bunch.target, dtype=np.int64)
+    test = digits_split(labels)
+    x, tx = _normalise(images[~test], images[test])
+    return Dataset(x, torch.from_numpy(labels[~test]), tx, torch.from_numpy(labels[test]), 10,
+                   name="digits")
 
 
 class _ArrayUnpickler(pickle.Unpickler):

@@ -42,9 +42,11 @@ FLUSH_COLUMNS = 1 + 8
 TEACHER_HIDDEN = 64
 #: ResNet parameters besides the classifier (resnet20 and resnet56 on 3-channel inputs).
 RESNET_BODY = {"resnet20": 270_000, "resnet56": 853_000}
-#: Input shape and classes of the file datasets (ag-news: the vocabulary decides).
-FILE_DATASETS = {"mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10),
-                 "cifar100": ((3, 32, 32), 100), "ag-news": ((128,), 4)}
+#: Input shape and classes of the file datasets and of the bundled digits (ag-news: the
+#: vocabulary decides).
+FILE_DATASETS = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10),
+                 "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100),
+                 "ag-news": ((128,), 4)}
 VOCAB_SIZE = 20000  # datasets.VOCAB_SIZE, without importing torch
 
 

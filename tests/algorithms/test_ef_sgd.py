@@ -78,6 +78,33 @@ def test_worked_example_of_the_notes(feedback, mean, x_after):
         np.testing.assert_allclose(alg.residual, kept[w], atol=1e-6)
 
 
+@pytest.mark.parametrize("feedback, mean, x_after, kept", [
+    # EF: wd at x.  Worker 1: g + wd*x = [1, -1, 0] + .1 = [1.1, -.9, .1], u = [.55, -.45, .05],
+    # d = u + e = [.65, -.45, -.15]; worker 2: d = [-.45, .85, .05].  Top-1: .65 and .85.
+    ("ef", [.325, .425, 0], [.675, .575, 1], [[0, -.45, -.15], [-.45, 0, .05]]),
+    # SAEF: gradient AND weight decay at y = x - e (the authors' code steps torch's SGD there).
+    # Worker 1: y = [.9, 1, 1.2], g = y - c = [.9, -1, .2], g + .1*y = [.99, -.9, .32],
+    # u = [.495, -.45, .16], d = [.595, -.45, -.04]; worker 2: y = [1, .7, 1],
+    # g + .1*y = [-.9, .77, .1], u = [-.45, .385, .05], d = [-.45, .685, .05].
+    # (Decay at x instead would send .6 and .7: mean [.3, .35, 0].)
+    ("step-ahead", [.2975, .3425, 0], [.7025, .6575, 1], [[0, -.45, -.04], [-.45, 0, .05]]),
+])
+def test_worked_example_with_weight_decay(feedback, mean, x_after, kept):
+    # The example above with --weight-decay 0.1.
+    ranks = ranks_of(2, d=3, segments=[3], compressor="topk", sparsity=0.3, lr=0.5,
+                     momentum=0.0, weight_decay=0.1, feedback=feedback)
+    for w, alg in enumerate(ranks[1:]):
+        alg.residual[...] = E0[w]
+    params = [np.ones(3, dtype=np.float32) for _ in ranks]
+    up, down = step_all(ranks, params, lambda w, y: y - C[w], 0)
+    _, sent_mean = codecs.decode_message(down.wire.tobytes())
+    np.testing.assert_allclose(sent_mean, mean, atol=1e-6)
+    for p in params:
+        np.testing.assert_allclose(p, x_after, atol=1e-6)
+    for w, alg in enumerate(ranks[1:]):
+        np.testing.assert_allclose(alg.residual, kept[w], atol=1e-6)
+
+
 # ----------------------------------------------------------------------- identities
 
 def quadratic(seed):

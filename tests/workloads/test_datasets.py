@@ -291,7 +291,8 @@ def test_load_reads_from_the_data_path_and_takes_the_first_examples(tmp_path):
 
 @pytest.mark.parametrize("settings, message", [
     ({"model": "vgg"}, "unknown model 'vgg'; choose one of: mlp, cnn, resnet20"),
-    ({"dataset": "imagenet"}, "unknown dataset 'imagenet'; choose one of: synthetic, mnist"),
+    ({"dataset": "imagenet"},
+     "unknown dataset 'imagenet'; choose one of: synthetic, digits, mnist"),
     ({"model": "cnn"}, "model cnn needs images .*but dataset synthetic has 32-feature vectors"),
     ({"model": "resnet20", "features": 64}, "model resnet20 needs images .*64-feature"),
     ({"model": "embedding-bag"}, "model embedding-bag needs token ids .*ag-news"),

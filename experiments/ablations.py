@@ -1,0 +1,282 @@
+"""Issue 21 evidence: several seeds, learning rates chosen on a validation split, the S3GD-MV
+residual ablation and the real-digits runs (docs/experiments.md, "Seeds, validation, ablations").
+
+    python experiments/ablations.py --list                         # groups and their runs
+    mpiexec -n 5 python -m mpi4py experiments/ablations.py run     # every group, one job
+    mpiexec -n 5 python -m mpi4py experiments/ablations.py run --group digits --seeds 0 1 2
+    mpiexec -n 5 python -m mpi4py experiments/ablations.py run --only 'classes2-*'
+    python experiments/ablations.py table                          # Markdown tables from logs
+
+``run`` trains every run of the chosen groups one after the other *inside one MPI job*
+(``hpcgrad.training.runtime.train`` on ``MPI.COMM_WORLD``, as the tests do): the ranks start,
+import torch and load Numba once instead of once per run, which on a small shared machine is
+most of a short run's time.  Under Slurm the same line runs as ``srun -n 5 python -m mpi4py
+experiments/ablations.py run --group G`` (one group per array task: ``--group`` takes the
+``$SLURM_ARRAY_TASK_ID``-th name of ``--list`` too, as a number).  Logs go to
+``runs/issue21/GROUP/NAME-lrLR-sSEED.h5``; a run whose log is complete is not run again
+(``--force`` reruns it).
+
+Every run holds out ``--validation-fraction`` of its training set.  ``table`` picks, for each
+method (and partition), the learning rate whose final *validation* accuracy, averaged over the
+seeds, is highest, and reports the *test* accuracy at that learning rate as mean +- sample
+standard deviation over the seeds, with the uplink MB per worker.  The test set never chooses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common import mean_std
+
+RUNS_DIR = Path("runs/issue21")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of a table: a label, its ``TrainConfig`` settings and the lrs tried."""
+    key: str
+    label: str
+    settings: dict
+    lrs: tuple
+
+
+@dataclass
+class Group:
+    name: str
+    what: str
+    common: dict
+    methods: list
+    iterations: int
+    partitions: tuple = ("iid",)
+    ranks: int = 5
+    extra: dict = field(default_factory=dict)
+
+
+SIGNSGD = Method("signsgd", "signSGD-MV (momentum 0)",
+                 {"algorithm": "signum-mv", "momentum": 0.0}, (0.0003, 0.001))
+S3GD = Method("s3gd", "S3GD-MV 1%, residual on",
+              {"algorithm": "s3gd-mv", "sparsity": 0.01, "residual": 1.0}, (0.003, 0.01))
+S3GD_OFF = Method("s3gd-nores", "S3GD-MV 1%, residual off (`--residual 0`)",
+                  {"algorithm": "s3gd-mv", "sparsity": 0.01, "residual": 0.0}, (0.003, 0.01))
+
+GROUPS = [
+    Group("s3gd-residual",
+          "S3GD-MV with and without its residual against signSGD-MV, embedded task, IID and "
+          "classes:2, 4 workers",
+          {"validation_fraction": 0.1}, [SIGNSGD, S3GD, S3GD_OFF], iterations=300,
+          partitions=("iid", "classes:2")),
+    Group("digits",
+          "the headline methods on scikit-learn's real handwritten digits, 4 workers, mlp 128",
+          {"dataset": "digits", "validation_fraction": 0.2}, [
+              Method("fp32", "fp32 SGD (fp32-ps)", {"algorithm": "fp32-ps"}, (0.1, 0.03)),
+              SIGNSGD,
+              Method("signum", "Signum-MV (momentum 0.9)",
+                     {"algorithm": "signum-mv", "momentum": 0.9}, (0.0003, 0.001)),
+              S3GD, S3GD_OFF,
+              Method("qsgd-2", "QSGD 2 bits", {"algorithm": "qsgd", "bits": 2}, (0.03, 0.01)),
+              Method("qsgd-4", "QSGD 4 bits", {"algorithm": "qsgd", "bits": 4}, (0.1, 0.03)),
+              Method("qsgd-8", "QSGD 8 bits", {"algorithm": "qsgd", "bits": 8}, (0.1, 0.03)),
+              Method("dq-cal", "DQ-SGD, calibrated λ (start 3 bits, ρ 0.99)",
+                     {"algorithm": "dq-sgd", "dq_start_bits": 3, "dq_rho": 0.99},
+                     (0.1, 0.03)),
+              Method("dq-eps", "DQ-SGD, error target EPS = 16 (start 3 bits, ρ 0.999)",
+                     {"algorithm": "dq-sgd", "dq_start_bits": 3, "dq_error_target": 16.0},
+                     (0.1, 0.03)),
+              Method("ef-none", "scaled sign, no feedback",
+                     {"algorithm": "ef-sgd", "feedback": "none"}, (0.1, 0.03)),
+              Method("ef", "scaled sign, EF",
+                     {"algorithm": "ef-sgd", "feedback": "ef"}, (0.1, 0.03)),
+              Method("saef", "scaled sign, step-ahead EF",
+                     {"algorithm": "ef-sgd", "feedback": "step-ahead"}, (0.1, 0.03)),
+          ], iterations=200),
+    Group("dq-sgd",
+          "DQ-SGD's error-target and calibrated rules against fixed-width QSGD, embedded task, "
+          "4 workers",
+          {"validation_fraction": 0.1}, [
+              Method("qsgd-2", "QSGD 2 bits", {"algorithm": "qsgd", "bits": 2}, (0.01, 0.005)),
+              Method("qsgd-3", "QSGD 3 bits", {"algorithm": "qsgd", "bits": 3}, (0.01, 0.005)),
+              Method("qsgd-4", "QSGD 4 bits", {"algorithm": "qsgd", "bits": 4}, (0.02, 0.01)),
+              Method("qsgd-8", "QSGD 8 bits", {"algorithm": "qsgd", "bits": 8}, (0.02, 0.01)),
+              Method("dq-cal", "DQ-SGD, calibrated λ (start 2 bits, ρ 0.99)",
+                     {"algorithm": "dq-sgd", "dq_start_bits": 2, "dq_rho": 0.99},
+                     (0.02, 0.01)),
+              Method("dq-eps16", "DQ-SGD, error target EPS = 16 (ρ 0.999)",
+                     {"algorithm": "dq-sgd", "dq_start_bits": 3, "dq_error_target": 16.0},
+                     (0.02, 0.01)),
+              Method("dq-eps48", "DQ-SGD, error target EPS = 48 (ρ 0.999)",
+                     {"algorithm": "dq-sgd", "dq_start_bits": 3, "dq_error_target": 48.0},
+                     (0.02, 0.01)),
+          ], iterations=300),
+]
+BY_GROUP = {g.name: g for g in GROUPS}
+
+
+def runs_of(group: Group, seeds) -> list:
+    """(name, settings) of every run of ``group``."""
+    out = []
+    for partition in group.partitions:
+        for method in group.methods:
+            for lr in method.lrs:
+                for seed in seeds:
+                    tag = "" if partition == "iid" else partition.replace(":", "") + "-"
+                    name = f"{tag}{method.key}-lr{lr}-s{seed}"
+                    settings = {**group.common, **method.settings, "lr": lr, "seed": seed,
+                                "partition": partition, "iterations": group.iterations,
+                                "eval_every": max(group.iterations // 4, 1), "quiet": True}
+                    out.append((name, settings))
+    return out
+
+
+def log_of(group: Group, name: str, root: Path) -> Path:
+    return root / group.name / f"{name}.h5"
+
+
+def complete(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return bool(f["final_params_sha256"][()])
+    except (OSError, KeyError):
+        return False
+
+
+# ---- running (every rank) -------------------------------------------------------------------
+
+
+def run(args) -> int:
+    from mpi4py import MPI
+
+    from hpcgrad.training import runtime
+    from hpcgrad.training.config import TrainConfig
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    root = Path(args.runs)
+    for group in chosen_groups(args):
+        started = time.perf_counter()
+        todo = runs_of(group, args.seeds)
+        ran = 0
+        for i, (name, settings) in enumerate(todo):
+            log = log_of(group, name, root)
+            if args.only and not any(fnmatch.fnmatch(name, p) for p in args.only):
+                continue
+            if args.iterations:
+                settings = {**settings, "iterations": args.iterations,
+                            "eval_every": max(args.iterations // 4, 1)}
+            skip = comm.bcast(not args.force and complete(log) if rank == 0 else None, root=0)
+            if skip:
+                continue
+            if rank == 0:
+                log.parent.mkdir(parents=True, exist_ok=True)
+            comm.Barrier()
+            config = TrainConfig(**settings, log=str(log), overwrite=True).resolved()
+            summary = runtime.train(config, comm)
+            ran += 1
+            if rank == 0:
+                print(f"[{group.name} {i + 1}/{len(todo)}] {name}: test "
+                      f"{summary.final_accuracy:.2%}, validation "
+                      f"{summary.final_validation_accuracy:.2%}, {summary.seconds:.1f} s",
+                      flush=True)
+        if rank == 0:
+            print(f"group {group.name}: ran {ran} of its {len(todo)} runs in "
+                  f"{time.perf_counter() - started:.0f} s (wall, this job)", flush=True)
+    return 0
+
+
+def chosen_groups(args) -> list:
+    if not args.group:
+        return GROUPS
+    out = []
+    for g in args.group:
+        out.append(GROUPS[int(g)] if g.isdigit() else BY_GROUP[g])
+    return out
+
+
+# ---- tables (one process) -------------------------------------------------------------------
+
+
+def read(path: Path) -> dict | None:
+    import h5py
+    import numpy as np
+
+    if not complete(path):
+        return None
+    with h5py.File(path, "r") as f:
+        workers = int(f.attrs["num_workers"])
+        out = {"test": float(f["eval"]["accuracy"][-1]),
+               "validation": float(f["validation"]["accuracy"][-1]),
+               "mb_up": float(f["steps"]["bytes_up"][...].sum()) / workers / 1e6}
+        if "bits" in f["steps"]:
+            out["bits"] = float(np.mean(f["steps"]["bits"][...]))
+    return out
+
+
+def table(args) -> int:
+    root = Path(args.runs)
+    for group in chosen_groups(args):
+        print(f"\n#### {group.name}: {group.what}\n")
+        print(f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}); lr chosen on the "
+              "mean final validation accuracy; test accuracy at that lr.\n")
+        print("| method | partition | lr (chosen of) | validation acc % | test acc % "
+              "(mean ± std) | MB up / worker | mean bits |")
+        print("|---|---|---|---|---|---|---|")
+        for partition in group.partitions:
+            for method in group.methods:
+                best = None
+                for lr in method.lrs:
+                    tag = "" if partition == "iid" else partition.replace(":", "") + "-"
+                    rows = [read(log_of(group, f"{tag}{method.key}-lr{lr}-s{s}", root))
+                            for s in args.seeds]
+                    rows = [r for r in rows if r is not None]
+                    if not rows:
+                        continue
+                    val = sum(r["validation"] for r in rows) / len(rows)
+                    if best is None or val > best[0]:
+                        best = (val, lr, rows)
+                if best is None:
+                    print(f"| {method.label} | {partition} | not run | | | | |")
+                    continue
+                val, lr, rows = best
+                bits = (f"{sum(r['bits'] for r in rows) / len(rows):.2f}"
+                        if "bits" in rows[0] else "")
+                lrs = ", ".join(map(str, method.lrs))
+                missing = "" if len(rows) == len(args.seeds) else f" ({len(rows)} seeds)"
+                print(f"| {method.label} | {partition} | {lr} ({lrs}) | "
+                      f"{mean_std([r['validation'] for r in rows])} | "
+                      f"{mean_std([r['test'] for r in rows])}{missing} | "
+                      f"{sum(r['mb_up'] for r in rows) / len(rows):.3f} | {bits} |")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", choices=("run", "table"), default="table")
+    parser.add_argument("--group", nargs="*", help="group names (or indices); default all")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--iterations", type=int, help="override (a quick try)")
+    parser.add_argument("--runs", default=str(RUNS_DIR), help="where the logs go")
+    parser.add_argument("--force", action="store_true", help="rerun complete runs too")
+    parser.add_argument("--only", nargs="*", metavar="GLOB",
+                        help="run only the runs whose name matches (e.g. 'fp32-*-s0')")
+    parser.add_argument("--list", action="store_true", help="print the groups and runs")
+    args = parser.parse_args(argv)
+    if args.list:
+        for i, group in enumerate(GROUPS):
+            todo = runs_of(group, args.seeds)
+            print(f"{i} {group.name}: {group.what} ({len(todo)} runs)")
+            for name, settings in todo:
+                print(f"    {name}: {json.dumps(settings)}")
+        return 0
+    return run(args) if args.command == "run" else table(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

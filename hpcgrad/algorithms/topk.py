@@ -64,6 +64,7 @@ from ..errors import WireFormatError
 from ..kernels import sparse
 from ..compression.compressors import SPARSITY, SparseValues, TopKCompressor
 from ..compression.feedback import Residual, residual_of
+from ..compression.fused_selection import CompensatedTopK
 from ..compression.selection import k_by_fraction, require_k_below_d
 from ..options import Option, fail
 from .base import Algorithm, MomentumSGD
@@ -203,9 +204,21 @@ class TopKEF(Algorithm):
             score += self.hint * np.abs(self.aggregate)
         return score
 
+    #: Residual + exact selection in one pass (made on the first worker step that uses it).
+    _fused = None
+
     def worker_step(self, ctx, grad, uplink):
-        r = grad if self.memory is None else self.memory.compensate(grad)
         up = self.up
+        own_scores = self.rule == "local" or (
+            self.rule in ("union-boost", "aggregate-hint") and ctx.step == 0)
+        if own_scores and self.memory is not None and isinstance(grad, np.ndarray):
+            if self._fused is None:
+                self._fused = CompensatedTopK(up.selector, self.memory)
+            nnz = self._fused.select(grad, up.positions, up._negative)
+            up.send_at(self.memory.values, nnz, uplink)
+            self.memory.subtract_at(up.positions[: up.nnz], up.values[: up.nnz])
+            return
+        r = grad if self.memory is None else self.memory.compensate(grad)
         shared = self._shared_positions(ctx.step, ctx.rank)
         if shared is None:
             up.compress(ctx, r, uplink, scores=self._scores(r, ctx.step))

@@ -1,0 +1,124 @@
+"""Residual update and top-K selection in one pass over memory (s3gd-mv, topk; issue 19).
+
+The reference path (:mod:`hpcgrad.compression.feedback` then
+:class:`hpcgrad.compression.selection.TopK`) makes four passes over a tensor's d floats:
+``e <- rho*e + g``, gathering the magnitudes above a sampled threshold, and two in
+:func:`~hpcgrad.kernels.sparse.magnitude.take_top` (count, then take).  Here the first
+two are one loop that also records *where* the candidates are, so the take runs over the
+candidates only (O(K)): every entry with ``|e| >= T`` (T, the K-th largest magnitude, is
+above the gathering threshold) is a candidate, and candidates are gathered in index order,
+so ties at T are taken in index order as before.  Same float32 arithmetic (a multiply,
+then an add, each rounded; no FMA: Numba compiles without fast-math), same entries, same
+order.
+
+Allocation-free: outputs go to the caller's arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..jit import njit
+
+_jit = njit(cache=True, nogil=True, boundscheck=False)
+
+
+@_jit
+def compensated_sample(memory, grad, rho, decay, stride, out):
+    """``out[j] <- |rho*e + g|`` at ``i = j*stride`` (``decay`` False: ``|e + g|``), the
+    values the reference samples after compensating, without compensating yet."""
+    for j in range(out.size):
+        i = j * stride
+        e = memory[i] * rho if decay else memory[i]
+        out[j] = abs(e + grad[i])
+
+
+@_jit
+def compensate_gather(memory, grad, rho, decay, threshold, cand_pos, cand_mag):
+    """``e <- rho*e + g`` over the whole tensor (``decay`` False: ``e <- e + g``), and the
+    (index, |e|) of the entries with ``|e| > threshold``, in index order, into
+    ``cand_pos`` / ``cand_mag``.  Returns their count, or -1 if there are more than the
+    arrays hold (every entry is compensated all the same)."""
+    n = 0
+    cap = cand_pos.size
+    for i in range(memory.size):
+        e = memory[i] * rho if decay else memory[i]
+        e = e + grad[i]
+        memory[i] = e
+        a = abs(e)
+        if a > threshold:
+            if n < cap:
+                cand_pos[n] = i
+                cand_mag[n] = a
+            n += 1
+    return n if n <= cap else -1
+
+
+@_jit
+def gather_positions(values, threshold, cand_pos, cand_mag):
+    """As :func:`compensate_gather` without a residual (s3gd-mv with ``rho = 0``)."""
+    n = 0
+    cap = cand_pos.size
+    for i in range(values.size):
+        a = abs(values[i])
+        if a > threshold:
+            if n < cap:
+                cand_pos[n] = i
+                cand_mag[n] = a
+            n += 1
+    return n if n <= cap else -1
+
+
+@_jit
+def take_top_candidates(values, cand_pos, found, threshold, k, offset, positions, negative,
+                        start, forget):
+    """:func:`~hpcgrad.kernels.sparse.magnitude.take_top` over the candidates
+    ``cand_pos[:found]`` (every entry with ``|v| >= threshold`` among them, in index order):
+    the entries above ``threshold``, then ties at it in index order, up to ``k``; exact
+    zeros skipped.  ``forget``: ``values[i] <- 0`` at every entry taken (s3gd-mv's
+    ``a[picked] <- 0``).  Returns the new end of ``positions``."""
+    above = 0
+    for j in range(found):
+        if abs(values[cand_pos[j]]) > threshold:
+            above += 1
+    ties = k - above
+    end = start
+    for j in range(found):
+        i = cand_pos[j]
+        v = values[i]
+        a = abs(v)
+        if a > threshold or (a == threshold and ties > 0):
+            if a == threshold:
+                ties -= 1
+            if v != 0:
+                positions[end] = offset + i
+                negative[end] = v < 0
+                end += 1
+                if forget:
+                    values[i] = 0
+    return end
+
+
+@_jit
+def compensate(memory, grad, rho, decay):
+    """``e <- rho*e + g`` (``decay`` False: ``e <- e + g``) alone: small tensors."""
+    for i in range(memory.size):
+        e = memory[i] * rho if decay else memory[i]
+        memory[i] = e + grad[i]
+
+
+def warm_up() -> None:
+    """Compile (or load from Numba's cache) every kernel before the first timed step."""
+    e = np.array([0.5, -2.0, 0.0, 1.0], dtype=np.float32)
+    g = np.array([0.25, 1.0, 0.0, -3.0], dtype=np.float32)
+    pos = np.zeros(4, dtype=np.int64)
+    mag = np.zeros(4, dtype=np.float32)
+    neg = np.zeros(4, dtype=np.uint8)
+    rho = np.float32(0.5)
+    for decay in (False, True):
+        compensated_sample(e, g, rho, decay, 2, mag[:2])
+        found = compensate_gather(e, g, rho, decay, np.float32(0.1), pos, mag)
+        compensate(e, g, rho, decay)
+    gather_positions(e, np.float32(0.1), pos, mag)
+    for forget in (False, True):
+        take_top_candidates(e, pos, found, np.float32(0.5), 2, 0, pos.copy(), neg, 0, forget)

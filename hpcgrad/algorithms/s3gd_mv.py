@@ -42,7 +42,7 @@ from ..kernels import cpu, sparse
 from ..kernels.generic import packed_length
 from ..compression.compressors import SPARSITY, SparseSigns, TopKSigns
 from ..compression.feedback import Residual, residual_of
-from ..compression.fused_selection import CompensatedTopK
+from ..compression.fused_selection import CompensatedTopK, NoUpdate, ResidualUpdate
 from ..compression.selection import SELECTIONS, k_by_fraction, k_by_votes
 from ..wire import round_up
 from .base import Algorithm, MomentumSGD, f32
@@ -136,8 +136,10 @@ class S3GDMV(Algorithm):
         up = self.up
         if self.config.selection == "exact" and isinstance(grad, np.ndarray):
             if self._fused is None:
-                self._fused = CompensatedTopK(up.selector, self.memory)
-            up.nnz = self._fused.select(grad, up.positions, up.negative, forget=True)
+                self._fused = CompensatedTopK(up.selector)
+            update = NoUpdate(grad) if self.memory is None else ResidualUpdate(self.memory, grad)
+            up.nnz = self._fused.select(update, up.positions, up.negative,
+                                        forget=self.memory is not None)
             up.write_entries(up.positions, up.negative, up.nnz, uplink)
             return
         a = grad if self.memory is None else self.memory.compensate(grad)

@@ -64,7 +64,7 @@ from ..errors import WireFormatError
 from ..kernels import sparse
 from ..compression.compressors import SPARSITY, SparseValues, TopKCompressor
 from ..compression.feedback import Residual, residual_of
-from ..compression.fused_selection import CompensatedTopK
+from ..compression.fused_selection import CompensatedTopK, ResidualUpdate
 from ..compression.selection import k_by_fraction, require_k_below_d
 from ..options import Option, fail
 from .base import Algorithm, MomentumSGD
@@ -213,8 +213,9 @@ class TopKEF(Algorithm):
             self.rule in ("union-boost", "aggregate-hint") and ctx.step == 0)
         if own_scores and self.memory is not None and isinstance(grad, np.ndarray):
             if self._fused is None:
-                self._fused = CompensatedTopK(up.selector, self.memory)
-            nnz = self._fused.select(grad, up.positions, up._negative)
+                self._fused = CompensatedTopK(up.selector)
+            nnz = self._fused.select(ResidualUpdate(self.memory, grad), up.positions,
+                                     up._negative)
             up.send_at(self.memory.values, nnz, uplink)
             self.memory.subtract_at(up.positions[: up.nnz], up.values[: up.nnz])
             return

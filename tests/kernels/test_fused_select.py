@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hpcgrad.compression.feedback import Residual
-from hpcgrad.compression.fused_selection import CompensatedTopK
+from hpcgrad.compression.fused_selection import CompensatedTopK, NoUpdate, ResidualUpdate
 from hpcgrad.compression.selection import TopKSelector, k_by_fraction
 from hpcgrad.kernels import sparse
 from hpcgrad.wire.codecs import segment_offsets
@@ -21,10 +21,11 @@ def run(grads, segments, ks, rho, forget, fused):
     cap = sum(ks)
     pos, neg = np.zeros(cap, np.int64), np.zeros(cap, np.uint8)
     chosen = []
-    helper = CompensatedTopK(selector, memory) if fused else None
+    helper = CompensatedTopK(selector) if fused else None
     for g in grads:
         if fused:
-            n = helper.select(g, pos, neg, forget=forget)
+            update = NoUpdate(g) if memory is None else ResidualUpdate(memory, g)
+            n = helper.select(update, pos, neg, forget=forget and memory is not None)
         else:
             v = g if memory is None else memory.compensate(g)
             n = selector.select(v, pos, neg)
@@ -86,7 +87,8 @@ def test_residual_restored_before_the_first_step_is_used():
         selector = TopKSelector(segment_offsets(segments), segments, ks, "exact")
         pos, neg = np.zeros(100, np.int64), np.zeros(100, np.uint8)
         if fused:
-            n = CompensatedTopK(selector, memory).select(g, pos, neg, forget=True)
+            n = CompensatedTopK(selector).select(ResidualUpdate(memory, g), pos, neg,
+                                                 forget=True)
         else:
             n = selector.select(memory.compensate(g), pos, neg)
             sparse.zero_at(memory.values, pos, 0, n)

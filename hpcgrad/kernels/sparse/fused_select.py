@@ -34,10 +34,10 @@ def compensated_sample(memory, grad, rho, decay, stride, out):
 
 
 @_jit
-def compensate_gather(memory, grad, rho, decay, threshold, cand_pos, cand_mag):
+def compensate_gather(memory, grad, rho, decay, threshold, cand_pos, cand_val):
     """``e <- rho*e + g`` over the whole tensor (``decay`` False: ``e <- e + g``), and the
-    (index, |e|) of the entries with ``|e| > threshold``, in index order, into
-    ``cand_pos`` / ``cand_mag``.  Returns their count, or -1 if there are more than the
+    (index, e) of the entries with ``|e| > threshold``, in index order, into
+    ``cand_pos`` / ``cand_val``.  Returns their count, or -1 if there are more than the
     arrays hold (every entry is compensated all the same)."""
     n = 0
     cap = cand_pos.size
@@ -45,52 +45,59 @@ def compensate_gather(memory, grad, rho, decay, threshold, cand_pos, cand_mag):
         e = memory[i] * rho if decay else memory[i]
         e = e + grad[i]
         memory[i] = e
-        a = abs(e)
-        if a > threshold:
+        if abs(e) > threshold:
             if n < cap:
                 cand_pos[n] = i
-                cand_mag[n] = a
+                cand_val[n] = e
             n += 1
     return n if n <= cap else -1
 
 
 @_jit
-def gather_positions(values, threshold, cand_pos, cand_mag):
+def gather_positions(values, threshold, cand_pos, cand_val):
     """As :func:`compensate_gather` without a residual (s3gd-mv with ``rho = 0``)."""
     n = 0
     cap = cand_pos.size
     for i in range(values.size):
-        a = abs(values[i])
-        if a > threshold:
+        v = values[i]
+        if abs(v) > threshold:
             if n < cap:
                 cand_pos[n] = i
-                cand_mag[n] = a
+                cand_val[n] = v
             n += 1
     return n if n <= cap else -1
 
 
 @_jit
-def take_top_candidates(values, cand_pos, found, threshold, k, offset, positions, negative,
-                        start, forget):
-    """:func:`~hpcgrad.kernels.sparse.magnitude.take_top` over the candidates
-    ``cand_pos[:found]`` (every entry with ``|v| >= threshold`` among them, in index order):
-    the entries above ``threshold``, then ties at it in index order, up to ``k``; exact
-    zeros skipped.  ``forget``: ``values[i] <- 0`` at every entry taken (s3gd-mv's
-    ``a[picked] <- 0``).  Returns the new end of ``positions``."""
+def magnitudes_of(cand_val, found, out):
+    """``out[j] <- |cand_val[j]|`` for j < found (what the K-th magnitude is taken of)."""
+    for j in range(found):
+        out[j] = abs(cand_val[j])
+
+
+@_jit
+def take_top_candidates(values, cand_pos, cand_val, found, threshold, k, offset, positions,
+                        negative, start, forget):
+    """:func:`~hpcgrad.kernels.sparse.magnitude.take_top` over the candidates (every entry
+    with ``|v| >= threshold`` is one; index ``cand_pos[j]``, value ``cand_val[j]``, in
+    index order), read sequentially rather than gathered from ``values``: the entries above
+    ``threshold``, then ties at it in index order, up to ``k``; exact zeros skipped.
+    ``forget``: ``values[i] <- 0`` at every entry taken (s3gd-mv's ``a[picked] <- 0``).
+    Returns the new end of ``positions``."""
     above = 0
     for j in range(found):
-        if abs(values[cand_pos[j]]) > threshold:
+        if abs(cand_val[j]) > threshold:
             above += 1
     ties = k - above
     end = start
     for j in range(found):
-        i = cand_pos[j]
-        v = values[i]
+        v = cand_val[j]
         a = abs(v)
         if a > threshold or (a == threshold and ties > 0):
             if a == threshold:
                 ties -= 1
             if v != 0:
+                i = cand_pos[j]
                 positions[end] = offset + i
                 negative[end] = v < 0
                 end += 1
@@ -120,5 +127,7 @@ def warm_up() -> None:
         found = compensate_gather(e, g, rho, decay, np.float32(0.1), pos, mag)
         compensate(e, g, rho, decay)
     gather_positions(e, np.float32(0.1), pos, mag)
+    magnitudes_of(mag, found, mag.copy())
     for forget in (False, True):
-        take_top_candidates(e, pos, found, np.float32(0.5), 2, 0, pos.copy(), neg, 0, forget)
+        take_top_candidates(e, pos, mag, found, np.float32(0.5), 2, 0, pos.copy(), neg, 0,
+                            forget)

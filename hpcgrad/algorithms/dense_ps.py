@@ -31,8 +31,12 @@ class DensePS(Algorithm):
     def _values(self, body):
         return body[: self.codec.body_length(self.num_params)].view(self.codec.dtype)
 
+    #: Worker steps through the fused kernels (issue 19); False: the reference path, the
+    #: same bytes (bench micro times both).
+    fused = True
+
     def worker_step(self, ctx, grad, uplink):
-        if self.codec is FP16 and isinstance(grad, np.ndarray):
+        if self.fused and self.codec is FP16 and isinstance(grad, np.ndarray):
             # NumPy's bits in one vectorized pass (NumPy's own cast is scalar, ~10x a copy).
             fused_fp16.round_to_fp16(grad, uplink.padded_body[: 2 * grad.size].view(np.uint16))
         else:

@@ -138,6 +138,9 @@ class ErrorFeedbackSGD(Algorithm):
         if self.feedback == "step-ahead":
             ctx.params[...] = self._saved  # a copy back: x - e + e need not round to x
 
+    #: Worker steps through the fused kernels (issue 19); False: the reference path, the
+    #: same bytes (bench micro times both).
+    fused = True
     #: The topk compressor's selection without the three reference passes (first use).
     _fused_topk = None
 
@@ -156,10 +159,11 @@ class ErrorFeedbackSGD(Algorithm):
     def _fused_worker_step(self, ctx, grad, uplink) -> bool:
         """:meth:`worker_step` with error feedback in one or two passes over memory
         (:mod:`hpcgrad.kernels.fused_feedback`), the same bytes and state; False where it does
-        not apply (no residual, a GPU array, weight decay without parameters: the reference
-        path, which also raises what it raises)."""
+        not apply (``fused`` off, no residual, a GPU array, weight decay without parameters:
+        the reference path, which also raises what it raises)."""
         memory, sgd, params = self.memory, self.sgd, ctx.params
-        if memory is None or not isinstance(grad, np.ndarray) or (params is None and sgd.wd):
+        if not self.fused or memory is None or not isinstance(grad, np.ndarray) \
+                or (params is None and sgd.wd):
             return False
         c = self.compressor
         if sgd.buffer is None:  # a checkpoint may have restored it already

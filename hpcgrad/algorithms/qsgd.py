@@ -178,12 +178,15 @@ class QSGD(Algorithm):
         return {"segments": self.segments, "quantize_downlink": self.quantize_downlink}
 
     # ---------------------------------------------------------------- worker
+    #: Worker steps through the fused kernels (issue 19); False: the reference path, the
+    #: same bytes (bench micro times both).
+    fused = True
     #: The blockwise encode's scratch (64 fields), made on the first worker step.
     _fields = None
 
     def worker_step(self, ctx, grad, uplink):
         c = self.compressor
-        if isinstance(grad, np.ndarray):  # the same bytes, blockwise (kernels/fused_quantize)
+        if self.fused and isinstance(grad, np.ndarray):  # blockwise: kernels/fused_quantize
             if self._fields is None:
                 self._fields = np.zeros(fused_quantize.BLOCK, dtype=np.uint64)
                 fused_quantize.warm_up()

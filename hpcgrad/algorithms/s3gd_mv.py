@@ -129,12 +129,15 @@ class S3GDMV(Algorithm):
                 "selection": self.config.selection, "uplink_capacity_entries": self.capacity}
 
     # ---------------------------------------------------------------- worker
+    #: Worker steps through the fused kernels (issue 19); False: the reference path, the
+    #: same bytes (bench micro times both).
+    fused = True
     #: Residual + exact selection + forgetting in one pass (made on the first worker step).
     _fused = None
 
     def worker_step(self, ctx, grad, uplink):
         up = self.up
-        if self.config.selection == "exact" and isinstance(grad, np.ndarray):
+        if self.fused and self.config.selection == "exact" and isinstance(grad, np.ndarray):
             if self._fused is None:
                 self._fused = CompensatedTopK(up.selector)
             update = NoUpdate(grad) if self.memory is None else ResidualUpdate(self.memory, grad)

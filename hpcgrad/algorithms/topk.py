@@ -204,6 +204,9 @@ class TopKEF(Algorithm):
             score += self.hint * np.abs(self.aggregate)
         return score
 
+    #: Worker steps through the fused kernels (issue 19); False: the reference path, the
+    #: same bytes (bench micro times both).
+    fused = True
     #: Residual + exact selection in one pass (made on the first worker step that uses it).
     _fused = None
 
@@ -211,7 +214,8 @@ class TopKEF(Algorithm):
         up = self.up
         own_scores = self.rule == "local" or (
             self.rule in ("union-boost", "aggregate-hint") and ctx.step == 0)
-        if own_scores and self.memory is not None and isinstance(grad, np.ndarray):
+        if self.fused and own_scores and self.memory is not None \
+                and isinstance(grad, np.ndarray):
             if self._fused is None:
                 self._fused = CompensatedTopK(up.selector)
             nnz = self._fused.select(ResidualUpdate(self.memory, grad), up.positions,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .jit import njit
+from .sparse.fused_select import emit_candidates
 
 _jit = njit(cache=True, nogil=True, boundscheck=False)
 
@@ -42,13 +43,16 @@ def local_step(grad, params, has_params, buffer, memory, mu, wd, lr):
 def local_step_sign(grad, params, has_params, buffer, memory, mu, wd, lr, words):
     """:func:`local_step`, and the sign bits of the new e (1 = negative, 64 a
     little-endian word, zero high bits in the last) into ``words``; returns ``sum |e|`` in
-    float64, added in index order (``kernels.cpu.magnitude_sum``)."""
+    float64, added in index order (``kernels.cpu.magnitude_sum``).  Per 64 entries the step
+    and the word first (vectorized), then the block's magnitudes added, from L1: only the
+    additions, whose order is fixed, stay one after the other."""
     n = grad.size
     total = 0.0
     for w in range((n + 63) // 64):
         base = w * 64
+        stop = min(64, n - base)
         word = np.uint64(0)
-        for j in range(min(64, n - base)):
+        for j in range(stop):
             i = base + j
             t = params[i] * wd + grad[i] if has_params else grad[i]
             b = buffer[i] * mu + t
@@ -56,8 +60,9 @@ def local_step_sign(grad, params, has_params, buffer, memory, mu, wd, lr, words)
             e = memory[i] + b * lr
             memory[i] = e
             word |= np.uint64(e < 0) << np.uint64(j)
-            total += abs(np.float64(e))
         words[w] = word
+        for j in range(stop):
+            total += abs(np.float64(memory[base + j]))
     return total
 
 
@@ -130,21 +135,23 @@ def local_step_gather(grad, params, has_params, buffer, memory, mu, wd, lr, thre
                       cand_pos, cand_val):
     """:func:`local_step`, and the (index, e) of the new e's entries with ``|e| >
     threshold``, in index order, into ``cand_pos`` / ``cand_val``; their count, or -1 if
-    more than the arrays hold (the step is taken everywhere all the same)."""
+    more than the arrays hold (the step is taken everywhere all the same).  64 entries at a
+    time: the step and a mask word (vectorized), then the mask's bits."""
+    size = grad.size
     n = 0
-    cap = cand_pos.size
-    for i in range(grad.size):
-        t = params[i] * wd + grad[i] if has_params else grad[i]
-        b = buffer[i] * mu + t
-        buffer[i] = b
-        e = memory[i] + b * lr
-        memory[i] = e
-        if abs(e) > threshold:
-            if n < cap:
-                cand_pos[n] = i
-                cand_val[n] = e
-            n += 1
-    return n if n <= cap else -1
+    for w in range((size + 63) // 64):
+        base = w * 64
+        word = np.uint64(0)
+        for j in range(min(64, size - base)):
+            i = base + j
+            t = params[i] * wd + grad[i] if has_params else grad[i]
+            b = buffer[i] * mu + t
+            buffer[i] = b
+            e = memory[i] + b * lr
+            memory[i] = e
+            word |= np.uint64(abs(e) > threshold) << np.uint64(j)
+        n = emit_candidates(word, base, memory, cand_pos, cand_val, n)
+    return n if n <= cand_pos.size else -1
 
 
 def warm_up_selection() -> None:

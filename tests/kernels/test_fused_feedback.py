@@ -20,8 +20,7 @@ from without_mpi import context, uplink_buffer  # noqa: E402
 class Reference(ErrorFeedbackSGD):
     """The same algorithm with the fusion turned off: the ten-pass NumPy path."""
 
-    def _fused_worker_step(self, ctx, grad, uplink):
-        return False
+    fused = False
 
 
 def config(**settings):

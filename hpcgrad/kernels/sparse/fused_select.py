@@ -23,6 +23,30 @@ from ..jit import njit
 _jit = njit(cache=True, nogil=True, boundscheck=False)
 
 
+#: ctz by de Bruijn multiplication: the index of the lowest set bit of a 64-bit word.
+_DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
+_CTZ = np.zeros(64, dtype=np.int64)
+for _i in range(64):
+    _CTZ[((1 << _i) * 0x03F79D71B4CB0A89 % 2**64) >> 58] = _i
+
+
+@_jit
+def emit_candidates(word, base, values, cand_pos, cand_val, n):
+    """Append (i, values[i]) for every set bit j of ``word`` (i = base + j, in index order)
+    while there is room; returns the new count (which may pass the arrays' size: then the
+    caller reports an overflow)."""
+    cap = cand_pos.size
+    while word != np.uint64(0):
+        low = word & (~word + np.uint64(1))
+        i = base + _CTZ[(low * _DEBRUIJN) >> np.uint64(58)]
+        if n < cap:
+            cand_pos[n] = i
+            cand_val[n] = values[i]
+        n += 1
+        word ^= low
+    return n
+
+
 @_jit
 def compensated_sample(memory, grad, rho, decay, stride, out):
     """``out[j] <- |rho*e + g|`` at ``i = j*stride`` (``decay`` False: ``|e + g|``), the
@@ -38,34 +62,35 @@ def compensate_gather(memory, grad, rho, decay, threshold, cand_pos, cand_val):
     """``e <- rho*e + g`` over the whole tensor (``decay`` False: ``e <- e + g``), and the
     (index, e) of the entries with ``|e| > threshold``, in index order, into
     ``cand_pos`` / ``cand_val``.  Returns their count, or -1 if there are more than the
-    arrays hold (every entry is compensated all the same)."""
+    arrays hold (every entry is compensated all the same).  64 entries at a time: the
+    update and a mask word of the entries above (vectorized), then the mask's bits."""
+    size = memory.size
     n = 0
-    cap = cand_pos.size
-    for i in range(memory.size):
-        e = memory[i] * rho if decay else memory[i]
-        e = e + grad[i]
-        memory[i] = e
-        if abs(e) > threshold:
-            if n < cap:
-                cand_pos[n] = i
-                cand_val[n] = e
-            n += 1
-    return n if n <= cap else -1
+    for w in range((size + 63) // 64):
+        base = w * 64
+        word = np.uint64(0)
+        for j in range(min(64, size - base)):
+            i = base + j
+            e = memory[i] * rho if decay else memory[i]
+            e = e + grad[i]
+            memory[i] = e
+            word |= np.uint64(abs(e) > threshold) << np.uint64(j)
+        n = emit_candidates(word, base, memory, cand_pos, cand_val, n)
+    return n if n <= cand_pos.size else -1
 
 
 @_jit
 def gather_positions(values, threshold, cand_pos, cand_val):
     """As :func:`compensate_gather` without a residual (s3gd-mv with ``rho = 0``)."""
+    size = values.size
     n = 0
-    cap = cand_pos.size
-    for i in range(values.size):
-        v = values[i]
-        if abs(v) > threshold:
-            if n < cap:
-                cand_pos[n] = i
-                cand_val[n] = v
-            n += 1
-    return n if n <= cap else -1
+    for w in range((size + 63) // 64):
+        base = w * 64
+        word = np.uint64(0)
+        for j in range(min(64, size - base)):
+            word |= np.uint64(abs(values[base + j]) > threshold) << np.uint64(j)
+        n = emit_candidates(word, base, values, cand_pos, cand_val, n)
+    return n if n <= cand_pos.size else -1
 
 
 @_jit

@@ -61,7 +61,7 @@ import numpy as np
 
 from ..wire.codecs import SPARSE_VALUES
 from ..errors import WireFormatError
-from ..kernels import sparse
+from ..kernels import fused_feedback, sparse
 from ..compression.compressors import SPARSITY, SparseValues, TopKCompressor
 from ..compression.feedback import Residual, residual_of
 from ..compression.fused_selection import CompensatedTopK, ResidualUpdate
@@ -221,7 +221,7 @@ class TopKEF(Algorithm):
             nnz = self._fused.select(ResidualUpdate(self.memory, grad), up.positions,
                                      up._negative)
             up.send_at(self.memory.values, nnz, uplink)
-            self.memory.subtract_at(up.positions[: up.nnz], up.values[: up.nnz])
+            fused_feedback.subtract_at(self.memory.values, up.positions, up.values, up.nnz)
             return
         r = grad if self.memory is None else self.memory.compensate(grad)
         shared = self._shared_positions(ctx.step, ctx.rank)

@@ -71,35 +71,37 @@ def _step(label: str, d: int):
     return grad, (lambda: step(True)), (lambda: step(False))
 
 
+def _time_label(label: str, d: int, repeat: int, context: bool, scratch) -> dict:
+    """One label's figures; its arrays are freed on return, before the next label's."""
+    grad, fused, reference = _step(label, d)
+    target = np.empty_like(grad)
+    calls = {"copy": lambda: np.copyto(target, grad), "fused": fused}
+    if context:
+        calls["reference"] = reference
+    for fn in calls.values():
+        fn()  # compile, fault pages in
+    times = {name: [] for name in calls}
+    for r in range(repeat):
+        for name, fn in calls.items():
+            if name == "reference" and r >= CONTEXT_ROUNDS:
+                continue
+            scratch[::8] += 1.0  # every call starts from memory, not a warm cache
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    t = {name: median(v) for name, v in times.items()}
+    entry = {"seconds": t, "vs_copy": t["fused"] / t["copy"]}
+    if context:
+        entry["reference_vs_copy"] = t["reference"] / t["copy"]
+        entry["speedup"] = t["reference"] / t["fused"]
+    return entry
+
+
 def run(d: int, repeat: int = 9, context: bool = True, labels=None) -> dict:
     """Time every label's worker step (see the module docstring); returns the figures."""
     scratch = np.zeros(EVICT_BYTES // 8)
-    out = {}
-    for label in labels or LABELS:
-        grad, fused, reference = _step(label, d)
-        target = np.empty_like(grad)
-        calls = {"copy": lambda: np.copyto(target, grad), "fused": fused}
-        if context:
-            calls["reference"] = reference
-        for fn in calls.values():
-            fn()  # compile, fault pages in
-        times = {name: [] for name in calls}
-        for r in range(repeat):
-            for name, fn in calls.items():
-                if name == "reference" and r >= CONTEXT_ROUNDS:
-                    continue
-                scratch[::8] += 1.0  # every call starts from memory, not a warm cache
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-        t = {name: median(v) for name, v in times.items()}
-        entry = {"seconds": t, "vs_copy": t["fused"] / t["copy"]}
-        if context:
-            entry["reference_vs_copy"] = t["reference"] / t["copy"]
-            entry["speedup"] = t["reference"] / t["fused"]
-        out[label] = entry
-        del grad, fused, reference, target, calls
-    return out
+    return {label: _time_label(label, d, repeat, context, scratch)
+            for label in labels or LABELS}
 
 
 def report(result: dict) -> list[str]:

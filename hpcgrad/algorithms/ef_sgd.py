@@ -37,6 +37,9 @@ import numpy as np
 from ..compression import compressors
 from ..compression.compressors import COMPRESSORS
 from ..compression.feedback import Residual, residual_of
+from ..compression.fused_selection import CompensatedTopK, LocalStepUpdate
+from ..kernels import fused_feedback
+from ..wire.codecs import FP32, SCALED_SIGN
 from ..options import Option, fail
 from .base import Algorithm, MomentumSGD, f32
 from .step import decode_into_sum
@@ -158,7 +161,15 @@ class ErrorFeedbackSGD(Algorithm):
         # _saved held x for the backward pass; x is back in ctx.params, so it is free.
         return np.subtract(ctx.params, self.residual, out=self._saved)
 
+    #: Worker steps through the fused kernels (issue 19); False: the reference path, the
+    #: same bytes (bench micro times both).
+    fused = True
+    #: The topk compressor's selection without the three reference passes (first use).
+    _fused_topk = None
+
     def worker_step(self, ctx, grad, uplink):
+        if self._fused_worker_step(ctx, grad, uplink):
+            return
         u = self.update
         self.sgd.update(self._decay_point(ctx), grad, u)
         d = u if self.memory is None else self.memory.compensate(u)  # e <- e + u: d in e
@@ -167,6 +178,53 @@ class ErrorFeedbackSGD(Algorithm):
             self.compressor.decompress(uplink.padded_body, sent, self.decoded,
                                        what=f"own uplink at step {ctx.step}")
             self.memory.subtract(self.decoded)  # e <- d - C(d)
+
+    def _fused_worker_step(self, ctx, grad, uplink) -> bool:
+        """:meth:`worker_step` with error feedback in one or two passes over memory
+        (:mod:`hpcgrad.kernels.fused_feedback`), the same bytes and state; False where it does
+        not apply (``fused`` off, no residual, a GPU array, weight decay without parameters:
+        the reference path, which also raises what it raises)."""
+        memory, sgd, params = self.memory, self.sgd, ctx.params
+        if not self.fused or memory is None or not isinstance(grad, np.ndarray) \
+                or (params is None and sgd.wd):
+            return False
+        c = self.compressor
+        if sgd.buffer is None:  # a checkpoint may have restored it already
+            sgd.buffer = np.zeros_like(grad)
+        e = memory._allocated(grad)
+        decay_point = None if params is None else self._decay_point(ctx)  # x, or x - e
+        x = grad if params is None else decay_point
+        args = (grad, x, params is not None, sgd.buffer, e, sgd.mu, sgd.wd, sgd.lr)
+        body = uplink.padded_body
+        if c.name == "scaled-sign":
+            words = body[: 8 * ((c.count + 63) // 64)].view(np.uint64)
+            total = fused_feedback.local_step_sign(*args, words)
+            scale = np.float32(total / c.count)
+            SCALED_SIGN.write_scale(body, c.count, scale)
+            sent = uplink.write(SCALED_SIGN.id, 0, SCALED_SIGN.body_length(c.count))
+            SCALED_SIGN.check_flags(sent.flags, f"own uplink at step {ctx.step}")
+            scale = SCALED_SIGN.check_scale(body, c.count, f"own uplink at step {ctx.step}")
+            fused_feedback.subtract_scaled_signs(e, words, -scale)
+            return True
+        if c.name == "topk":  # the local step inside the selection's gathering pass
+            if self._fused_topk is None:
+                self._fused_topk = CompensatedTopK(c.selector)
+            update = LocalStepUpdate(grad, decay_point, sgd.buffer, e, sgd.mu, sgd.wd, sgd.lr)
+            c.send_at(e, self._fused_topk.select(update, c.positions, c._negative), uplink)
+            fused_feedback.subtract_sent(e, c.positions, c.values, c.nnz)
+            return True
+        fused_feedback.local_step(*args)
+        if c.name == "identity":
+            fused_feedback.send_identity(e, body[: 4 * c.count].view("<f4"))
+            uplink.write(FP32.id, 0, FP32.body_length(c.count))
+        elif c.name == "randomk":
+            c.compress(ctx, e, uplink)
+            fused_feedback.subtract_sent(e, c.positions, c.values, c.nnz)
+        else:  # qsgd: its own two-pass kernel; decoded and subtracted as the reference does
+            sent = c.compress(ctx, e, uplink)
+            c.decompress(body, sent, self.decoded, what=f"own uplink at step {ctx.step}")
+            memory.subtract(self.decoded)
+        return True
 
     def residual_to_average(self, ctx):
         """The array to replace by the workers' mean after this step's update, or None."""

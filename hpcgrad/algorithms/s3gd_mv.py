@@ -43,6 +43,7 @@ from ..kernels.generic import packed_length
 from ..compression.compressors import SPARSITY, SparseSigns, TopKSigns
 from ..compression.feedback import Residual, residual_of
 from ..compression.on_device import SignTopKStep, on_device
+from ..compression.fused_selection import CompensatedTopK, NoUpdate, ResidualUpdate
 from ..compression.selection import SELECTIONS, k_by_fraction, k_by_votes
 from ..wire import round_up
 from .base import Algorithm, MomentumSGD, f32
@@ -129,13 +130,28 @@ class S3GDMV(Algorithm):
                 "selection": self.config.selection, "uplink_capacity_entries": self.capacity}
 
     # ---------------------------------------------------------------- worker
+    #: Worker steps through the fused kernels (issue 19); False: the reference path, the
+    #: same bytes (bench micro times both).
+    fused = True
+    #: Residual + exact selection + forgetting in one pass (made on the first worker step).
+    _fused = None
+
     def worker_step(self, ctx, grad, uplink):
         if on_device(grad):
             return self.device_step(self.memory, grad, uplink)
+        up = self.up
+        if self.fused and self.config.selection == "exact" and isinstance(grad, np.ndarray):
+            if self._fused is None:
+                self._fused = CompensatedTopK(up.selector)
+            update = NoUpdate(grad) if self.memory is None else ResidualUpdate(self.memory, grad)
+            up.nnz = self._fused.select(update, up.positions, up.negative,
+                                        forget=self.memory is not None)
+            up.write_entries(up.positions, up.negative, up.nnz, uplink)
+            return
         a = grad if self.memory is None else self.memory.compensate(grad)
-        self.up.compress(ctx, a, uplink)
+        up.compress(ctx, a, uplink)
         if self.memory is not None:
-            self.memory.forget(self.up.positions, self.up.nnz)
+            self.memory.forget(up.positions, up.nnz)
 
     # ---------------------------------------------------------------- server
     def server_step(self, ctx, uplinks, downlink):

@@ -65,10 +65,11 @@ import numpy as np
 
 from ..wire.codecs import SPARSE_VALUES
 from ..errors import WireFormatError
-from ..kernels import sparse
+from ..kernels import fused_feedback, sparse
 from ..compression.compressors import SPARSITY, SparseValues, TopKCompressor
 from ..compression.feedback import Residual, residual_of
 from ..compression.on_device import ValueTopKStep, on_device
+from ..compression.fused_selection import CompensatedTopK, ResidualUpdate
 from ..compression.selection import k_by_fraction, require_k_below_d
 from ..options import Option, fail
 from .base import Algorithm, MomentumSGD
@@ -211,11 +212,28 @@ class TopKEF(Algorithm):
             score += self.hint * np.abs(self.aggregate)
         return score
 
+    #: Worker steps through the fused kernels (issue 19); False: the reference path, the
+    #: same bytes (bench micro times both).
+    fused = True
+    #: Residual + exact selection in one pass (made on the first worker step that uses it).
+    _fused = None
+
     def worker_step(self, ctx, grad, uplink):
         if on_device(grad):
             return self.device_step(ctx, grad, uplink)
-        r = grad if self.memory is None else self.memory.compensate(grad)
         up = self.up
+        own_scores = self.rule == "local" or (
+            self.rule in ("union-boost", "aggregate-hint") and ctx.step == 0)
+        if self.fused and own_scores and self.memory is not None \
+                and isinstance(grad, np.ndarray):
+            if self._fused is None:
+                self._fused = CompensatedTopK(up.selector)
+            nnz = self._fused.select(ResidualUpdate(self.memory, grad), up.positions,
+                                     up._negative)
+            up.send_at(self.memory.values, nnz, uplink)
+            fused_feedback.subtract_at(self.memory.values, up.positions, up.values, up.nnz)
+            return
+        r = grad if self.memory is None else self.memory.compensate(grad)
         shared = self._shared_positions(ctx.step, ctx.rank)
         if shared is None:
             up.compress(ctx, r, uplink, scores=self._scores(r, ctx.step))

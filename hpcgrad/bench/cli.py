@@ -43,16 +43,19 @@ def register(subparsers) -> None:
     e.set_defaults(bench_func=_exchange, bench_mpi=True)
 
     m = sub.add_parser(
-        "micro", help="pack / vote / decode kernels vs np.copyto, one process (no mpiexec)",
-        description="Times the compiled CPU kernels against np.copyto of the fp32 input in "
-                    "the same process, with np.packbits and the NumPy unpack-and-sum vote "
-                    "for context.")
+        "micro", help="pack / vote / decode kernels and every compressing algorithm's worker "
+                      "step vs np.copyto, one process (no mpiexec)",
+        description="Times the compiled CPU kernels, and each compressing algorithm's worker "
+                    "step (fused, and through the reference path for context), against "
+                    "np.copyto of the fp32 input in the same process, with np.packbits and "
+                    "the NumPy unpack-and-sum vote for context.")
     m.add_argument("--params", default="25.6M", metavar="D", help=SIZES_HELP + " (default 25.6M)")
     m.add_argument("--workers", default="4,8", metavar="M,M",
                    help="worker counts of the vote (default 4,8)")
     m.add_argument("--repeat", type=int, default=9, metavar="R", help="rounds (default 9)")
     m.add_argument("--no-context", action="store_true",
-                   help="skip the slow NumPy reference paths")
+                   help="skip the slow NumPy reference paths (and the worker steps' reference "
+                        "path)")
     m.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     m.set_defaults(bench_func=_micro, bench_mpi=False)
 

@@ -22,6 +22,8 @@ Figures (ratios are dimensionless, so they compare across machines):
 * ``decode_vs_copy`` -- copy time / time of the fused decode + update
   ``x <- x - lr*(±1 + wd*x)`` from the packed downlink (it reads and writes the
   4·d bytes of x like the copy, plus d/8).
+* ``worker_steps`` -- each compressing algorithm's worker step (its whole encode) / copy
+  time, fused and (context) through the reference path (:mod:`.worker_steps`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def memory_needed(d: int, workers=(4, 8), context: bool = True) -> int:
     # x, y, params, momentum, fp16 copy, rows, outputs, scratch
     if context:
         need += m * d * 5  # unpack-and-sum: M·d unpacked bytes and their int32 sums
+    from . import worker_steps
+    need += worker_steps.BYTES_PER_PARAM * d  # one algorithm's worker state at a time
     return need
 
 
@@ -155,6 +159,8 @@ def run(d: int, workers=(4, 8), repeat: int = 9, context: bool = True, seed: int
     first = str(workers[0])
     result["vote_workers"] = workers[0]
     result["vote_vs_floor"] = result["vote"][first]["vote_vs_floor"]
+    from . import worker_steps
+    result["worker_steps"] = worker_steps.run(d, repeat, context)
     return result
 
 
@@ -190,4 +196,7 @@ def report(result: dict) -> str:
         if "speedup_vs_unpack_sum" in v:
             lines.append(f"  vote M={m:<3s} unpack+sum    {ms(t[f'vote_{m}_unpack_sum'])}   "
                          f"unrolled is {v['speedup_vs_unpack_sum']:.1f}x faster  (context)")
+    if "worker_steps" in result:
+        from . import worker_steps
+        lines += worker_steps.report(result["worker_steps"])
     return "\n".join(lines)

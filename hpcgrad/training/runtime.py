@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from mpi4py import MPI
 
 from .. import __version__, algorithms, kernels
-from ..comm import device, interrupts
+from ..comm import device, interrupts, waits
 from ..workloads import datasets, footprint, models, partitions
 from . import attacks, checkpoint, exchange, logfile
 from . import schedule as lr_schedule
@@ -65,6 +65,8 @@ class RunSummary:
     union_over_k: float | None = None
     #: ef-sgd --error-averaging: bytes each worker passed to the averaging Allreduce.
     bytes_average_per_worker: int | None = None
+    #: How MPI ranks wait (rank 0's ``comm.waits.decision()``): yield or busy-poll, and why.
+    mpi_waits: str | None = None
 
     def text(self) -> str:
         mb = 1e6
@@ -80,6 +82,7 @@ class RunSummary:
               if self.union_over_k is not None else []),
             *([f"  error averaging: {self.bytes_average_per_worker / mb:.3f} MB per worker"]
               if self.bytes_average_per_worker else []),
+            *([f"  MPI waits: {self.mpi_waits}"] if self.mpi_waits else []),
             f"  log: {self.log_path}",
         ])
 
@@ -131,6 +134,7 @@ def _run_metadata(comm, config, num_params, alg, log_path, where) -> dict:
         "numpy_version": np.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "log_path": str(log_path),
+        "mpi_waits": waits.decision(),
         **attacks.metadata(config.adversaries, config.attack, comm.Get_size()),
     }
 
@@ -429,6 +433,7 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
         compression_up=fp32 / up_per_worker, compression_down=fp32 / records.total_down,
         seconds=time.perf_counter() - started,
         bytes_average_per_worker=round(records.total_average / workers),
+        mpi_waits=waits.decision(),
         union_over_k=(records.total_union / n / alg.k_total
                       if "union_size" in records.extra and getattr(alg, "k_total", None)
                       else None))

@@ -15,9 +15,11 @@ Other MPI libraries ignore the variable (Open MPI yields on its own when it sees
 oversubscription).
 
 The node-local rank count comes from the first of these that is set: ``MPI_LOCALNRANKS``
-(MPICH's Hydra), ``OMPI_COMM_WORLD_LOCAL_SIZE`` (Open MPI), ``SLURM_NTASKS_PER_NODE``
-(``srun --ntasks-per-node``), and ``PMI_SIZE`` (the world size: an upper bound, read as
-one machine's when nothing more precise is set).
+(MPICH's Hydra), ``OMPI_COMM_WORLD_LOCAL_SIZE`` (Open MPI), ``SLURM_STEP_TASKS_PER_NODE``
+(an ``srun`` step: ``2(x3),1`` lists the tasks of each node, this node's entry picked by
+``SLURM_NODEID``), ``SLURM_NTASKS_PER_NODE`` (``--ntasks-per-node``, a plain number), and
+``PMI_SIZE`` (the world size: an upper bound, read as one machine's when nothing more precise
+is set).
 """
 
 from __future__ import annotations
@@ -31,7 +33,19 @@ VARIABLE = "MPIR_CVAR_ENABLE_HEAVY_YIELD"
 
 #: Where the node-local rank count is read from, most precise first.
 LOCAL_COUNT_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE",
-                         "SLURM_NTASKS_PER_NODE", "PMI_SIZE")
+                         "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE", "PMI_SIZE")
+
+
+def _tasks_on_node(value: str, node: int) -> int | None:
+    """Slurm's per-node task list (``2(x3),1``: 2 tasks on each of 3 nodes, then 1) at
+    ``node``, or None if it does not parse or has no such node."""
+    counts = []
+    for item in value.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", item)
+        if match is None:
+            return None
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts[node] if 0 <= node < len(counts) else None
 
 #: What :func:`prefer_yield` decided in this process (None: it has not run).
 _decision: str | None = None
@@ -39,13 +53,18 @@ _decision: str | None = None
 
 def local_ranks(environ=None) -> tuple[int, str] | tuple[None, None]:
     """``(count, variable)``: how many ranks the launcher runs on this machine, and the
-    variable that said so; ``(None, None)`` when no launcher variable is set (or none
-    parses: Slurm writes ``2(x3)`` forms in other variables, never in these)."""
+    variable that said so; ``(None, None)`` when none is set, or none parses."""
     environ = os.environ if environ is None else environ
     for name in LOCAL_COUNT_VARIABLES:
-        match = re.fullmatch(r"\s*(\d+)\s*", environ.get(name, ""))
-        if match and int(match.group(1)) > 0:
-            return int(match.group(1)), name
+        value = environ.get(name, "")
+        if name == "SLURM_STEP_TASKS_PER_NODE":
+            node = environ.get("SLURM_NODEID", "0")
+            count = _tasks_on_node(value, int(node)) if value and node.isdigit() else None
+        else:
+            match = re.fullmatch(r"\s*(\d+)\s*", value)
+            count = int(match.group(1)) if match else None
+        if count:
+            return count, name
     return None, None
 
 

@@ -80,6 +80,12 @@ def test_train_says_so_in_the_summary_and_the_log(tmp_path):
     ({"OMPI_COMM_WORLD_LOCAL_SIZE": "3"}, (3, "OMPI_COMM_WORLD_LOCAL_SIZE")),
     ({"SLURM_NTASKS_PER_NODE": "6", "PMI_SIZE": "12"}, (6, "SLURM_NTASKS_PER_NODE")),
     ({"PMI_SIZE": "5"}, (5, "PMI_SIZE")),
+    ({"SLURM_STEP_TASKS_PER_NODE": "2(x3),1", "SLURM_NODEID": "3", "PMI_SIZE": "7"},
+     (1, "SLURM_STEP_TASKS_PER_NODE")),
+    ({"SLURM_STEP_TASKS_PER_NODE": "4(x2)", "SLURM_NODEID": "1", "SLURM_NTASKS_PER_NODE": "4"},
+     (4, "SLURM_STEP_TASKS_PER_NODE")),
+    ({"SLURM_STEP_TASKS_PER_NODE": "2(x3)", "SLURM_NODEID": "5", "PMI_SIZE": "6"},
+     (6, "PMI_SIZE")),  # no such node: the next variable
     ({"SLURM_NTASKS_PER_NODE": "2(x3)", "PMI_SIZE": "6"}, (6, "PMI_SIZE")),
     ({}, (None, None)),
 ])

@@ -22,12 +22,17 @@ Figures (ratios are dimensionless, so they compare across machines):
 * ``decode_vs_copy`` -- copy time / time of the fused decode + update
   ``x <- x - lr*(±1 + wd*x)`` from the packed downlink (it reads and writes the
   4·d bytes of x like the copy, plus d/8).
+* ``server`` -- each server aggregate (fp32, fp16, qsgd 4 bits, scaled-sign: decode M
+  bodies and average in one pass) against its memory floor, M bodies read at the copy
+  bandwidth (<= 2 is the target); context: the worker-by-worker path it replaced
+  (:mod:`.server_kernels`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import server_kernels
 from .common import machine, median
 
 COPY = "copy"
@@ -54,7 +59,7 @@ def memory_needed(d: int, workers=(4, 8), context: bool = True) -> int:
     # x, y, params, momentum, fp16 copy, rows, outputs, scratch
     if context:
         need += m * d * 5  # unpack-and-sum: M·d unpacked bytes and their int32 sums
-    return need
+    return need + server_kernels.memory_needed(d, min(workers, default=1))
 
 
 def run(d: int, workers=(4, 8), repeat: int = 9, context: bool = True, seed: int = 0) -> dict:
@@ -101,8 +106,13 @@ def run(d: int, workers=(4, 8), repeat: int = 9, context: bool = True, seed: int
         kernels[f"vote_{m}_blocked"] = (lambda words=words: cpu._vote_words(
             words, d, TIE_POSITIVE, out.view(np.uint64), out.view(np.uint64),
             out.view(np.uint64)))
+    server = server_kernels.entries(d, workers[0], seed)
+    for name, (fused, _, _) in server.items():
+        kernels[f"server_{name}"] = fused
     slow = {}
     if context:
+        for name, (_, unfused, _) in server.items():
+            slow[f"server_{name}_unfused"] = unfused
         slow["numpy_packbits"] = lambda: np.packbits(x < 0, bitorder="little")
         slow["numpy_decode_update"] = lambda: generic.apply_sign_update(params, out, lr, wd)
         for m in workers:
@@ -152,6 +162,8 @@ def run(d: int, workers=(4, 8), repeat: int = 9, context: bool = True, seed: int
         if f"vote_{m}_unpack_sum" in t:
             v["speedup_vs_unpack_sum"] = t[f"vote_{m}_unpack_sum"] / t[f"vote_{m}"]
         result["vote"][str(m)] = v
+    result["server"] = server_kernels.figures(t, workers[0], bandwidth,
+                                              {n: size for n, (_, _, size) in server.items()})
     first = str(workers[0])
     result["vote_workers"] = workers[0]
     result["vote_vs_floor"] = result["vote"][first]["vote_vs_floor"]
@@ -190,4 +202,6 @@ def report(result: dict) -> str:
         if "speedup_vs_unpack_sum" in v:
             lines.append(f"  vote M={m:<3s} unpack+sum    {ms(t[f'vote_{m}_unpack_sum'])}   "
                          f"unrolled is {v['speedup_vs_unpack_sum']:.1f}x faster  (context)")
+    if "server" in result:
+        lines += server_kernels.report_lines(result["server"], ms)
     return "\n".join(lines)

@@ -46,8 +46,8 @@ class DensePS(Algorithm):
             fused_server.fp32_mean(uplinks.values(FP32.dtype, d),
                                    downlink.padded_body[: 4 * d].view(FP32.dtype), divisor)
             return
-        fused_server.fp16_mean(uplinks.values(np.uint16, d), fused_server.half_table(),
-                               self._scratch(uplinks.rows), divisor)
+        fused_server.fp16_mean(uplinks.values(np.uint16, d), self._scratch(uplinks.rows),
+                               divisor)
         self.codec.encode(self.mean, downlink.padded_body)
 
     def decode(self, ctx, downlink):

@@ -78,11 +78,10 @@ def entries(d: int, workers: int, seed: int = 0):
             cpu.apply_sign_update(out, srows[w], lrs[w], np.float32(0))
         np.divide(out, f32, out=out)
 
-    table = fused_server.half_table()
     return {
         "fp32": (lambda: fused_server.fp32_mean(f32rows, out, f32),
                  lambda: dense_unfused(f32rows), 4 * d),
-        "fp16": (lambda: fused_server.fp16_mean(f16rows, table, out, f32),
+        "fp16": (lambda: fused_server.fp16_mean(f16rows, out, f32),
                  lambda: dense_unfused(f16rows.view(np.float16)), 2 * d),
         "qsgd4": (lambda: fused_server.qsgd_mean(qrows[:, :4].view(np.float32), qrows[:, 4:],
                                                  offsets, sections, bits, out, f32),

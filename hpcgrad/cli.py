@@ -31,7 +31,7 @@ import traceback
 import warnings
 
 from . import __version__
-from .comm import interrupts
+from .comm import interrupts, waits
 from .comm.agreement import AgreedError, abort_job, all_started
 
 # Nothing heavier than the standard library above: main() installs the signal policy before
@@ -219,6 +219,8 @@ def _fail_before_mpi(exc: BaseException) -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["train"], ["bench"]):  # before MPI_Init: MPICH reads it there
+        waits.prefer_yield()
     if argv[:1] != ["train"]:
         args = _parse(argv)
         return args.func(args)

@@ -38,7 +38,7 @@ RECORD = os.environ.get("HPCGRAD_RECORD_GOLDEN") == "1"
 #: Attributes that describe the machine, the versions or this particular run, not the bytes.
 VOLATILE_ATTRS = {"created", "log_path", "hostnames", "hpcgrad_version", "torch_version",
                   "numpy_version", "mpi_library", "mpi_version", "config", "cuda_aware",
-                  "devices", "phases", "run_id", "created_unix"}
+                  "devices", "phases", "run_id", "created_unix", "mpi_waits"}
 #: A fresh run's place in a run of resumed parts (issue 23): checked to be the first part,
 #: from step 0, rather than compared with the recordings, which predate them.
 RUN_PART_ATTRS = {"part": "0", "first_step": "0"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from ..kernels import fused_fp16
+from ..kernels import fused_fp16, fused_server
 from ..wire.codecs import FP16, FP32
 from .base import Algorithm, MomentumSGD, f32
 
@@ -48,12 +48,16 @@ class DensePS(Algorithm):
         return self.mean
 
     def server_step(self, ctx, uplinks, downlink):
-        values = uplinks.values(self.codec.dtype, self.num_params)
-        self._scratch(values)
-        np.copyto(self.mean, values[0])
-        for row in values[1:]:
-            np.add(self.mean, row, out=self.mean)
-        self.mean /= f32(self.num_workers)
+        # The mean of the M bodies in one pass over the receive buffer, added in worker order
+        # in float32 (kernels/fused_server.py): fp32's straight into the downlink body, which
+        # is that mean; fp16's into self.mean, then rounded into the body.
+        d, divisor = self.num_params, f32(self.num_workers)
+        if self.codec is FP32:
+            fused_server.fp32_mean(uplinks.values(FP32.dtype, d),
+                                   downlink.padded_body[: 4 * d].view(FP32.dtype), divisor)
+            return
+        fused_server.fp16_mean(uplinks.values(np.uint16, d), self._scratch(uplinks.rows),
+                               divisor)
         self.codec.encode(self.mean, downlink.padded_body)
 
     def decode(self, ctx, downlink):

@@ -41,8 +41,8 @@ from ..compression.fused_selection import CompensatedTopK, LocalStepUpdate
 from ..kernels import fused_feedback
 from ..wire.codecs import FP32, SCALED_SIGN
 from ..options import Option, fail
-from .base import Algorithm, MomentumSGD, f32
-from .step import decode_into_sum
+from .base import Algorithm, MomentumSGD
+from .step import decode_into_mean
 
 FEEDBACK_MODES = ("none", "ef", "step-ahead")
 
@@ -236,8 +236,7 @@ class ErrorFeedbackSGD(Algorithm):
     # ---------------------------------------------------------------- server
     def server_step(self, ctx, uplinks, downlink):
         a, step = self.update, ctx.step
-        decode_into_sum(uplinks, self.compressor.decompress, a)
-        a /= f32(self.num_workers)
+        decode_into_mean(uplinks, self.compressor, a)
         if self.server_memory is not None:
             a = self.server_memory.compensate(a)  # e_s <- e_s + a: a + e_s in e_s
         sent = self.down_compressor.compress(ctx, a, downlink)

@@ -46,8 +46,8 @@ from ..errors import WireFormatError
 from ..kernels import fused_quantize, quantize
 from ..compression.compressors import BITS, check_width
 from ..options import Option, fail
-from .base import Algorithm, MomentumSGD, f32
-from .step import decode_into_sum
+from .base import Algorithm, MomentumSGD
+from .step import decode_into_mean
 
 #: ``bits_down`` in the log for an unquantized (fp32) downlink.
 FP32_BITS = 32
@@ -209,7 +209,6 @@ class QSGD(Algorithm):
         else:
             self.downlink = FP32
         self.mean = np.zeros(num_params, dtype=np.float32)
-        self._grad_norm = 0.0  # server: the sum over workers of their gradients' norms
         self.sgd = MomentumSGD(num_params, config.lr, config.momentum, config.weight_decay)
         self.device_step = QuantizeStep(self.compressor)  # CuPy gradients
         quantize.warm_up()
@@ -262,23 +261,28 @@ class QSGD(Algorithm):
         c.compress(ctx, grad, uplink)  # the reference, which also raises what it refuses
 
     # ---------------------------------------------------------------- server
-    def _add_norm(self, w, header):
-        norms = self.compressor.norms.astype(np.float64)  # worker w's, just decoded
-        self._grad_norm += math.sqrt(float(np.dot(norms, norms)))
+    def _grad_norm_of(self, uplinks) -> float:
+        """The mean over workers of the norm of each worker's gradient, from the tensor
+        norms its (checked) body carries; float64, added in worker order."""
+        total, nseg = 0.0, len(self.segments)
+        for w in range(uplinks.workers):
+            norms = uplinks.padded_body(w)[: 4 * nseg].view("<f4").astype(np.float64)
+            total += math.sqrt(float(np.dot(norms, norms)))
+        return total / uplinks.workers
 
     def server_step(self, ctx, uplinks, downlink):
-        d, m, b, step = self.num_params, self.num_workers, self.bits, ctx.step
-        self._grad_norm = 0.0
-        decode_into_sum(uplinks, self.compressor.decompress, self.mean, each=self._add_norm)
-        self.mean /= f32(m)
-        grad_norm = self._grad_norm / m
-        nxt = self._next_bits(step, grad_norm)
+        d, b, step = self.num_params, self.bits, ctx.step
         body = downlink.padded_body
+        # An fp32 downlink is the mean itself: averaged straight into the body (every rank,
+        # the server too, reads it back in decode); a quantized one is coded from self.mean.
+        mean = self.mean if self.quantize_downlink else body[: 4 * d].view("<f4")
+        decode_into_mean(uplinks, self.compressor, mean)
+        grad_norm = self._grad_norm_of(uplinks)
+        nxt = self._next_bits(step, grad_norm)
         if self.quantize_downlink:  # at this step's b, coins keyed by sender 0
             self.compressor.compress(ctx, self.mean, downlink, next_bits=nxt)
             bits_down = b
         else:
-            body[: 4 * d].view("<f4")[...] = self.mean
             codec = QSGDCodec.id if self.dynamic else FP32.id
             downlink.write(codec, QSGDCodec.flags(0, nxt), 4 * d)
             bits_down = FP32_BITS

@@ -10,9 +10,10 @@ The context names the **shard** of coordinates the exchange covers: today one sh
 whole flat vector ``[0, d)``; the tensors in it are its ``segments`` (sizes, flat-vector
 order) with ``offsets`` (where each starts, plus the end).
 
-Also here: the two loops every aggregating server step runs over its uplinks --
-:func:`decode_into_sum` (dense aggregates) and :func:`decode_into_rows` (sparse
-entries, one row per worker) -- written once.
+Also here: the loops every aggregating server step runs over its uplinks --
+:func:`decode_into_sum` (dense aggregates), :func:`decode_into_mean` (their mean, in one
+fused pass where the compressor has one) and :func:`decode_into_rows` (sparse entries, one
+row per worker) -- written once.
 """
 
 from __future__ import annotations
@@ -114,3 +115,17 @@ def decode_into_rows(uplinks, decode, rows, counts) -> np.ndarray:
         counts[w] = decode(uplinks.body(w), uplinks.header(w), *(r[w] for r in rows),
                            what=uplinks.what(w))
     return counts
+
+
+def decode_into_mean(uplinks, compressor, out) -> None:
+    """``out <- (sum over workers of C(v_w)) / M`` in float32: :func:`decode_into_sum`'s
+    additions, in worker order, then one division per coordinate -- bit for bit.
+
+    In one pass over the receive buffer where the compressor has a fused kernel for these
+    bodies (``compressor.decompress_mean``: no per-worker decode, no separate division);
+    otherwise, or if any body fails a check, worker by worker with ``compressor.decompress``,
+    which raises the error the server always raised for that body."""
+    divisor = np.float32(uplinks.workers)
+    if not compressor.decompress_mean(uplinks, out, divisor):
+        decode_into_sum(uplinks, compressor.decompress, out)
+        out /= divisor

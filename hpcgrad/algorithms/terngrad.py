@@ -44,8 +44,8 @@ from ..kernels.jit import njit
 from ..kernels.quantize import uniform
 from ..options import Option
 from ..wire.codecs import FP32, QSGDCodec
-from .base import Algorithm, MomentumSGD, f32
-from .step import decode_into_sum
+from .base import Algorithm, MomentumSGD
+from .step import decode_into_mean
 
 #: One level bit and a sign bit: levels {0, 1}, s = 1.
 TERNARY_BITS = 2
@@ -156,10 +156,11 @@ class TernGrad(Algorithm):
 
     # ---------------------------------------------------------------- server
     def server_step(self, ctx, uplinks, downlink):
-        decode_into_sum(uplinks, self.compressor.decompress, self.mean)
-        self.mean /= f32(self.num_workers)
-        FP32.encode(self.mean, downlink.padded_body)
-        downlink.write(FP32.id, 0, 4 * self.num_params)
+        # The fp32 downlink is the mean itself: averaged straight into the body (every rank,
+        # the server too, reads it back in decode).
+        d = self.num_params
+        decode_into_mean(uplinks, self.compressor, downlink.padded_body[: 4 * d].view("<f4"))
+        downlink.write(FP32.id, 0, 4 * d)
 
     # ---------------------------------------------------------- every rank
     def decode(self, ctx, downlink):

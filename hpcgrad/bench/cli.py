@@ -44,11 +44,15 @@ def register(subparsers) -> None:
 
     m = sub.add_parser(
         "micro", help="pack / vote / decode kernels and every compressing algorithm's worker "
-                      "step vs np.copyto, one process (no mpiexec)",
+                      "step vs np.copyto, server aggregates vs their memory floor, one process "
+                      "(no mpiexec)",
         description="Times the compiled CPU kernels, and each compressing algorithm's worker "
                     "step (fused, and through the reference path for context), against "
                     "np.copyto of the fp32 input in the same process, with np.packbits and "
-                    "the NumPy unpack-and-sum vote for context.")
+                    "the NumPy unpack-and-sum vote for context, and the server's fused "
+                    "aggregates (fp32, fp16, qsgd, scaled-sign means of M bodies, M the first "
+                    "--workers) against reading the M bodies at the copy bandwidth, with the "
+                    "worker-by-worker path for context.")
     m.add_argument("--params", default="25.6M", metavar="D", help=SIZES_HELP + " (default 25.6M)")
     m.add_argument("--workers", default="4,8", metavar="M,M",
                    help="worker counts of the vote (default 4,8)")

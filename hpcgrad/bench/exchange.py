@@ -30,6 +30,7 @@ import sys
 
 import numpy as np
 
+from ..comm import waits
 from .common import (BenchError, available_memory, check_fits, gib, idle_barrier, machine,
                      machine_line, median, write_json)
 
@@ -190,7 +191,8 @@ def run(comm, d: int, names=None, warmup: int = 2, repeat: int = 10, micro_repea
            "repeat": repeat, "allreduce_s": reference,
            "allreduce_exchange_s": results[BASELINE]["total_s"],
            "algorithms": {}, "machine": machine(), "ranks_on_node0": local_ranks,
-           "mpich_heavy_yield": os.environ.get("MPIR_CVAR_ENABLE_HEAVY_YIELD")}
+           "mpich_heavy_yield": os.environ.get("MPIR_CVAR_ENABLE_HEAVY_YIELD"),
+           "mpi_waits": waits.decision()}
     for name in names:
         r = results[name]
         r["ratio_vs_allreduce"] = r["total_s"] / reference
@@ -216,11 +218,10 @@ def report(out: dict) -> str:
              "ms per step, slowest rank per phase; total = slowest rank's sum"]
     cores = out["machine"].get("cores") or 0
     if cores and out.get("ranks_on_node0", 0) > cores:
-        lines[3:3] = [f"note: {out['ranks_on_node0']} ranks share {cores} cores: MPI waits "
-                      "busy-poll and every collective costs time slices; with MPICH set "
-                      "MPIR_CVAR_ENABLE_HEAVY_YIELD=1 (now "
-                      f"{out.get('mpich_heavy_yield') or 'unset'}), and read the ratios as "
-                      "this machine's, not the algorithms' (docs/benchmarks.md)"]
+        lines[3:3] = [f"note: {out['ranks_on_node0']} ranks share {cores} cores: every "
+                      "collective costs time slices, so read the ratios as this machine's, "
+                      "not the algorithms' (docs/benchmarks.md); MPI waits: "
+                      f"{out.get('mpi_waits') or out.get('mpich_heavy_yield') or 'unset'}"]
     header = f"{'algorithm':12s}" + "".join(f"{p:>10s}" for p in PHASE_NAMES) + \
         f"{'total':>10s}{'vs Allreduce':>14s}{'MB up/worker':>14s}"
     lines.append(header)

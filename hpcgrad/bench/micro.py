@@ -24,12 +24,17 @@ Figures (ratios are dimensionless, so they compare across machines):
   4·d bytes of x like the copy, plus d/8).
 * ``worker_steps`` -- each compressing algorithm's worker step (its whole encode) / copy
   time, fused and (context) through the reference path (:mod:`.worker_steps`).
+* ``server`` -- each server aggregate (fp32, fp16, qsgd 4 bits, scaled-sign: decode M
+  bodies and average in one pass) against its memory floor, M bodies read at the copy
+  bandwidth (<= 2 is the target); context: the worker-by-worker path it replaced
+  (:mod:`.server_kernels`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import server_kernels
 from .common import machine, median
 
 COPY = "copy"
@@ -58,7 +63,7 @@ def memory_needed(d: int, workers=(4, 8), context: bool = True) -> int:
         need += m * d * 5  # unpack-and-sum: M·d unpacked bytes and their int32 sums
     from . import worker_steps
     need += worker_steps.BYTES_PER_PARAM * d  # one algorithm's worker state at a time
-    return need
+    return need + server_kernels.memory_needed(d, min(workers, default=1))
 
 
 def run(d: int, workers=(4, 8), repeat: int = 9, context: bool = True, seed: int = 0) -> dict:
@@ -105,8 +110,13 @@ def run(d: int, workers=(4, 8), repeat: int = 9, context: bool = True, seed: int
         kernels[f"vote_{m}_blocked"] = (lambda words=words: cpu._vote_words(
             words, d, TIE_POSITIVE, out.view(np.uint64), out.view(np.uint64),
             out.view(np.uint64)))
+    server = server_kernels.entries(d, workers[0], seed)
+    for name, (fused, _, _) in server.items():
+        kernels[f"server_{name}"] = fused
     slow = {}
     if context:
+        for name, (_, unfused, _) in server.items():
+            slow[f"server_{name}_unfused"] = unfused
         slow["numpy_packbits"] = lambda: np.packbits(x < 0, bitorder="little")
         slow["numpy_decode_update"] = lambda: generic.apply_sign_update(params, out, lr, wd)
         for m in workers:
@@ -156,6 +166,8 @@ def run(d: int, workers=(4, 8), repeat: int = 9, context: bool = True, seed: int
         if f"vote_{m}_unpack_sum" in t:
             v["speedup_vs_unpack_sum"] = t[f"vote_{m}_unpack_sum"] / t[f"vote_{m}"]
         result["vote"][str(m)] = v
+    result["server"] = server_kernels.figures(t, workers[0], bandwidth,
+                                              {n: size for n, (_, _, size) in server.items()})
     first = str(workers[0])
     result["vote_workers"] = workers[0]
     result["vote_vs_floor"] = result["vote"][first]["vote_vs_floor"]
@@ -199,4 +211,6 @@ def report(result: dict) -> str:
     if "worker_steps" in result:
         from . import worker_steps
         lines += worker_steps.report(result["worker_steps"])
+    if "server" in result:
+        lines += server_kernels.report_lines(result["server"], ms)
     return "\n".join(lines)

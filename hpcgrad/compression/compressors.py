@@ -54,7 +54,7 @@ from ..options import Configurable, Option, fail
 from ..wire.codecs import (BASE3, FP32, SCALED_SIGN, SPARSE_SIGN, SPARSE_VALUES, QSGDCodec,
                           _check_padding_bits, encode_qsgd, encode_sparse_ternary)
 from ..errors import WireFormatError
-from ..kernels import quantize
+from ..kernels import fused_server, quantize
 from .selection import TopKSelector, k_by_fraction, require_k_below_d
 
 
@@ -117,6 +117,21 @@ class Compressor(Configurable):
         """``out <- C(v)`` (or ``out += C(v)``) from a body whose header was checked."""
         raise NotImplementedError
 
+    def decompress_mean(self, uplinks, out, divisor) -> bool:
+        """The server's fused path: ``out <- (sum over workers w of C(v_w)) / divisor`` in
+        one pass over every uplink body (``uplinks``: the transport's receive buffer),
+        bit for bit what :meth:`decompress` worker by worker and a division give.
+
+        Returns False, having written nothing or a partial ``out``, where it has no such
+        path (this default; a GPU ``out``) or a body fails a check: the caller then decodes
+        worker by worker (:func:`~hpcgrad.algorithms.step.decode_into_mean`), which raises
+        the error the worker-by-worker path always raised."""
+        return False
+
+    def _fusable(self, uplinks, out) -> bool:
+        return isinstance(out, np.ndarray) and out.dtype == np.float32 \
+            and out.size == self.count and uplinks.workers > 0
+
 
 class Identity(Compressor):
     name = "identity"
@@ -134,11 +149,19 @@ class Identity(Compressor):
         else:
             out[...] = values
 
+    def decompress_mean(self, uplinks, out, divisor) -> bool:
+        if not self._fusable(uplinks, out) or any(
+                uplinks.header(w).flags for w in range(uplinks.workers)):
+            return False
+        fused_server.fp32_mean(uplinks.values("<f4", self.count), out, divisor)
+        return True
+
 
 class ScaledSign(Compressor):
     name = "scaled-sign"
     summary = "|v|_1/d * sign(v) over the model"
     codec = SCALED_SIGN
+    _lrs = None  # decompress_mean's per-worker -scale, allocated on first use
 
     def compress(self, ctx, values, message):
         body = message.padded_body
@@ -156,6 +179,22 @@ class ScaledSign(Compressor):
             out[...] = 0
         # x - lr*(s + 0*x) with lr = -scale is x + scale*s: the sign kernel, no temporaries.
         kernels.for_array(out).apply_sign_update(out, padded_body, -scale, np.float32(0))
+
+    def decompress_mean(self, uplinks, out, divisor) -> bool:
+        if not self._fusable(uplinks, out):
+            return False
+        if self._lrs is None or self._lrs.size != uplinks.workers:
+            self._lrs = np.zeros(uplinks.workers, dtype=np.float32)
+        try:  # every check decompress makes, worker by worker
+            for w in range(uplinks.workers):
+                body, what = uplinks.padded_body(w), uplinks.what(w)
+                SCALED_SIGN.check_flags(uplinks.header(w).flags, what)
+                self._lrs[w] = -SCALED_SIGN.check_scale(body, self.count, what)
+                _check_padding_bits(body, self.count, what)
+        except WireFormatError:
+            return False
+        fused_server.sign_mean(uplinks.rows.view(np.uint64), self._lrs, out, divisor)
+        return True
 
 
 class SparseValues(Compressor, choice=False):
@@ -378,6 +417,16 @@ class QSGDCompressor(Compressor):
         self.codec = QSGDCodec(segments, self.bits if widest is None else int(widest),
                                fp32=False)
         self.norms = np.zeros(len(segments), dtype=np.float32)
+        self._sections = None  # decompress_mean's field-section starts at self.bits
+
+    @property
+    def bits(self) -> int:
+        return self._bits
+
+    @bits.setter
+    def bits(self, value) -> None:
+        self._bits = int(value)
+        self._sections = None  # the sections' lengths depend on the width
 
     def compress(self, ctx, values, message, next_bits: int = 0):
         """As :meth:`Compressor.compress`; ``next_bits`` (dq-sgd's downlink) goes in the
@@ -394,6 +443,31 @@ class QSGDCompressor(Compressor):
                                   f"next {nxt}); expected width {self.bits}, next 0")
         self.codec.decode_into(padded_body[: header.body_length], self.count, header.flags,
                                out, accumulate=accumulate, norms=self.norms, what=what)
+
+    def decompress_mean(self, uplinks, out, divisor) -> bool:
+        if not self._fusable(uplinks, out) or self.bits == 0:
+            return False
+        flags = QSGDCodec.flags(self.bits)
+        try:  # every check decompress makes before its kernel, worker by worker
+            for w in range(uplinks.workers):
+                header = uplinks.header(w)
+                if header.flags != flags:
+                    return False
+                self.codec.check_body(header.body_length, self.count, header.flags,
+                                      what=uplinks.what(w))
+        except WireFormatError:
+            return False
+        nseg = len(self.segments)
+        if self._sections is None:
+            self._sections = np.cumsum([0, *quantize.section_lengths(self.segments,
+                                                                     self.bits)])
+        code = fused_server.qsgd_mean(uplinks.rows[:, : 4 * nseg].view("<f4"),
+                                      uplinks.rows[:, 4 * nseg:], self.offsets,
+                                      self._sections, self.bits, out, divisor)
+        if code < 0:
+            return False
+        self.norms[...] = uplinks.rows[-1, : 4 * nseg].view("<f4")  # the last decoded
+        return True
 
 
 def create(config, segments, offsets) -> Compressor:

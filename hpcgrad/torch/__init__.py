@@ -26,7 +26,10 @@ master copies), ``optimizer.py``, ``server.py``, ``sampler.py``.  README "Your o
 loop" has the details and a worked example (``examples/``).
 """
 
-from mpi4py import MPI as _MPI
+from ..comm import waits as _waits
+
+_waits.prefer_yield()  # before MPI_Init, which reads it: ranks outnumbering cores yield
+from mpi4py import MPI as _MPI  # noqa: E402 -- MPI_Init, after the wait setting
 
 from .context import AgreedError, Context, init, install_failure_policy
 from .control import NonFiniteGradientError, StepMismatchError

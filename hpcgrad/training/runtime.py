@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from mpi4py import MPI
 
 from .. import __version__, algorithms, kernels
-from ..comm import device, interrupts
+from ..comm import device, interrupts, waits
 from ..workloads import datasets, footprint, models, partitions
 from . import attacks, checkpoint, exchange, logfile
 from . import schedule as lr_schedule
@@ -68,6 +68,8 @@ class RunSummary:
     #: --validation-fraction: the last evaluation on the validation set (None: none held out).
     final_validation_loss: float | None = None
     final_validation_accuracy: float | None = None
+    #: How MPI ranks wait (rank 0's ``comm.waits.decision()``): yield or busy-poll, and why.
+    mpi_waits: str | None = None
 
     def text(self) -> str:
         mb = 1e6
@@ -86,6 +88,7 @@ class RunSummary:
               if self.union_over_k is not None else []),
             *([f"  error averaging: {self.bytes_average_per_worker / mb:.3f} MB per worker"]
               if self.bytes_average_per_worker else []),
+            *([f"  MPI waits: {self.mpi_waits}"] if self.mpi_waits else []),
             f"  log: {self.log_path}",
         ])
 
@@ -137,6 +140,7 @@ def _run_metadata(comm, config, num_params, alg, log_path, where) -> dict:
         "numpy_version": np.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "log_path": str(log_path),
+        "mpi_waits": waits.decision(),
         **attacks.metadata(config.adversaries, config.attack, comm.Get_size()),
     }
 
@@ -445,6 +449,7 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
         seconds=time.perf_counter() - started,
         bytes_average_per_worker=round(records.total_average / workers),
         final_validation_loss=val_loss, final_validation_accuracy=val_acc,
+        mpi_waits=waits.decision(),
         union_over_k=(records.total_union / n / alg.k_total
                       if "union_size" in records.extra and getattr(alg, "k_total", None)
                       else None))

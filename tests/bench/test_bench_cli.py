@@ -74,7 +74,13 @@ def test_micro_in_process_writes_stable_keys(tmp_path, capsys):
     for key in ("pack_vs_copy", "vote_vs_floor", "decode_vs_copy", "numpy_packbits_vs_copy"):
         assert _positive(data[key]), key
     assert set(data["vote"]) == {"2", "5"}
-    assert "vote M=5" in capsys.readouterr().out
+    assert set(data["server"]) == {"fp32", "fp16", "qsgd4", "scaled_sign"}
+    for name, figures in data["server"].items():
+        assert figures["workers"] == 2, name
+        for key in ("seconds", "floor_s", "vs_floor", "unfused_s", "speedup_vs_unfused"):
+            assert _positive(figures[key]), (name, key)
+    out = capsys.readouterr().out
+    assert "vote M=5" in out and "qsgd mean, 4 bits M=2" in out
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -1,4 +1,5 @@
-"""Steady-state exchange steps allocate no large arrays (issue 11, part 4).
+"""Steady-state exchange steps allocate no large arrays (issue 11, part 4; issue 19: every
+registered algorithm, the benchmark's variants and every ef-sgd compressor).
 
 Every rank builds the exchange training uses (``hpcgrad.training.exchange.create``) for d ~ 1M,
 runs warm-up steps, then traces three more with ``tracemalloc`` (NumPy reports its
@@ -22,9 +23,11 @@ def _steady_state_growth(comm, name, settings=None):
     from hpcgrad.training.exchange import PhaseClock
 
     rank = comm.Get_rank()
-    config = config_for(name, 10)
-    for key, value in (settings or {}).items():
-        setattr(config, key, value)
+    if settings:  # an algorithm with settings other than the benchmark table's
+        from hpcgrad.training.config import TrainConfig
+        config = TrainConfig(algorithm=name, iterations=10, quiet=True, **settings).resolved()
+    else:
+        config = config_for(name, 10)
     alg = algorithms.create(config, D, comm.Get_size() - 1)
     grads = np.random.default_rng(rank).standard_normal(D, dtype=np.float32)
     params = np.zeros(D, dtype=np.float32)
@@ -53,10 +56,38 @@ def _steady_state_growth(comm, name, settings=None):
     return growth, where
 
 
+def _every_algorithm():
+    from hpcgrad.algorithms import REGISTRY
+    from hpcgrad.bench.exchange import VARIANTS
+    return sorted(REGISTRY) + sorted(VARIANTS)
+
+
+def _every_compressor():
+    from hpcgrad.compression.compressors import COMPRESSORS
+    return sorted(COMPRESSORS)
+
+
 @pytest.mark.mpi(min_size=3)
-@pytest.mark.parametrize("name", ["signum-mv", "fp32-ps", "fp16-ps", "allreduce", "ef-sgd",
-                                  "ef-sgd-topk"])
+@pytest.mark.parametrize("name", _every_algorithm())
 def test_steady_state_steps_allocate_no_large_arrays(comm, name):
     growth, where = _steady_state_growth(comm, name)
     assert growth <= LIMIT, (f"rank {comm.Get_rank()}: {name} steps grew the traced peak by "
                              f"{growth} bytes\n{where}")
+
+
+@pytest.mark.mpi(min_size=3)
+@pytest.mark.parametrize("compressor", _every_compressor())
+def test_every_ef_sgd_compressor_allocates_no_large_arrays(request, comm, compressor):
+    if compressor == "randomk" and comm.Get_rank() != 0:
+        # Known, on the workers only (the server passes): the positions are
+        # Generator.choice(n, K, replace=False) of a new generator per step and tensor, which
+        # allocates K-sized arrays; drawing them allocation-free without changing the bytes
+        # is the worker half's (issue 19).
+        request.applymarker(pytest.mark.xfail(strict=True, reason="randomk's worker draw "
+                                              "allocates K-sized arrays"))
+    settings = {"compressor": compressor}
+    if compressor in ("topk", "randomk"):
+        settings["sparsity"] = 0.01
+    growth, where = _steady_state_growth(comm, "ef-sgd", settings)
+    assert growth <= LIMIT, (f"rank {comm.Get_rank()}: ef-sgd --compressor {compressor} steps "
+                             f"grew the traced peak by {growth} bytes\n{where}")

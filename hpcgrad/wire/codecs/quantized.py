@@ -88,22 +88,29 @@ class QSGDCodec(Codec):
                                  padded_body, np.empty(len(segments), dtype=np.float32))
         return EncodedBody(self.id, self.flags(bits, next_bits), length)
 
-    def decode_into(self, body, count, flags, out, *, segments=None, accumulate=False,
-                    norms=None, what="message") -> None:
-        """Decode (validating) into ``out`` (float32, ``count``); ``accumulate`` adds in
-        float32 instead.  ``norms``: float32 scratch of one entry per tensor."""
+    def check_body(self, length, count, flags, *, segments=None, what="message"):
+        """The checks of a body's framing before its fields are read: the flags, the
+        tensors against ``count``, ``length`` against the width's.  Returns ``(b,
+        segments)``."""
         self.check_flags(flags, what)
-        offsets = self._offsets if not segments and self.segments else None
         segments = segments or self.segments or [count]
         if sum(segments) != count:
             raise WireFormatError(f"{what}: the tensors ({sum(segments)} coordinates) do not "
                                   f"cover the message's count {count}")
         bits = flags & 0x1F
         expected = quantize.body_length(segments, bits)
-        if body.size != expected:
-            raise WireFormatError(f"{what}: body_length {body.size} does not match {self.name} "
+        if length != expected:
+            raise WireFormatError(f"{what}: body_length {length} does not match {self.name} "
                                   f"at {bits} bits for {len(segments)} tensors of {count} "
                                   f"coordinates ({expected} bytes)")
+        return bits, segments
+
+    def decode_into(self, body, count, flags, out, *, segments=None, accumulate=False,
+                    norms=None, what="message") -> None:
+        """Decode (validating) into ``out`` (float32, ``count``); ``accumulate`` adds in
+        float32 instead.  ``norms``: float32 scratch of one entry per tensor."""
+        offsets = self._offsets if not segments and self.segments else None
+        bits, segments = self.check_body(body.size, count, flags, segments=segments, what=what)
         if bits == 0:
             values = body.view("<f4")
             if accumulate:

@@ -365,11 +365,13 @@ class DQSGD(QSGD):
     def _widest(self, config) -> int:
         return int(config.max_bits)
 
-    def _add_norm(self, w, header):
-        super()._add_norm(w, header)
-        if self.tensor_squares is not None:
-            norms = self.compressor.norms.astype(np.float64)
-            self.tensor_squares += norms * norms
+    def _grad_norm_of(self, uplinks) -> float:
+        if self.tensor_squares is not None:  # the error-target rule: per-tensor squares too
+            nseg = len(self.segments)
+            for w in range(uplinks.workers):  # worker order, from the checked bodies' norms
+                norms = uplinks.padded_body(w)[: 4 * nseg].view("<f4").astype(np.float64)
+                self.tensor_squares += norms * norms
+        return super()._grad_norm_of(uplinks)
 
     def _next_bits(self, step, grad_norm):
         if self.tensor_squares is None:

@@ -91,10 +91,14 @@ class FeedbackStep:
         body[: 8 * ((c.count + 63) // 64)] = 0  # whole words, as the CPU packer writes
         body[: packed_length(c.count)] = xp.packbits(negative, bitorder="little")
         scale = np.float32(device_quantize.running_sums(d)[2] / c.count)
-        SCALED_SIGN.write_scale(body, c.count, scale)
+        # The scale's 4 bytes go in as bytes: at ceil(d/8) they need not be 4-byte aligned,
+        # and a float32 store there would be a misaligned access on a GPU.
+        probe = self._scale_probe
+        SCALED_SIGN.write_scale(probe, 0, scale)
+        at = packed_length(c.count)
+        body[at: at + 4] = to_device(xp, probe[:4])
         uplink.write(SCALED_SIGN.id, 0, SCALED_SIGN.body_length(c.count))
-        SCALED_SIGN.write_scale(self._scale_probe, 0, scale)  # refused as the decoder does
-        scale = SCALED_SIGN.check_scale(self._scale_probe, 0, f"own uplink at step {ctx.step}")
+        scale = SCALED_SIGN.check_scale(probe, 0, f"own uplink at step {ctx.step}")  # as decoded
         if feed_back:  # the decoder's c = 0 - (-scale)*(s + 0*0), then e - c
             s = xp.where(negative, np.float32(-1), np.float32(1))
             s *= -scale

@@ -129,3 +129,33 @@ def test_running_sums_add_in_index_order_as_the_cpu_path(n):
     from hpcgrad.kernels.device_quantize import running_sums
     values = (np.random.default_rng(n).standard_normal(n) * 1e3).astype(np.float32)
     assert running_sums(cupy.asarray(values)) == running_sums(values)
+
+
+@pytest.mark.parametrize("name,settings", [("terngrad", {}), ("ef-sgd", {"compressor": "topk"})])
+def test_state_restored_on_the_host_moves_to_the_device_on_first_use(name, settings):
+    # A checkpoint restores the residual and the momentum buffer as NumPy arrays.
+    segments = (4097, 3)
+    d = sum(segments)
+    cpu, gpu = build(name, d, segments, **settings), build(name, d, segments, **settings)
+    rng = np.random.default_rng(3)
+    state = rng.standard_normal(d).astype(np.float32)
+    for alg in (cpu, gpu):
+        alg.sgd.buffer = state.copy()
+        if name == "ef-sgd":
+            alg.residual = state.copy()
+    x_cpu = rng.standard_normal(d).astype(np.float32)
+    x_gpu = cupy.asarray(x_cpu)
+    g = rng.standard_normal(d).astype(np.float32)
+    a, host = uplink_buffer(cpu, 1), uplink_buffer(gpu, 1)
+    b = StagedMessage(host, cupy.zeros(host.padded_body.shape, np.uint8))
+    a.begin(0)
+    b.begin(0)
+    cpu.worker_step(context(cpu, 1, 0, x_cpu), g.copy(), a)
+    gpu.worker_step(context(gpu, 1, 0, x_gpu), cupy.asarray(g), b)
+    n = a.header.body_length
+    assert b.padded_body[:n].get().tobytes() == a.padded_body[:n].tobytes()
+    cpu.apply(context(cpu, 1, 0, x_cpu), g)
+    gpu.apply(context(gpu, 1, 0, x_gpu), g)
+    assert x_cpu.tobytes() == x_gpu.get().tobytes()
+    assert isinstance(gpu.sgd.buffer, cupy.ndarray)
+    assert cpu.sgd.buffer.tobytes() == gpu.sgd.buffer.get().tobytes()

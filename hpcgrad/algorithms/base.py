@@ -161,13 +161,21 @@ class MomentumSGD:
         self.lr, self.mu, self.wd = f32(lr), f32(momentum), f32(weight_decay)
         self.buffer = self.scratch = None  # allocated on first use, where params live
 
+    def _place_buffer(self, like) -> None:
+        """The buffer where ``like`` lives: allocated on first use, or moved there once (a
+        checkpoint restores it on the host; a GPU worker's steps run on the device)."""
+        xp = kernels.array_module(like)
+        if self.buffer is None:
+            self.buffer = xp.zeros_like(like)
+        elif kernels.array_module(self.buffer) is not xp:
+            self.buffer = xp.asarray(self.buffer)
+
     def update(self, params, grad, out) -> None:
         """``buf <- mu*buf + (g + wd*x)``, then ``out <- lr*buf``: the step ``x -= out``
         without taking it (error feedback sends it).  ``params`` may be None when the
         weight decay is 0 (a benchmark's exchange, which has no model)."""
         xp = kernels.array_module(grad)
-        if self.buffer is None:  # a checkpoint may have restored it already
-            self.buffer = xp.zeros_like(grad)
+        self._place_buffer(grad)
         if params is None:
             if self.wd:
                 raise ValueError("momentum SGD with weight decay needs the parameters")
@@ -183,14 +191,13 @@ class MomentumSGD:
         xp = kernels.array_module(params)
         if self.scratch is None:
             self.scratch = xp.empty_like(params)
+        self._place_buffer(params)
         if self.wd:
             self.update(params, grad, self.scratch)
         else:
             # Without weight decay ``x*0 + g`` is ``g`` (up to the sign of a zero), so the two
             # passes that form it are skipped: four passes over d instead of six, the same
             # float32 operations in the same order otherwise.
-            if self.buffer is None:
-                self.buffer = xp.zeros_like(grad)
             self.buffer *= self.mu
             self.buffer += grad
             xp.multiply(self.buffer, self.lr, out=self.scratch)

@@ -37,8 +37,10 @@ import numpy as np
 from ..compression import compressors
 from ..compression.compressors import COMPRESSORS
 from ..compression.feedback import Residual, residual_of
+from ..compression.on_device import on_device
+from ..compression.on_device_feedback import FeedbackStep
 from ..compression.fused_selection import CompensatedTopK, LocalStepUpdate
-from ..kernels import fused_feedback
+from ..kernels import array_module, fused_feedback
 from ..wire.codecs import FP32, SCALED_SIGN
 from ..options import Option, fail
 from .base import Algorithm, MomentumSGD
@@ -76,8 +78,6 @@ class ErrorFeedbackSGD(Algorithm):
     options = (COMPRESSOR, FEEDBACK, ERROR_AVERAGING, SERVER_FEEDBACK)
     # ef-sgd refused the other algorithms' settings before they were declared: it still does.
     refuses_others = True
-    devices = ("cpu",)
-    device_note = "compresses on the host"
     hints = {"k_per_worker": "use --sparsity",
              "selection": "the topk compressor always selects exactly",
              "topk_values": "the topk compressor sends fp32 values",
@@ -121,6 +121,7 @@ class ErrorFeedbackSGD(Algorithm):
         self.update = np.zeros(d, dtype=np.float32)   # u, then the aggregate a
         self.decoded = np.zeros(d, dtype=np.float32)  # C(d) as the receiver decodes it
         self._saved = None  # step-ahead: x, while the gradient is taken at x - e
+        self.device_step = FeedbackStep(self)  # CuPy gradients
 
     def metadata(self) -> dict:
         # segments (every compressor) and k_per_segment (topk, randomk): a decoder of the
@@ -143,8 +144,10 @@ class ErrorFeedbackSGD(Algorithm):
     def before_gradient(self, ctx):
         if self.feedback == "step-ahead":
             params = ctx.params
+            if on_device(params):  # e is allocated on the host: to the model's device
+                self.device_step.place_state(params)
             if self._saved is None:
-                self._saved = np.empty_like(params)
+                self._saved = array_module(params).empty_like(params)
             self._saved[...] = params
             params -= self.residual
 
@@ -157,9 +160,9 @@ class ErrorFeedbackSGD(Algorithm):
         if self.feedback != "step-ahead" or not self.sgd.wd or ctx.params is None:
             return ctx.params
         if self._saved is None:  # before_gradient did not run (a step without a model)
-            self._saved = np.empty_like(ctx.params)
+            self._saved = array_module(ctx.params).empty_like(ctx.params)
         # _saved held x for the backward pass; x is back in ctx.params, so it is free.
-        return np.subtract(ctx.params, self.residual, out=self._saved)
+        return array_module(ctx.params).subtract(ctx.params, self.residual, out=self._saved)
 
     #: Worker steps through the fused kernels (issue 19); False: the reference path, the
     #: same bytes (bench micro times both).
@@ -168,6 +171,8 @@ class ErrorFeedbackSGD(Algorithm):
     _fused_topk = None
 
     def worker_step(self, ctx, grad, uplink):
+        if on_device(grad):
+            return self.device_step(ctx, grad, uplink)
         if self._fused_worker_step(ctx, grad, uplink):
             return
         u = self.update
@@ -257,4 +262,6 @@ class ErrorFeedbackSGD(Algorithm):
         return self.decoded
 
     def apply(self, ctx, decoded):
+        if on_device(ctx.params):
+            return self.device_step.apply(ctx.params, decoded)
         ctx.params -= decoded

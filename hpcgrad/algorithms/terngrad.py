@@ -38,6 +38,7 @@ import math
 import numpy as np
 
 from ..compression.compressors import QSGDCompressor
+from ..compression.on_device import TernaryStep, on_device
 from ..errors import NonFiniteError
 from ..kernels import quantize
 from ..kernels.jit import njit
@@ -117,8 +118,6 @@ class TernGrad(Algorithm):
     order = 55
     docs = "docs/algorithms/terngrad.md"
     options = (TERNGRAD_CLIP,)
-    devices = ("cpu",)
-    device_note = "ternarizes on the host"
     defaults = {"lr": 0.1, "momentum": 0.9}
     variable_length = True  # the header's flags carry the width, as for any qsgd body
     state_names = ("sgd.buffer",)
@@ -137,12 +136,15 @@ class TernGrad(Algorithm):
         self.up_length = 4 * nseg + sum(quantize.section_lengths(self.segments, TERNARY_BITS))
         self.mean = np.zeros(num_params, dtype=np.float32)
         self.sgd = MomentumSGD(num_params, config.lr, config.momentum, config.weight_decay)
+        self.device_step = TernaryStep(self)  # CuPy gradients
 
     def metadata(self) -> dict:
         return {"segments": self.segments, "terngrad_clip": self.clip}
 
     # ---------------------------------------------------------------- worker
     def worker_step(self, ctx, grad, uplink):
+        if on_device(grad):
+            return self.device_step(ctx, grad, uplink)
         body = uplink.padded_body
         nseg = len(self.segments)
         key = quantize.stream_key(self.seed, ctx.step, ctx.rank)
@@ -169,4 +171,6 @@ class TernGrad(Algorithm):
         return self.mean
 
     def apply(self, ctx, mean):
+        if on_device(ctx.params):
+            return self.device_step.apply(self.sgd, ctx.params, mean)
         self.sgd.step(ctx.params, mean)

@@ -241,7 +241,18 @@ class WorkerMean:
         rank = comm.Get_rank()
         self.workers = comm.Split(MPI.UNDEFINED if rank == 0 else 0, rank)
         self.count = 0 if rank == 0 else self.workers.Get_size()
+        self._host = None  # a GPU array's host copy (MPICH from PyPI reads no GPU memory)
 
     def replace_by_mean(self, array) -> None:
-        self.workers.Allreduce(MPI.IN_PLACE, [array, MPI.FLOAT], op=MPI.SUM)
-        array /= np.float32(self.count)
+        """In place; a GPU (CuPy) array is staged through a host buffer allocated once, and
+        divided there, so its bits are a host array's."""
+        host = array
+        if not isinstance(array, np.ndarray):
+            if self._host is None:
+                self._host = np.empty(array.size, dtype=np.float32)
+            host = self._host
+            array.get(out=host)
+        self.workers.Allreduce(MPI.IN_PLACE, [host, MPI.FLOAT], op=MPI.SUM)
+        host /= np.float32(self.count)
+        if host is not array:
+            array.set(host)

@@ -275,8 +275,15 @@ class _Sparse(SparseValues, choice=False):
         tensor l's entries times ``numel_l / K_l`` (rand-K's estimator; tensor l must have
         exactly K_l entries).  fp16 values saturate at +-65504 and are rounded here, so
         ``values`` holds what the receiver decodes.  Returns the header sent."""
+        np.take(values, self.positions[:nnz], out=self.values[:nnz])
+        self.finish_values(nnz, unbiased=unbiased)
+        return self.write_entries(self.positions, self.values, nnz, message)
+
+    def finish_values(self, nnz: int, *, unbiased: bool = False) -> None:
+        """``values[:nnz]``, gathered at ``positions[:nnz]``, made what the receiver decodes:
+        rand-K's ``numel_l / K_l`` (``unbiased``), the fp16 saturation and rounding; sets
+        ``nnz`` (:meth:`send_at`'s rules, for a device step that gathers on the device)."""
         pos, vals = self.positions[:nnz], self.values[:nnz]
-        np.take(values, pos, out=vals)
         if unbiased:
             bounds = np.searchsorted(pos, self.offsets)  # where each tensor's entries start
             for l, (n, k) in enumerate(zip(self.segments, self.ks)):
@@ -285,7 +292,6 @@ class _Sparse(SparseValues, choice=False):
             np.clip(vals, np.float32(-65504), np.float32(65504), out=vals)
             vals[...] = vals.astype(np.float16)
         self.nnz = nnz
-        return self.write_entries(self.positions, self.values, nnz, message)
 
 
 class TopKCompressor(_Sparse):
@@ -317,12 +323,16 @@ class RandomK(_Sparse):
                "scaled by numel_l/K_l (unbiased)")
 
     def compress(self, ctx, values, message):
+        return self.send_at(values, self.choose(ctx), message, unbiased=True)
+
+    def choose(self, ctx) -> int:
+        """``positions[:end]`` <- this step's random positions (sender ``ctx.rank``); ``end``."""
         end = 0
         for l, (o, n, k) in enumerate(zip(self.offsets, self.segments, self.ks)):
             rng = np.random.default_rng([self.seed, ctx.step, ctx.rank, l])
             self.positions[end: end + k] = np.sort(rng.choice(n, size=k, replace=False)) + o
             end += k
-        return self.send_at(values, end, message, unbiased=True)
+        return end
 
 
 class SparseSigns(Compressor, choice=False):

@@ -17,6 +17,7 @@ exchange copies back before ``Gatherv``: a round trip of one body, K entries, no
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -215,3 +216,51 @@ class QuantizeStep:
             self._mean = xp.empty(mean.shape, dtype=np.float32)
         self._mean.set(mean)
         sgd.step(params, self._mean)
+
+
+class TernaryStep:
+    """terngrad's worker step: per tensor the clipping bound from the gradient's mean and
+    variance (float64 sums in index order, :func:`~hpcgrad.kernels.device_quantize.
+    running_sums`), the scale ``s_l = max min(|g|, bound)``, and the 2-bit section packed
+    where the gradient lives straight into the message's body, as :class:`QuantizeStep`.
+    ``alg`` is the :class:`~hpcgrad.algorithms.terngrad.TernGrad`."""
+
+    def __init__(self, alg):
+        self.alg = alg
+        self._quantize = QuantizeStep(alg.compressor)  # its update: the same SGD on the mean
+
+    def __call__(self, ctx, grad, message) -> None:
+        alg = self.alg
+        offsets, scales, clip = alg.offsets, alg.scales, alg.clip
+        key = quantize.stream_key(alg.seed, ctx.step, ctx.rank)
+        nseg = len(alg.segments)
+        body = message.padded_body
+        xp = array_module(body)
+        at = 4 * nseg
+        for l in range(nseg):
+            lo, hi = int(offsets[l]), int(offsets[l + 1])
+            values = grad[lo:hi]
+            total, squares, _ = device_quantize.running_sums(values)
+            if not np.isfinite(squares):
+                raise NonFiniteError(f"terngrad: tensor {l} of rank {ctx.rank}'s gradient at "
+                                     f"step {ctx.step} is not finite")
+            n = hi - lo
+            bound = math.inf
+            if clip > 0.0 and n > 0:
+                mean = total / n
+                variance = max(squares / n - mean * mean, 0.0)
+                if variance > 0.0:
+                    bound = float(np.float32(clip * math.sqrt(variance)))
+            top = 0.0  # the bound is a float32 (or inf): min(|v|, bound) is exact in float32
+            if n:
+                top = max(top, float(xp.minimum(xp.abs(values), np.float32(bound)).max()))
+            scales[l] = np.float32(top)
+            section = device_quantize.ternarize_section(values, lo, bound, top, key)
+            body[at: at + section.size] = section
+            at += section.size
+        body[: 4 * nseg] = to_device(xp, scales.view(np.uint8))
+        message.write(QSGDCodec.id, QSGDCodec.flags(alg.compressor.bits), alg.up_length)
+
+    def apply(self, sgd, params, mean) -> None:
+        """The update on the device: ``MomentumSGD`` on the fp32 mean of the downlink."""
+        self._quantize.apply(sgd, params, mean)

@@ -23,6 +23,7 @@ from .generic import _xp
 from .quantize import GOLDEN, _M1, _M2, _TWO_M53
 
 _SEQUENTIAL_SUM = None  # the CuPy kernel, compiled on first use
+_RUNNING_SUMS = None  # the CuPy kernel of :func:`running_sums`, compiled on first use
 
 
 def sum_of_squares(values) -> float:
@@ -45,6 +46,35 @@ def sum_of_squares(values) -> float:
     out = xp.zeros(1, dtype=np.float64)
     _SEQUENTIAL_SUM((1,), (1,), (xp.ascontiguousarray(values), np.int64(values.size), out))
     return float(out.get()[0])
+
+
+def running_sums(values) -> tuple[float, float, float]:
+    """``(sum v_i, sum v_i**2, sum |v_i|)`` in float64, each added in index order: the
+    Numba loops' bits (terngrad's mean and variance, the ``scaled-sign`` scale).  On CuPy a
+    one-thread kernel, as :func:`sum_of_squares` (**never run on a GPU yet**)."""
+    xp = _xp(values)
+    if values.size == 0:
+        return 0.0, 0.0, 0.0
+    if xp is np:
+        x = values.astype(np.float64)
+        total = float(np.cumsum(x)[-1])
+        magnitude = float(np.cumsum(np.abs(x))[-1])
+        x *= x  # exact: a float32 squared fits a float64
+        return total, float(np.cumsum(x)[-1]), magnitude
+    global _RUNNING_SUMS
+    if _RUNNING_SUMS is None:
+        _RUNNING_SUMS = xp.RawKernel(r"""
+        extern "C" __global__ void running_sums(const float* v, long long n, double* out) {
+            double s = 0.0, s2 = 0.0, sa = 0.0;
+            for (long long i = 0; i < n; ++i) {
+                double x = (double)v[i]; s += x; s2 += x * x; sa += fabs(x);
+            }
+            out[0] = s; out[1] = s2; out[2] = sa;
+        }""", "running_sums", options=("--fmad=false",))
+    out = xp.zeros(3, dtype=np.float64)
+    _RUNNING_SUMS((1,), (1,), (xp.ascontiguousarray(values), np.int64(values.size), out))
+    total, squares, magnitude = (float(x) for x in out.get())
+    return total, squares, magnitude
 
 
 def _mix(z):
@@ -95,3 +125,26 @@ def quantize_section(values, start: int, bits: int, key, norm):
     shifts = xp.arange(bits, dtype=np.uint64)
     planes = ((fields[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
     return xp.packbits(planes.ravel(), bitorder="little")
+
+
+def _pack_fields(xp, fields, bits: int):
+    """``fields`` (uint64, one per coordinate) packed ``bits`` a field, LSB first."""
+    shifts = xp.arange(bits, dtype=np.uint64)
+    planes = ((fields[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
+    return xp.packbits(planes.ravel(), bitorder="little")
+
+
+def ternarize_section(values, start: int, bound: float, top: float, key):
+    """TernGrad's packed 2-bit section (``ceil(n/4)`` bytes) of one tensor ``values`` whose
+    first coordinate has flat index ``start``: :func:`hpcgrad.algorithms.terngrad.
+    ternarize_pack`'s fields, ``a = min(|v|, bound)`` sent as sign * [a >= top or u < a/top]
+    (bit 0 the level, bit 1 the sign), in float64, with the same coins."""
+    xp = _xp(values)
+    n = values.size
+    fields = xp.zeros(n, dtype=np.uint64)
+    if top > 0.0 and n:
+        v = values.astype(np.float64)
+        a = xp.minimum(xp.abs(v), np.float64(bound))
+        sent = (v != 0.0) & ((a >= top) | (uniform(xp, key, start, start + n) < a / top))
+        fields = sent.astype(np.uint64) * xp.where(v < 0.0, np.uint64(3), np.uint64(1))
+    return _pack_fields(xp, fields, 2)

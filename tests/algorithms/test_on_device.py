@@ -1,7 +1,8 @@
 """The device-side worker steps and updates (hpcgrad/compression/on_device.py), run with NumPy
-arrays, against the CPU path byte for byte: for s3gd-mv, topk, qsgd and dq-sgd, over several steps (so that
-residuals, momentum and the previous union / aggregate matter), every uplink message, the
-parameters after each update and the residuals are identical.  A GPU worker runs the same
+arrays, against the CPU path byte for byte: for s3gd-mv, topk, qsgd, dq-sgd, terngrad and ef-sgd
+(every compressor and feedback), over several steps (so that residuals, momentum and the
+previous union / aggregate matter), every uplink message, the parameters after each update,
+the residuals and the momentum buffers are identical.  A GPU worker runs the same
 code with CuPy arrays (tests/gpu/ on a machine with a GPU)."""
 
 import numpy as np
@@ -37,7 +38,8 @@ def run_both(name, segments, steps=4, workers=3, kind="normal", seed=0, **settin
     server = make()
     rng = np.random.default_rng(seed)
     x0 = rng.standard_normal(d).astype(np.float32)
-    params = {"cpu": [x0.copy() for _ in range(workers)], "dev": [x0.copy() for _ in range(workers)]}
+    params = {"cpu": [x0.copy() for _ in range(workers)],
+              "dev": [x0.copy() for _ in range(workers)]}
     capacity = max(c.max_body_length(d) for c in server.uplink_codecs())
     for step in range(steps):
         up = Uplinks(workers + 1, HEADER_SIZE + capacity)
@@ -47,7 +49,15 @@ def run_both(name, segments, steps=4, workers=3, kind="normal", seed=0, **settin
             a, b = uplink_buffer(cpu[w], rank), uplink_buffer(dev[w], rank)
             a.begin(step)
             b.begin(step)
-            cpu[w].worker_step(context(cpu[w], rank, step, params["cpu"][w]), g.copy(), a)
+            ctx_cpu = context(cpu[w], rank, step, params["cpu"][w])
+            ctx_dev = context(dev[w], rank, step, params["dev"][w])
+            if name == "ef-sgd":  # step-ahead moves the model to x - e for the backward pass
+                cpu[w].before_gradient(ctx_cpu)
+                dev[w].before_gradient(ctx_dev)
+                assert params["cpu"][w].tobytes() == params["dev"][w].tobytes()
+                cpu[w].after_gradient(ctx_cpu)
+                dev[w].after_gradient(ctx_dev)
+            cpu[w].worker_step(ctx_cpu, g.copy(), a)
             dev[w].device_step(*_step_args(name, dev[w], rank, step, params["dev"][w], g.copy(),
                                            b))
             assert a.wire.tobytes() == b.wire.tobytes(), f"worker {w} step {step}"
@@ -63,13 +73,17 @@ def run_both(name, segments, steps=4, workers=3, kind="normal", seed=0, **settin
             decoded = dev[w].decode(ctx, down)
             if name == "s3gd-mv":
                 dev[w].device_step.apply(dev[w], params["dev"][w], decoded)
-            elif name in ("qsgd", "dq-sgd"):
+            elif name in ("qsgd", "dq-sgd", "terngrad"):
                 dev[w].device_step.apply(dev[w].sgd, params["dev"][w], decoded)
+            elif name == "ef-sgd":
+                dev[w].device_step.apply(params["dev"][w], decoded)
             else:
                 dev[w].device_step.apply(params["dev"][w], dev[w].union_nnz)
             assert params["cpu"][w].tobytes() == params["dev"][w].tobytes()
             if getattr(cpu[w], "residual", None) is not None:
                 assert cpu[w].residual.tobytes() == dev[w].residual.tobytes()
+            if getattr(cpu[w], "sgd", None) is not None and cpu[w].sgd.buffer is not None:
+                assert cpu[w].sgd.buffer.tobytes() == dev[w].sgd.buffer.tobytes()
     return server
 
 
@@ -129,3 +143,57 @@ def test_qsgd_device_step_refuses_a_norm_beyond_float32_as_the_cpu_path_does():
         alg.device_step(context(alg, 1, 0), big, msg)
     with pytest.raises(NonFiniteError, match="norm of tensor 0 is not finite"):
         alg.worker_step(context(alg, 1, 0), big, msg)
+
+
+EF_SETTINGS = [{"feedback": "ef"}, {"feedback": "none"},
+               {"feedback": "step-ahead", "weight_decay": 0.01},
+               {"feedback": "step-ahead", "momentum": 0.0},
+               {"feedback": "ef", "weight_decay": 0.01, "error_averaging": 2}]
+
+
+@pytest.mark.parametrize("segments", SEGMENTS + [(1,), (64,), (65, 63)])
+@pytest.mark.parametrize("compressor", ["scaled-sign", "topk", "randomk", "qsgd", "identity"])
+@pytest.mark.parametrize("settings", EF_SETTINGS)
+def test_ef_sgd_device_step_sends_the_cpu_bytes(segments, compressor, settings):
+    extra = {"sparsity": 0.2} if compressor in ("topk", "randomk") else {}
+    if compressor in ("topk", "randomk") and sum(segments) < 2:
+        pytest.skip("K < d needs two coordinates")
+    for kind, seed in (("normal", 0), ("ties", 1)):
+        run_both("ef-sgd", segments, kind=kind, seed=seed, compressor=compressor,
+                 **extra, **settings)
+
+
+def test_ef_sgd_server_feedback_leaves_the_device_step_unchanged():
+    # --server-feedback is the server's (on the host): the workers' bytes are the same.
+    run_both("ef-sgd", (101, 3, 250), compressor="topk", sparsity=0.1, server_feedback=True)
+    run_both("ef-sgd", (101, 3, 250), compressor="scaled-sign", server_feedback=True)
+
+
+@pytest.mark.parametrize("segments", SEGMENTS + [(1,), (0, 5), (4,), (7, 1, 9)])
+@pytest.mark.parametrize("settings", [{}, {"terngrad_clip": 0.0}, {"terngrad_clip": 1.0},
+                                      {"weight_decay": 0.01, "momentum": 0.0}])
+def test_terngrad_device_step_ternarizes_with_the_cpu_coins(segments, settings):
+    for kind, seed in (("normal", 0), ("ties", 1)):
+        run_both("terngrad", segments, kind=kind, seed=seed, **settings)
+
+
+def test_ef_sgd_device_step_refuses_a_non_finite_scale_as_the_cpu_path_does():
+    from hpcgrad.errors import WireFormatError
+    for path in ("worker_step", "device_step"):
+        alg = build("ef-sgd", 4, 2, [4], compressor="scaled-sign", lr=1.0, momentum=0.0)
+        msg = uplink_buffer(alg, 1)
+        msg.begin(0)
+        with pytest.raises(WireFormatError, match="scaled-sign scale inf is not a finite"):
+            getattr(alg, path)(context(alg, 1, 0), np.array([1, np.inf, 0, -1], np.float32), msg)
+
+
+def test_terngrad_device_step_refuses_a_non_finite_gradient_as_the_cpu_path_does():
+    from hpcgrad.errors import NonFiniteError
+    for path in ("worker_step", "device_step"):
+        alg = build("terngrad", 6, 2, [3, 3])
+        msg = uplink_buffer(alg, 1)
+        msg.begin(0)
+        g = np.ones(6, np.float32)
+        g[4] = np.nan
+        with pytest.raises(NonFiniteError, match="tensor 1 of rank 1's gradient at step 0"):
+            getattr(alg, path)(context(alg, 1, 0), g, msg)

@@ -165,8 +165,8 @@ def test_settings():
     with pytest.warns(IgnoredSettingWarning, match="--terngrad-clip: a setting of --algorithm "
                                                    "terngrad; this run uses --algorithm qsgd"):
         TrainConfig(algorithm="qsgd", terngrad_clip=1.0).resolved()
-    with pytest.raises(ConfigError, match="terngrad"):
-        config(device="cuda")
+    # Its worker step runs where the gradient lives (tests/algorithms/test_on_device.py).
+    assert config(device="cuda").device == "cuda"
 
 
 def test_an_inverting_adversary_flips_every_sent_sign():

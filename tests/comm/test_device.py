@@ -24,7 +24,7 @@ LENGTHS = [0, 1, 7, 63, 64, 65, 1000, 100_003]
 
 
 @pytest.mark.skipif(HAS_GPU, reason="checks the message on a machine without a GPU")
-@pytest.mark.parametrize("algorithm", ["signum-mv", "s3gd-mv"])
+@pytest.mark.parametrize("algorithm", ["signum-mv", "ef-sgd", "terngrad"])
 def test_cuda_device_without_a_gpu_is_a_clear_error(tmp_path, algorithm):
     result = run_mpi(3, ["train", "--algorithm", algorithm, "--device", "cuda",
                          "--iterations", "5", "--quiet", "--log", str(tmp_path / "run.h5")],

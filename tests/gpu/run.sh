@@ -45,6 +45,11 @@ CASES=(
   "ef-sgd-topk|--algorithm ef-sgd --compressor topk"
   "ef-sgd-randomk|--algorithm ef-sgd --compressor randomk"
   "ef-sgd-qsgd|--algorithm ef-sgd --compressor qsgd"
+  "ef-sgd-identity|--algorithm ef-sgd --compressor identity"
+  "ef-sgd-topk-none|--algorithm ef-sgd --compressor topk --feedback none"
+  "ef-sgd-step-ahead-wd-averaging|--algorithm ef-sgd --feedback step-ahead --weight-decay 0.001 --error-averaging 2"
+  "ef-sgd-server-feedback|--algorithm ef-sgd --compressor topk --server-feedback"
+  "terngrad-no-clip|--algorithm terngrad --terngrad-clip 0"
 )
 : > "$OUT/compare.txt"
 for entry in "${CASES[@]}"; do

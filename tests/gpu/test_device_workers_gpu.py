@@ -1,6 +1,7 @@
-"""On a GPU: the device-side worker steps (s3gd-mv, topk, qsgd, dq-sgd) (hpcgrad/compression/on_device.py) with CuPy arrays
-send the CPU path's bytes and leave the CPU path's parameters and residuals; a steady-state
-step takes no new device memory from the driver (CuPy's pool stops growing).
+"""On a GPU: the device-side worker steps (s3gd-mv, topk, qsgd, dq-sgd, terngrad:
+hpcgrad/compression/on_device.py; ef-sgd: hpcgrad/compression/on_device_feedback.py) with
+CuPy arrays send the CPU path's bytes and leave the CPU path's parameters and residuals; a
+steady-state step takes no new device memory from the driver (CuPy's pool stops growing).
 
 Written without a GPU and never run yet (see tests/gpu/run.sh); skips without CuPy or a GPU.
 """
@@ -67,7 +68,12 @@ def build(name, d, segments, **settings):
     ("s3gd-mv", {"weight_decay": 0.01}), ("topk", {}), ("topk", {"topk_values": "fp16"}),
     ("topk", {"topk_selection": "aggregate-hint"}), ("topk", {"topk_selection": "union-boost"}),
     ("topk", {"topk_selection": "shared-random", "unbiased": True}),
-    ("qsgd", {}), ("qsgd", {"bits": 2}), ("qsgd", {"bits": 16}), ("dq-sgd", {})])
+    ("qsgd", {}), ("qsgd", {"bits": 2}), ("qsgd", {"bits": 16}), ("dq-sgd", {}),
+    ("terngrad", {}), ("terngrad", {"terngrad_clip": 0.0}),
+    ("ef-sgd", {"compressor": "scaled-sign"}), ("ef-sgd", {"compressor": "topk"}),
+    ("ef-sgd", {"compressor": "randomk"}), ("ef-sgd", {"compressor": "qsgd"}),
+    ("ef-sgd", {"compressor": "identity"}), ("ef-sgd", {"compressor": "topk", "feedback": "none"}),
+    ("ef-sgd", {"compressor": "scaled-sign", "feedback": "step-ahead", "weight_decay": 0.01})])
 def test_cupy_worker_sends_the_cpu_bytes_through_a_staged_device_twin(name, settings):
     segments = (200_003, 1, 4097)
     d = sum(segments)
@@ -82,14 +88,23 @@ def test_cupy_worker_sends_the_cpu_bytes_through_a_staged_device_twin(name, sett
         b = StagedMessage(host, cupy.zeros(host.padded_body.shape, np.uint8))
         a.begin(step)
         b.begin(step)
+        if name == "ef-sgd":  # step-ahead: the model at x - e for the backward pass, and back
+            for alg, x in ((cpu, x_cpu), (gpu, x_gpu)):
+                alg.before_gradient(context(alg, 1, step, x))
+                alg.after_gradient(context(alg, 1, step, x))
         cpu.worker_step(context(cpu, 1, step, x_cpu), g.copy(), a)
         gpu.worker_step(context(gpu, 1, step, x_gpu), cupy.asarray(g), b)
         n = a.header.body_length
         assert b.header == a.header
         # What the exchange copies to the host before Gatherv: the device twin's body.
         assert b.padded_body[:n].get().tobytes() == a.padded_body[:n].tobytes()
-        if cpu.residual is not None:
+        if getattr(cpu, "residual", None) is not None:
             assert cpu.residual.tobytes() == gpu.residual.get().tobytes()
+        if name in ("ef-sgd", "terngrad"):  # the update from a downlink: x - C(a), SGD on a
+            mean = rng.standard_normal(d).astype(np.float32)
+            cpu.apply(context(cpu, 1, step, x_cpu), mean)
+            gpu.apply(context(gpu, 1, step, x_gpu), mean)
+            assert x_cpu.tobytes() == x_gpu.get().tobytes()
 
 
 def test_a_steady_state_step_takes_no_new_device_memory():
@@ -107,3 +122,40 @@ def test_a_steady_state_step_takes_no_new_device_memory():
         cupy.cuda.get_current_stream().synchronize()
         totals.append(pool.total_bytes())
     assert totals[2:] == [totals[2]] * (len(totals) - 2), totals
+
+
+@pytest.mark.parametrize("n", [1, 4097, 1_000_003])
+def test_running_sums_add_in_index_order_as_the_cpu_path(n):
+    from hpcgrad.kernels.device_quantize import running_sums
+    values = (np.random.default_rng(n).standard_normal(n) * 1e3).astype(np.float32)
+    assert running_sums(cupy.asarray(values)) == running_sums(values)
+
+
+@pytest.mark.parametrize("name,settings", [("terngrad", {}), ("ef-sgd", {"compressor": "topk"})])
+def test_state_restored_on_the_host_moves_to_the_device_on_first_use(name, settings):
+    # A checkpoint restores the residual and the momentum buffer as NumPy arrays.
+    segments = (4097, 3)
+    d = sum(segments)
+    cpu, gpu = build(name, d, segments, **settings), build(name, d, segments, **settings)
+    rng = np.random.default_rng(3)
+    state = rng.standard_normal(d).astype(np.float32)
+    for alg in (cpu, gpu):
+        alg.sgd.buffer = state.copy()
+        if name == "ef-sgd":
+            alg.residual = state.copy()
+    x_cpu = rng.standard_normal(d).astype(np.float32)
+    x_gpu = cupy.asarray(x_cpu)
+    g = rng.standard_normal(d).astype(np.float32)
+    a, host = uplink_buffer(cpu, 1), uplink_buffer(gpu, 1)
+    b = StagedMessage(host, cupy.zeros(host.padded_body.shape, np.uint8))
+    a.begin(0)
+    b.begin(0)
+    cpu.worker_step(context(cpu, 1, 0, x_cpu), g.copy(), a)
+    gpu.worker_step(context(gpu, 1, 0, x_gpu), cupy.asarray(g), b)
+    n = a.header.body_length
+    assert b.padded_body[:n].get().tobytes() == a.padded_body[:n].tobytes()
+    cpu.apply(context(cpu, 1, 0, x_cpu), g)
+    gpu.apply(context(gpu, 1, 0, x_gpu), g)
+    assert x_cpu.tobytes() == x_gpu.get().tobytes()
+    assert isinstance(gpu.sgd.buffer, cupy.ndarray)
+    assert cpu.sgd.buffer.tobytes() == gpu.sgd.buffer.get().tobytes()

@@ -4,9 +4,10 @@ steps (hpcgrad/compression/on_device.py) on NumPy arrays -- forced by the test-o
 server and worker 1 run the CPU path.  The run must end with the replica check passing (exit
 0) and log exactly the bytes the golden recordings hold for the same settings
 (tests/golden_runs.json): every recorded message, per-step column, eval and the final
-parameters' hash.  A GPU worker runs the same code with CuPy arrays.  Two cases (about 30 s
-each on 2 cores): qsgd / dq-sgd's device step is checked byte for byte without MPI
-(tests/algorithms/test_on_device.py)."""
+parameters' hash.  A GPU worker runs the same code with CuPy arrays.  Three cases (about 30 s
+each on 2 cores); ef-sgd's is step-ahead with error averaging (the model moved to x - e and
+back, the residual averaged with the CPU workers'); qsgd / dq-sgd / terngrad and ef-sgd's
+other compressors are checked byte for byte without MPI (tests/algorithms/test_on_device.py)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def flags(settings) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("case", ["s3gd-mv-threshold", "topk-aggregate-hint-fp16"])
+@pytest.mark.parametrize("case", ["s3gd-mv-threshold", "topk-aggregate-hint-fp16",
+                                  "ef-sgd-scaled-sign-step-ahead-averaging"])
 def test_a_worker_on_the_device_path_sends_the_recorded_bytes(tmp_path, case):
     log = tmp_path / f"{case}.h5"
     args = ["-m", "mpi4py", "-m", "hpcgrad", "train", "--quiet", "--log", str(log),

@@ -55,6 +55,7 @@ from ..wire.codecs import (BASE3, FP32, SCALED_SIGN, SPARSE_SIGN, SPARSE_VALUES,
                           _check_padding_bits, encode_qsgd, encode_sparse_ternary)
 from ..errors import WireFormatError
 from ..kernels import fused_server, quantize
+from ..kernels.sparse import sample
 from .selection import TopKSelector, k_by_fraction, require_k_below_d
 
 
@@ -316,11 +317,24 @@ class RandomK(_Sparse):
     summary = ("K_l = ceil(--sparsity * numel_l) seeded random entries of each tensor, "
                "scaled by numel_l/K_l (unbiased)")
 
+    def __init__(self, config, segments, offsets, ks=None, fp16: bool = False):
+        super().__init__(config, segments, offsets, ks, fp16)
+        # Work arrays of Generator.choice's algorithms, made once: the draw allocates nothing.
+        pairs = list(zip(self.segments, self.ks))
+        self._hash_set = np.empty(max([sample.hash_set_size(k) for _, k in pairs] + [1]),
+                                  dtype=np.uint64)
+        self._order = np.empty(max([n for n, k in pairs if sample.tail_shuffle(n, k)] + [0]),
+                               dtype=np.int64)
+
     def compress(self, ctx, values, message):
         end = 0
         for l, (o, n, k) in enumerate(zip(self.offsets, self.segments, self.ks)):
+            # A generator per (seed, step, rank, tensor): the positions depend on nothing
+            # else, so a restored run or another rank can redraw them.
             rng = np.random.default_rng([self.seed, ctx.step, ctx.rank, l])
-            self.positions[end: end + k] = np.sort(rng.choice(n, size=k, replace=False)) + o
+            chosen = self.positions[end: end + k]
+            sample.choice_sorted(rng, n, k, chosen, self._hash_set, self._order)
+            chosen += o
             end += k
         return self.send_at(values, end, message, unbiased=True)
 

@@ -319,23 +319,12 @@ class RandomK(_Sparse):
 
     def __init__(self, config, segments, offsets, ks=None, fp16: bool = False):
         super().__init__(config, segments, offsets, ks, fp16)
-        # Work arrays of Generator.choice's algorithms, made once: the draw allocates nothing.
-        pairs = list(zip(self.segments, self.ks))
-        self._hash_set = np.empty(max([sample.hash_set_size(k) for _, k in pairs] + [1]),
-                                  dtype=np.uint64)
-        self._order = np.empty(max([n for n, k in pairs if sample.tail_shuffle(n, k)] + [0]),
-                               dtype=np.int64)
+        self.draws = sample.SeededPositions(self.segments, self.offsets, self.ks)
 
     def compress(self, ctx, values, message):
-        end = 0
-        for l, (o, n, k) in enumerate(zip(self.offsets, self.segments, self.ks)):
-            # A generator per (seed, step, rank, tensor): the positions depend on nothing
-            # else, so a restored run or another rank can redraw them.
-            rng = np.random.default_rng([self.seed, ctx.step, ctx.rank, l])
-            chosen = self.positions[end: end + k]
-            sample.choice_sorted(rng, n, k, chosen, self._hash_set, self._order)
-            chosen += o
-            end += k
+        # A generator per (seed, step, rank, tensor): the positions depend on nothing else,
+        # so a restored run redraws them; the draw allocates no K-sized arrays.
+        end = self.draws.draw([self.seed, ctx.step, ctx.rank], self.positions)
         return self.send_at(values, end, message, unbiased=True)
 
 

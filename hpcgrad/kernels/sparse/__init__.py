@@ -29,12 +29,12 @@ from .merge import merge_sum, merge_vote
 from .positions import (BITMAP, CODING_NAMES, RAW, RICE, decode_positions,
                         decode_sparse_sign, encode_positions, encode_sparse_sign,
                         position_bits, raw_width, sparse_sign_bits)
-from .sample import choice_sorted
+from .sample import SeededPositions, choice_sorted
 from .scatter import (scatter_direction, scatter_values, sparse_sign_update, ternary_planes,
                       zero_at)
 
-__all__ = ["BITMAP", "CODING_NAMES", "RAW", "RICE", "abs_into", "base3", "choice_sorted",
-           "count_above", "decode_base3", "decode_positions", "decode_sparse_sign",
+__all__ = ["BITMAP", "CODING_NAMES", "RAW", "RICE", "SeededPositions", "abs_into", "base3",
+           "choice_sorted", "count_above", "decode_base3", "decode_positions", "decode_sparse_sign",
            "encode_base3", "encode_positions", "encode_sparse_sign", "gather_above",
            "magnitude", "merge", "merge_sum", "merge_vote", "position_bits", "positions",
            "raw_width", "sample", "scatter", "scatter_direction", "scatter_values",

@@ -7,7 +7,7 @@ same generator -- Floyd's algorithm with a linear-probing hash set, or, when
 ``n > 10000 and k > n // 50``, a tail Fisher-Yates shuffle of ``range(n)`` -- into
 caller-provided arrays, so the positions, and the bytes sent, are the same.  The final
 shuffle ``choice`` applies to Floyd's result is skipped: it only permutes what is sorted
-here, and the generator is not used afterwards.  ``tests/compression/test_randomk_draw.py``
+here, and the generator is not used afterwards.  ``tests/kernels/test_randomk_draw.py``
 checks the identity against ``Generator.choice`` itself, since it rests on NumPy's
 ``_generator.pyx`` staying as it is.
 """

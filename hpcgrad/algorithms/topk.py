@@ -134,6 +134,8 @@ class TopKEF(Algorithm):
         self.unbiased = bool(config.unbiased)
         self.seed = config.seed
         self.up = TopKCompressor(config, self.segments, self.offsets, self.ks, self.fp16)
+        if self.rule == "shared-random":
+            self.shared_draws = sparse.SeededPositions(self.segments, self.offsets, self.ks)
         self.capacity = self.up.capacity  # entries of one uplink: K
         # Worker state: r (none for --unbiased: rand-K without memory), and the scores.
         self.memory = None if self.unbiased else Residual()
@@ -184,12 +186,7 @@ class TopKEF(Algorithm):
         many (shared-random; leader's followers), or None: this worker selects its own."""
         positions = self.up.positions
         if self.rule == "shared-random":
-            end = 0
-            for l, (o, n, k) in enumerate(zip(self.offsets, self.segments, self.ks)):
-                rng = np.random.default_rng([self.seed, step, l])
-                positions[end:end + k] = np.sort(rng.choice(n, size=k, replace=False)) + o
-                end += k
-            return end
+            return self.shared_draws.draw([self.seed, step], positions)
         if self.rule == "leader" and self.announced_nnz >= 0 and rank != self.leader(step):
             n = self.announced_nnz
             positions[:n] = self.announced[:n]

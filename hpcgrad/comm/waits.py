@@ -39,13 +39,17 @@ LOCAL_COUNT_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE",
 def _tasks_on_node(value: str, node: int) -> int | None:
     """Slurm's per-node task list (``2(x3),1``: 2 tasks on each of 3 nodes, then 1) at
     ``node``, or None if it does not parse or has no such node."""
-    counts = []
+    # Walked, not expanded: a list such as 1(x1000000) is read without a million-entry list.
+    first, count = 0, None
     for item in value.split(","):
         match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", item)
         if match is None:
             return None
-        counts += [int(match.group(1))] * int(match.group(2) or 1)
-    return counts[node] if 0 <= node < len(counts) else None
+        repeats = int(match.group(2) or 1)
+        if first <= node < first + repeats:
+            count = int(match.group(1))
+        first += repeats
+    return count
 
 #: What :func:`prefer_yield` decided in this process (None: it has not run).
 _decision: str | None = None

@@ -55,6 +55,7 @@ from ..wire.codecs import (BASE3, FP32, SCALED_SIGN, SPARSE_SIGN, SPARSE_VALUES,
                           _check_padding_bits, encode_qsgd, encode_sparse_ternary)
 from ..errors import WireFormatError
 from ..kernels import fused_server, quantize
+from ..kernels.sparse import sample
 from .selection import TopKSelector, k_by_fraction, require_k_below_d
 
 
@@ -322,17 +323,19 @@ class RandomK(_Sparse):
     summary = ("K_l = ceil(--sparsity * numel_l) seeded random entries of each tensor, "
                "scaled by numel_l/K_l (unbiased)")
 
+    def __init__(self, config, segments, offsets, ks=None, fp16: bool = False):
+        super().__init__(config, segments, offsets, ks, fp16)
+        self.draws = sample.SeededPositions(self.segments, self.offsets, self.ks)
+
     def compress(self, ctx, values, message):
         return self.send_at(values, self.choose(ctx), message, unbiased=True)
 
     def choose(self, ctx) -> int:
-        """``positions[:end]`` <- this step's random positions (sender ``ctx.rank``); ``end``."""
-        end = 0
-        for l, (o, n, k) in enumerate(zip(self.offsets, self.segments, self.ks)):
-            rng = np.random.default_rng([self.seed, ctx.step, ctx.rank, l])
-            self.positions[end: end + k] = np.sort(rng.choice(n, size=k, replace=False)) + o
-            end += k
-        return end
+        """``positions[:end]`` <- this step's random positions (sender ``ctx.rank``); ``end``.
+
+        A generator per (seed, step, rank, tensor): the positions depend on nothing else, so a
+        restored run redraws them; the draw allocates no K-sized arrays."""
+        return self.draws.draw([self.seed, ctx.step, ctx.rank], self.positions)
 
 
 class SparseSigns(Compressor, choice=False):

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import quantize
 from .jit import njit
-from .quantize import GOLDEN, _TWO_M53, _mix
+from .quantize import GOLDEN, _TWO_M53, _mix, norm_rounded_up
 
 # error_model "numpy": a float division by zero is IEEE, not a Python exception, so the
 # division by the norm needs no check in the loop (the norm is known > 0 there).
@@ -57,16 +57,9 @@ def quantize_pack(values, offsets, bits, key, norms, out, scratch):
     pos = 0
     for seg in range(offsets.size - 1):
         lo, hi = offsets[seg], offsets[seg + 1]
-        acc2 = 0.0
-        for i in range(lo, hi):
-            x = np.float64(values[i])
-            acc2 += x * x
-        r64 = math.sqrt(acc2)
-        r = np.float32(r64)
+        r = norm_rounded_up(values, lo, hi)
         if not np.isfinite(r):
             return -1
-        if np.float64(r) < r64:  # round up: |v_i| <= r, so every level is <= s
-            r = np.nextafter(r, np.float32(np.inf))
         norms[seg] = r
         rd = np.float64(r)
         n = hi - lo

@@ -90,6 +90,22 @@ def uniform(key, index):
 # ---------------------------------------------------------------- encoder --
 
 @_jit
+def norm_rounded_up(values, lo, hi):
+    """The L2 norm of ``values[lo:hi]``, summed in float64, as the float32 at or above it
+    (rounded up so ``|v_i| <= r`` and every level is at most ``s``); not finite when the
+    float32 overflows or a value is NaN or infinite."""
+    acc2 = 0.0
+    for i in range(lo, hi):
+        x = np.float64(values[i])
+        acc2 += x * x
+    r64 = math.sqrt(acc2)
+    r = np.float32(r64)
+    if np.isfinite(r) and np.float64(r) < r64:
+        r = np.nextafter(r, np.float32(np.inf))
+    return r
+
+
+@_jit
 def quantize_pack(values, offsets, bits, key, norms, fields):
     """Quantize ``values`` (float32, the flat vector) tensor by tensor and pack.
 
@@ -105,16 +121,9 @@ def quantize_pack(values, offsets, bits, key, norms, fields):
     out = 0
     for seg in range(offsets.size - 1):
         lo, hi = offsets[seg], offsets[seg + 1]
-        acc2 = 0.0
-        for i in range(lo, hi):
-            x = np.float64(values[i])
-            acc2 += x * x
-        r64 = math.sqrt(acc2)
-        r = np.float32(r64)
+        r = norm_rounded_up(values, lo, hi)
         if not np.isfinite(r):
             return -1
-        if np.float64(r) < r64:  # round up: |v_i| <= r, so every level is <= s
-            r = np.nextafter(r, np.float32(np.inf))
         norms[seg] = r
         rd = np.float64(r)
         acc = np.uint64(0)

@@ -77,14 +77,7 @@ def test_steady_state_steps_allocate_no_large_arrays(comm, name):
 
 @pytest.mark.mpi(min_size=3)
 @pytest.mark.parametrize("compressor", _every_compressor())
-def test_every_ef_sgd_compressor_allocates_no_large_arrays(request, comm, compressor):
-    if compressor == "randomk" and comm.Get_rank() != 0:
-        # Known, on the workers only (the server passes): the positions are
-        # Generator.choice(n, K, replace=False) of a new generator per step and tensor, which
-        # allocates K-sized arrays; drawing them allocation-free without changing the bytes
-        # is the worker half's (issue 19).
-        request.applymarker(pytest.mark.xfail(strict=True, reason="randomk's worker draw "
-                                              "allocates K-sized arrays"))
+def test_every_ef_sgd_compressor_allocates_no_large_arrays(comm, compressor):
     settings = {"compressor": compressor}
     if compressor in ("topk", "randomk"):
         settings["sparsity"] = 0.01

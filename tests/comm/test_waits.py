@@ -82,6 +82,8 @@ def test_train_says_so_in_the_summary_and_the_log(tmp_path):
     ({"PMI_SIZE": "5"}, (5, "PMI_SIZE")),
     ({"SLURM_STEP_TASKS_PER_NODE": "2(x3),1", "SLURM_NODEID": "3", "PMI_SIZE": "7"},
      (1, "SLURM_STEP_TASKS_PER_NODE")),
+    ({"SLURM_STEP_TASKS_PER_NODE": "1(x1000000000),3", "SLURM_NODEID": "1000000000"},
+     (3, "SLURM_STEP_TASKS_PER_NODE")),  # walked, not expanded into a list
     ({"SLURM_STEP_TASKS_PER_NODE": "4(x2)", "SLURM_NODEID": "1", "SLURM_NTASKS_PER_NODE": "4"},
      (4, "SLURM_STEP_TASKS_PER_NODE")),
     ({"SLURM_STEP_TASKS_PER_NODE": "2(x3)", "SLURM_NODEID": "5", "PMI_SIZE": "6"},

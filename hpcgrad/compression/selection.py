@@ -116,21 +116,9 @@ class TopK:
         sample.partition(rank)
         threshold = sample[rank]
         lo_count, hi_count = k * (1 - self.band), k * (1 + self.band)
-        below, above = np.float32(0), np.float32(np.inf)  # thresholds bracketing K
-        self.passes = 0
-        for _ in range(self.max_passes):
-            count = magnitude.count_above(values, threshold)
-            self.passes += 1
-            if lo_count <= count <= hi_count:
-                break
-            if count > hi_count:
-                below = max(below, threshold)
-            else:
-                above = min(above, threshold)
-            if np.isfinite(above):
-                threshold = np.float32((below + above) / 2)
-            else:
-                threshold = np.float32(threshold * 2 if threshold > 0 else 1e-30)
+        threshold, count, self.passes = magnitude.refine_threshold(
+            lambda t: magnitude.count_above(values, t), threshold, lo_count, hi_count,
+            self.max_passes)
         if not lo_count <= count <= hi_count:
             # Not within the band after max_passes (heavy ties, say): the exact rule keeps
             # the message within the capacity the receivers allocated.

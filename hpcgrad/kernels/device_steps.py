@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .generic import _xp
+from .sparse.magnitude import refine_threshold
 
 
 def to_host(array, out) -> None:
@@ -92,21 +93,10 @@ class DeviceTopK:
         rank = min(s - 1, max(0, s - int(round(k * s / n))))
         threshold = np.float32(sample[rank].item())
         lo_count, hi_count = k * (1 - self.band), k * (1 + self.band)
-        below, above = np.float32(0), np.float32(np.inf)
-        count = 0
-        for _ in range(self.max_passes):
-            count = int(xp.count_nonzero(magnitudes > threshold))
-            if lo_count <= count <= hi_count:
-                return threshold, count
-            if count > hi_count:
-                below = max(below, threshold)
-            else:
-                above = min(above, threshold)
-            if np.isfinite(above):
-                threshold = np.float32((below + above) / 2)
-            else:
-                threshold = np.float32(threshold * 2 if threshold > 0 else 1e-30)
-        return None
+        threshold, count, _ = refine_threshold(
+            lambda t: int(xp.count_nonzero(magnitudes > t)), threshold, lo_count, hi_count,
+            self.max_passes)
+        return (threshold, count) if lo_count <= count <= hi_count else None
 
     def _take(self, xp, values, magnitudes, threshold, k):
         above = magnitudes > threshold

@@ -13,6 +13,33 @@ from ..jit import njit
 _jit = njit(cache=True, nogil=True, boundscheck=False)
 
 
+def refine_threshold(count_above, threshold, lo_count, hi_count, max_passes):
+    """Bisect ``threshold`` (float32) until ``count_above(threshold)`` entries lie in
+    ``[lo_count, hi_count]``, at most ``max_passes`` counts; ``(threshold, count, passes)``.
+
+    The one refinement of the threshold rule: the CPU selector (a Numba count) and the device
+    step (an array count) call it with their own counter, so both reach the same float32
+    threshold, hence the same bytes.  The caller checks ``count`` against the band and falls
+    back to the exact rule when it is outside (heavy ties, say).
+    """
+    below, above = np.float32(0), np.float32(np.inf)  # thresholds bracketing K
+    count = passes = 0
+    for _ in range(max_passes):
+        count = count_above(threshold)
+        passes += 1
+        if lo_count <= count <= hi_count:
+            break
+        if count > hi_count:
+            below = max(below, threshold)
+        else:
+            above = min(above, threshold)
+        if np.isfinite(above):
+            threshold = np.float32((below + above) / 2)
+        else:
+            threshold = np.float32(threshold * 2 if threshold > 0 else 1e-30)
+    return threshold, count, passes
+
+
 @_jit
 def abs_into(values, out):
     for i in range(values.size):

@@ -74,13 +74,16 @@ def register(subparsers) -> None:
         description="Alpha-beta model of Gather + Bcast (parameter server) or Allreduce, priced "
                     "on the message sizes logged in RUN.h5. Either give the network "
                     "(--bandwidth, --latency), or fit alpha and beta to the measured times of "
-                    "runs at several world sizes (--fit) and check the fit on held-out runs "
-                    "(--holdout). Formulas: docs/analysis.md.")
+                    "runs at several world sizes (--fit; sharded, serverless and hierarchical "
+                    "runs are read as such from their logs) and check the fit on held-out runs "
+                    "(--holdout). --recommend prices the flat, sharded, serverless and "
+                    "hierarchical exchanges of M workers on n nodes with intra- and inter-node "
+                    "links and names the fastest. Formulas: docs/analysis.md.")
     pr.add_argument("run", nargs="?", metavar="RUN.h5",
                     help="whose message sizes to price (default: the first --holdout or --fit run)")
     pr.add_argument("--workers", "-P", nargs="+", type=int, metavar="P",
                     help="worker counts to project to (world size P + 1 for the parameter "
-                         "server, P for allreduce)")
+                         "server, P for allreduce); with --recommend, M: one table per value")
     pr.add_argument("--bandwidth", "-B", metavar="B",
                     help="link bandwidth, e.g. 100Gb/s, 12.5GB/s; a bare number is Gb/s")
     pr.add_argument("--latency", "-L", metavar="L",
@@ -106,6 +109,45 @@ def register(subparsers) -> None:
     pr.add_argument("--statistic", choices=("mean", "median"), default="mean",
                     help="measured time per step of a run: mean (default) or median over its "
                          "steps (robust to steps slowed by other load on a shared machine)")
+    rec = pr.add_argument_group(
+        "recommend", "--recommend: every topology's predicted exchange time per step for M "
+                     "workers (--workers) on n nodes, the fastest named. Message sizes: "
+                     "--algorithm with --params, or --uplink-bytes/--downlink-bytes, or RUN.h5's")
+    rec.add_argument("--recommend", action="store_true",
+                     help="price flat, sharded (each --servers S), serverless, hierarchical "
+                          "(forwarding; combining vote counts for signum-mv or --combine) and "
+                          "the fp32 Allreduce for reference; name the fastest")
+    nodes = rec.add_mutually_exclusive_group()
+    nodes.add_argument("--nodes", "-n", type=int, metavar="N",
+                       help="nodes the workers are spread over (default 1)")
+    nodes.add_argument("--workers-per-node", type=int, metavar="K",
+                       help="instead of --nodes: K workers per node, n = ceil(M/K) for each M")
+    rec.add_argument("--intra-bandwidth", metavar="B",
+                     help="a link within a node (shared memory, NVLink), e.g. 200GB/s")
+    rec.add_argument("--inter-bandwidth", metavar="B",
+                     help="a node's network link, shared by its ranks, e.g. 100Gb/s (needed "
+                          "when n > 1)")
+    rec.add_argument("--intra-latency", metavar="L", help="alpha within a node (default "
+                     "--latency, or 1us)")
+    rec.add_argument("--inter-latency", metavar="L", help="alpha between nodes (default "
+                     "--latency, or 1us)")
+    rec.add_argument("--algorithm", "-a", metavar="NAME",
+                     help="size the messages as this algorithm's (signum-mv, s3gd-mv, fp32-ps, "
+                          "fp16-ps) for --params d coordinates")
+    rec.add_argument("--params", "-d", metavar="D",
+                     help="model parameters d, e.g. 25.6M (for --algorithm, --combine and the "
+                          "fp32 Allreduce reference)")
+    rec.add_argument("--sparsity", type=float, default=0.01, metavar="S",
+                     help="s3gd-mv's fraction of coordinates sent (default 0.01)")
+    rec.add_argument("--uplink-bytes", metavar="U",
+                     help="one worker's whole uplink message, e.g. 3.2MB (instead of --algorithm)")
+    rec.add_argument("--downlink-bytes", metavar="V", help="the downlink message (default U)")
+    rec.add_argument("--servers", "-S", nargs="+", type=int, default=[2, 4, 8], metavar="S",
+                     help="shard counts to price for the sharded exchange (default 2 4 8)")
+    rec.add_argument("--combine", action="store_true",
+                     help="also price hierarchical combining (sign votes as per-node counts); "
+                          "on by default for signum-mv")
+    rec.add_argument("--json", action="store_true", help="print the tables as JSON")
     pr.set_defaults(analyze_func=cmd_project)
 
     p.set_defaults(func=run)
@@ -296,6 +338,10 @@ def cmd_project(args) -> int:
     from . import projection as P
     from . import reader
 
+    if args.recommend:
+        return cmd_recommend(args)
+    if args.json:
+        raise ValueError("--json goes with --recommend")
     if args.fit is None and args.run is None:
         raise ValueError("give RUN.h5 (with --bandwidth) or --fit RUNS...")
     if args.fit is None and args.bandwidth is None:
@@ -336,6 +382,7 @@ def _fit_and_check(args, out):
         raise ValueError("--fit needs runs at two different world sizes (or message sizes) at "
                          "least")
     result = P.fit(points)
+    args.fitted_network = result.network
     m = result.model
     out.append(f"fit of {', '.join(result.fitted)} to {len(points)} runs (measured: "
                f"{args.timing} timing, {args.statistic} per step after the first {args.skip} "
@@ -344,6 +391,10 @@ def _fit_and_check(args, out):
     out.append(f"  alpha = {m.alpha * 1e6:.4g} us, beta = {m.beta:.4g} s/B "
                f"(bandwidth {m.bandwidth / 1e9:.4g} GB/s = {m.bandwidth * 8 / 1e9:.4g} Gb/s), "
                f"gamma = {m.gamma:.4g} s/B")
+    if "beta_inter" in result.fitted or "alpha_inter" in result.fitted:
+        e = result.network.inter
+        out.append(f"  inter-node: alpha = {e.alpha * 1e6:.4g} us, beta = {e.beta:.4g} s/B "
+                   f"(bandwidth {e.bandwidth * 8 / 1e9:.4g} Gb/s)")
     if result.note:
         out.append(f"  note: {result.note}")
     out.append("")
@@ -352,18 +403,19 @@ def _fit_and_check(args, out):
         hold_logs = reader.open_runs(args.holdout)
         try:
             for log in hold_logs:
-                name, topo, p, up, down, meas = P.point(log, args.timing, args.skip, args.statistic)
-                rows.append(("held out", name, topo, p, meas,
-                             P.step_time(topo, p, up, down, m)["total"]))
+                pt = P.point(log, args.timing, args.skip, args.statistic)
+                rows.append(("held out", pt.name, pt.topology, pt.p, pt.measured,
+                             P.predict(pt, result.network)))
         finally:
             for log in hold_logs:
                 log.close()
-    out.append(f"  {'':9} {'run':28} {'topology':9} {'ranks':>5} {'measured ms':>12} "
+    width = max(9, *(len(r[2]) for r in rows))
+    out.append(f"  {'':9} {'run':28} {'topology':{width}} {'ranks':>5} {'measured ms':>12} "
                f"{'predicted ms':>13} {'error':>8}")
     for kind, name, topo, p, meas, pred in rows:
         err = (pred - meas) / meas
-        out.append(f"  {kind:9} {name[:28]:28} {topo:9} {p:5d} {_ms(meas):>12} {_ms(pred):>13} "
-                   f"{err:+8.1%}")
+        out.append(f"  {kind:9} {name[:28]:28} {topo:{width}} {p:5d} {_ms(meas):>12} "
+                   f"{_ms(pred):>13} {err:+8.1%}")
     groups = {}
     for kind, name, topo, p, meas, pred in rows:
         if kind == "held out":
@@ -372,8 +424,8 @@ def _fit_and_check(args, out):
         if len(pairs) > 1:
             meas = sum(a for a, _ in pairs) / len(pairs)
             pred = sum(b for _, b in pairs) / len(pairs)
-            out.append(f"  {'held out':9} {f'mean of {len(pairs)} runs':28} {topo:9} {p:5d} "
-                       f"{_ms(meas):>12} {_ms(pred):>13} {(pred - meas) / meas:+8.1%}")
+            out.append(f"  {'held out':9} {f'mean of {len(pairs)} runs':28} {topo:{width}} "
+                       f"{p:5d} {_ms(meas):>12} {_ms(pred):>13} {(pred - meas) / meas:+8.1%}")
     out.append("")
     return m
 
@@ -423,3 +475,170 @@ def _project_run(args, log, model, out) -> None:
     if show_ref:
         out.append("  (fp32 Allreduce = the data-parallel baseline of the same model, 4d bytes, "
                    "among the workers; ratio < 1: this run's scheme is faster)")
+
+
+# ---------------------------------------------------------------------- project --recommend
+
+def _recommend_network(args, multi_node: bool):
+    """The two link classes from the flags (a fit's, where ``--fit`` gave one)."""
+    from . import projection as P
+
+    fitted = None
+    if args.fit:
+        _fit_and_check(args, [])
+        fitted = args.fitted_network
+    default_latency = P.parse_latency(args.latency) if args.latency is not None else 1e-6
+
+    def link(bandwidth, latency, flag, fallback):
+        if bandwidth is None:
+            if fallback is not None:
+                return fallback
+            raise ValueError(f"--recommend needs {flag} (or --fit runs)")
+        alpha = P.parse_latency(latency) if latency is not None else default_latency
+        return P.CostModel(alpha, 1.0 / P.parse_bandwidth(bandwidth))
+
+    intra = link(args.intra_bandwidth or args.bandwidth, args.intra_latency, "--intra-bandwidth",
+                 fitted.intra if fitted else None)
+    if multi_node:
+        inter = link(args.inter_bandwidth, args.inter_latency,
+                     "--inter-bandwidth for more than one node",
+                     fitted.inter if fitted and fitted.inter is not fitted.intra else None)
+        if inter.beta < intra.beta:
+            raise ValueError(f"--inter-bandwidth {args.inter_bandwidth} is faster than the "
+                             "intra-node link: the model takes a node's own links as the fast "
+                             "ones (swap them?)")
+    else:
+        inter = intra
+    gamma = 1.0 / P.parse_bandwidth(args.reduce_rate) if args.reduce_rate else 0.0
+    return P.Network(intra, inter, gamma)
+
+
+def _recommend_sizes(args):
+    """(uplink, downlink, d, what): numbers or callables of M, and where they come from."""
+    from . import projection as P
+    from . import reader
+
+    params = int(P.parse_count(args.params, "--params")) if args.params is not None else 0
+    if args.params is not None and params < 1:
+        raise ValueError(f"--params must be at least 1, got {args.params}")
+    if args.algorithm and (args.uplink_bytes or args.downlink_bytes):
+        raise ValueError("give --algorithm or --uplink-bytes/--downlink-bytes, not both")
+    if args.algorithm:
+        if not params:
+            raise ValueError(f"--algorithm {args.algorithm} needs --params d (e.g. 25.6M)")
+        P.algorithm_bytes(args.algorithm, params, 2, args.sparsity)  # checks the name
+        exact = args.algorithm != "s3gd-mv"
+        what = (f"{args.algorithm}, d = {params:,}: messages "
+                + ("exact (fixed-size codec)" if exact else
+                   f"estimated (sparsity {args.sparsity:g}; the downlink, the union of the "
+                   "workers' supports, grows with M)"))
+        return (lambda m: P.algorithm_bytes(args.algorithm, params, m, args.sparsity)[0],
+                lambda m: P.algorithm_bytes(args.algorithm, params, m, args.sparsity)[1],
+                params, args.algorithm, what)
+    if args.uplink_bytes:
+        up = P.parse_bytes(args.uplink_bytes)
+        down = P.parse_bytes(args.downlink_bytes) if args.downlink_bytes else up
+        return up, down, params, None, f"uplink {up:,.0f} B, downlink {down:,.0f} B (given)"
+    if args.downlink_bytes:
+        raise ValueError("--downlink-bytes needs --uplink-bytes")
+    if args.run:
+        with reader.open_log(args.run) as log:
+            up, down = P.message_sizes(log)
+            d, algorithm = params or log.num_params, log.algorithm
+        return up, down, d, algorithm, (f"{algorithm}, d = {d:,}: uplink {up:,.0f} B, downlink "
+                                        f"{down:,.0f} B (mean logged sizes of {args.run})")
+    raise ValueError("--recommend needs message sizes: --algorithm NAME --params D, or "
+                     "--uplink-bytes U [--downlink-bytes V], or RUN.h5")
+
+
+def cmd_recommend(args) -> int:
+    import json
+    import math
+
+    from . import projection as P
+
+    if not args.workers:
+        raise ValueError("--recommend needs --workers M")
+    if any(w < 1 for w in args.workers):
+        raise ValueError("--workers must be at least 1")
+    if args.holdout and not args.fit:
+        raise ValueError("--holdout needs --fit")
+    if args.topology:
+        raise ValueError("--topology does not go with --recommend (it prices every topology)")
+    if any(s < 1 for s in args.servers):
+        raise ValueError("--servers must be at least 1")
+    cases = []
+    for m in args.workers:
+        if args.workers_per_node is not None:
+            if args.workers_per_node < 1:
+                raise ValueError("--workers-per-node must be at least 1")
+            n = math.ceil(m / args.workers_per_node)
+        else:
+            n = 1 if args.nodes is None else args.nodes
+            if n < 1:
+                raise ValueError("--nodes must be at least 1")
+            if n > m:
+                raise ValueError(f"--nodes {n} exceeds --workers {m}: every node needs a worker")
+        cases.append((m, n))
+    up, down, d, algorithm, what = _recommend_sizes(args)
+    net = _recommend_network(args, any(n > 1 for _, n in cases))
+    combine = args.combine or algorithm == "signum-mv"
+    if combine and not d:
+        raise ValueError("--combine needs --params d (the vote counts are per coordinate)")
+    results = []
+    for m, n in cases:
+        layouts = P.candidate_layouts(m, n, args.servers, combine, d)
+        r = P.recommend(layouts, up, down, net, reference=4.0 * d if d else None)
+        flat = next(row for row in r["rows"] if row["kind"] == "flat")
+        best = next(row for row in r["rows"] if row["topology"] == r["best"])
+        r.update(workers=m, nodes=n, per_node=math.ceil(m / n),
+                 speedup_vs_flat=flat["seconds"] / best["seconds"] if best["seconds"] else None)
+        results.append(r)
+    if args.json:
+        print(json.dumps({"sizes": what, "network": _network_json(net), "cases": results},
+                         indent=1))
+        return 0
+    out = [f"recommend: {what}", f"network: {_network_text(net, any(n > 1 for _, n in cases))}"]
+    for r in results:
+        out += [""] + _recommend_table(r)
+    out += ["", "(predicted by the alpha-beta model, not measured; docs/analysis.md has the "
+                "equations and what each topology sends on which link)"]
+    print("\n".join(out))
+    return 0
+
+
+def _network_json(net) -> dict:
+    return {"intra": {"alpha_s": net.intra.alpha, "beta_s_per_byte": net.intra.beta},
+            "inter": {"alpha_s": net.inter.alpha, "beta_s_per_byte": net.inter.beta},
+            "gamma_s_per_byte": net.gamma}
+
+
+def _network_text(net, multi_node: bool) -> str:
+    def one(m):
+        return f"{m.bandwidth * 8 / 1e9:.4g} Gb/s ({m.bandwidth / 1e9:.4g} GB/s), " \
+               f"alpha {m.alpha * 1e6:.3g} us"
+    text = f"intra-node {one(net.intra)}"
+    return text + (f"; inter-node {one(net.inter)}" if multi_node else " (one node)")
+
+
+def _recommend_table(r) -> list[str]:
+    m, n, k = r["workers"], r["nodes"], r["per_node"]
+    lines = [f"{m} workers on {n} node{'s' if n > 1 else ''} ({k} per node at most):",
+             f"  {'topology':26} {'predicted ms':>13} {'x fastest':>10} {'up B/worker':>13} "
+             f"{'down B':>13} {'intra MB':>10} {'inter MB':>10}"]
+    best = min(row["seconds"] for row in r["rows"] if row["ranked"])
+    for row in r["rows"]:
+        links = row["link_bytes"]
+        name = row["topology"] + ("" if row["ranked"] else " (ref.)")
+        lines.append(f"  {name:26} {_ms(row['seconds']):>13} {row['seconds'] / best:10.2f} "
+                     f"{row['uplink_bytes']:13,.0f} {row['downlink_bytes']:13,.0f} "
+                     f"{links['intra'] / 1e6:10.2f} {links['inter'] / 1e6:10.2f}")
+    text = f"  fastest: {r['best']}"
+    if r["runner_up"]:
+        text += (f", {r['margin']:.2f}x faster than the runner-up {r['runner_up']}"
+                 f" and {r['speedup_vs_flat']:.2f}x faster than flat")
+    lines.append(text)
+    lines.append("  (intra / inter MB: bytes per step on the busiest link of each class, summed "
+                 "over the stages; ref.: the fp32 Allreduce of the same d, uncompressed: shown, "
+                 "not ranked)")
+    return [ln for ln in lines if ln]

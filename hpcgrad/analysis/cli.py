@@ -97,8 +97,10 @@ def register(subparsers) -> None:
                          "(of the logged buffer for an allreduce log, else of the fp32 gradient, "
                          "4d bytes). Default: the run's own")
     pr.add_argument("--fit", nargs="+", metavar="RUN.h5",
-                    help="fit alpha and beta (and gamma when separable) to these runs' measured "
-                         "communication time per step (runs at several world sizes)")
+                    help="fit alpha and beta (and gamma when separable; inter-node alpha and "
+                         "beta from runs spanning hosts) to these runs' measured communication "
+                         "time per step (runs at several world sizes); a .json file is a "
+                         "'hpcgrad bench exchange --json' result, one point per algorithm")
     pr.add_argument("--holdout", nargs="+", metavar="RUN.h5",
                     help="runs not used in the fit: print the fit's prediction against their "
                          "measured time and the relative error")
@@ -361,23 +363,45 @@ def cmd_project(args) -> int:
         out.append(f"network: alpha = {model.alpha * 1e6:.3g} us, bandwidth = "
                    f"{model.bandwidth * 8 / 1e9:.4g} Gb/s (beta = {model.beta:.4g} s/B), "
                    f"gamma = {model.gamma:.4g} s/B")
-    path = args.run or (args.holdout or args.fit)[0]
+    path = args.run or next((str(p) for p in [*(args.holdout or []), *(args.fit or [])]
+                             if not str(p).endswith(".json")), None)
+    if path is None:  # benchmark results only: the fit is the answer
+        if args.workers:
+            raise ValueError("--workers projects a log's message sizes: give RUN.h5 (or use "
+                             "--recommend)")
+        print("\n".join(out))
+        return 0
     with reader.open_log(path) as log:
         _project_run(args, log, model, out)
     print("\n".join(out))
     return 0
 
 
-def _fit_and_check(args, out):
+def _points(paths, args) -> list:
+    """Fit points of logs (read as :func:`projection.point`) and of ``hpcgrad bench exchange
+    --json`` files (``.json``: one point per algorithm in it)."""
     from . import projection as P
     from . import reader
 
-    fit_logs = reader.open_runs(args.fit)
-    try:
-        points = [P.point(log, args.timing, args.skip, args.statistic) for log in fit_logs]
-    finally:
-        for log in fit_logs:
-            log.close()
+    points = []
+    logs = [p for p in paths if not str(p).endswith(".json")]
+    for path in paths:
+        if str(path).endswith(".json"):
+            points += P.bench_points(path)
+    if logs:
+        runs = reader.open_runs(logs)
+        try:
+            points += [P.point(log, args.timing, args.skip, args.statistic) for log in runs]
+        finally:
+            for log in runs:
+                log.close()
+    return points
+
+
+def _fit_and_check(args, out):
+    from . import projection as P
+
+    points = _points(args.fit, args)
     if len({(pt[1], pt[2], round(pt[3]), round(pt[4])) for pt in points}) < 2:
         raise ValueError("--fit needs runs at two different world sizes (or message sizes) at "
                          "least")
@@ -399,16 +423,9 @@ def _fit_and_check(args, out):
         out.append(f"  note: {result.note}")
     out.append("")
     rows = [("fit", *r) for r in result.rows]
-    if args.holdout:
-        hold_logs = reader.open_runs(args.holdout)
-        try:
-            for log in hold_logs:
-                pt = P.point(log, args.timing, args.skip, args.statistic)
-                rows.append(("held out", pt.name, pt.topology, pt.p, pt.measured,
-                             P.predict(pt, result.network)))
-        finally:
-            for log in hold_logs:
-                log.close()
+    for pt in _points(args.holdout or [], args):
+        rows.append(("held out", pt.name, pt.topology, pt.p, pt.measured,
+                     P.predict(pt, result.network)))
     width = max(9, *(len(r[2]) for r in rows))
     out.append(f"  {'':9} {'run':28} {'topology':{width}} {'ranks':>5} {'measured ms':>12} "
                f"{'predicted ms':>13} {'error':>8}")
@@ -602,7 +619,7 @@ def cmd_recommend(args) -> int:
     for r in results:
         out += [""] + _recommend_table(r)
     out += ["", "(predicted by the alpha-beta model, not measured; docs/analysis.md has the "
-                "equations and what each topology sends on which link)"]
+                "equations\n and what each topology sends on which link)"]
     print("\n".join(out))
     return 0
 
@@ -639,6 +656,6 @@ def _recommend_table(r) -> list[str]:
                  f" and {r['speedup_vs_flat']:.2f}x faster than flat")
     lines.append(text)
     lines.append("  (intra / inter MB: bytes per step on the busiest link of each class, summed "
-                 "over the stages; ref.: the fp32 Allreduce of the same d, uncompressed: shown, "
-                 "not ranked)")
+                 "over the stages;\n   ref.: the fp32 Allreduce of the same d, uncompressed: "
+                 "shown, not ranked)")
     return [ln for ln in lines if ln]

@@ -346,9 +346,10 @@ def algorithm_bytes(algorithm: str, params: int, workers: int,
     ``s3gd-mv`` is an estimate: K = sparsity*d entries, positions coded at their gap entropy
     (at least 1 bit, +0.05 bit) plus a sign bit; the downlink is the ternary vote over the
     union of the M supports, taken as independent (d(1 - (1 - sparsity)^M) coordinates),
-    coded the cheapest of positions + signs, 1.6 bits per coordinate (base 3) and 2 bits per coordinate.  Real
-    supports overlap more, so the downlink estimate is an upper bound.  At d = 25.6M, M = 4 it
-    gives 292 kB up and 890 kB down; docs/benchmarks.md measured 291,528 and 891,277.
+    coded the cheapest of positions + signs, 1.6 bits per coordinate (base 3) and 2 bits per
+    coordinate.  Real supports overlap more, so the downlink estimate is an upper bound.  At
+    d = 25.6M, M = 4 it gives 292 kB up and 899 kB down; docs/benchmarks.md measured 291,528
+    and 891,277.
     """
     d = int(params)
     if d < 1:
@@ -679,6 +680,71 @@ def point(log: RunLog, timing: str = DEFAULT_TIMING, skip: int = DEFAULT_SKIP,
                  mean_comm_time(log, timing, skip, statistic), layout)
 
 
+# ---------------------------------------------------------------------- benchmark results
+
+#: Phases of ``hpcgrad bench exchange`` that are computation, not communication.
+BENCH_COMPUTE_PHASES = ("encode", "aggregate", "decode", "update")
+
+
+def bench_points(path) -> list[Point]:
+    """Fit points of a ``hpcgrad bench exchange --json`` file: one per algorithm in it.
+
+    Measured communication per step: the benchmark's exchange time (``total_s``: per step the
+    slowest rank's phases summed, steps started after a barrier, median) minus the medians of
+    its computation phases (encode, aggregate, decode, update; slowest rank).  The fp32
+    Allreduce is a point of topology ``allreduce`` (its ``allreduce_s``, 4d bytes).  The
+    exchange is read from the file's ``servers``, ``hierarchy`` and ``ranks_per_node`` keys when
+    present (flat, one server, when not), as :func:`log_layout` reads a log's attributes.
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+        d, size = int(doc["params"]), int(doc["world_size"])
+        algorithms = dict(doc["algorithms"])
+        hosts = len(set(doc.get("hostnames") or ["?"]))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a 'hpcgrad bench exchange --json' result ({exc})") \
+            from None
+    servers = doc.get("servers", 1)
+    out = []
+    for name, r in algorithms.items():
+        label = f"{path.stem}:{name}"
+        if name == "allreduce":
+            layout = Layout("allreduce", size, hosts=hosts)
+            out.append(Point(label, "allreduce", size, 4.0 * d, 4.0 * d,
+                             float(doc.get("allreduce_s", r.get("allreduce_s"))), layout))
+            continue
+        if str(servers).lower() == "all":
+            layout = Layout("serverless", size, hosts=hosts)
+        elif doc.get("hierarchy") == "node":
+            k = int(doc.get("ranks_per_node") or 0)
+            workers = int(doc["workers"])
+            nodes = max(1, min(workers, math.ceil(size / k) if k else hosts))
+            layout = Layout("hierarchical", workers, nodes, params=d, hosts=hosts,
+                            combine=doc.get("hierarchy_mode") == "combining" and name ==
+                            "signum-mv")
+        elif int(servers) > 1:
+            layout = Layout("sharded", int(doc["workers"]), servers=int(servers), hosts=hosts)
+        else:
+            layout = Layout("flat", int(doc["workers"]), hosts=hosts)
+        phases = r["phases_s"]
+        measured = float(r["total_s"]) - sum(float(phases.get(p, 0.0))
+                                             for p in BENCH_COMPUTE_PHASES)
+        pieces = layout.servers if layout.kind == "sharded" else \
+            layout.workers if layout.kind == "serverless" else 1
+        extra = (pieces - 1) * HEADER_BYTES
+        up = float(r["bytes_up_per_worker"]) - extra
+        down = float(r["bytes_down"]) - extra
+        label_kind = "ps" if layout.kind == "flat" else layout.label
+        out.append(Point(label, label_kind, size, up, down, max(measured, 1e-9), layout))
+    return out
+
+
 # ---------------------------------------------------------------------- units
 
 _PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
@@ -754,6 +820,7 @@ def check_topology(topology: str) -> str:
 
 __all__ = ["CostModel", "EXCHANGES", "FitResult", "Layout", "LogError", "Network", "Point",
            "TIMINGS", "TOPOLOGIES", "algorithm_bytes", "allreduce_time", "bcast_time",
+           "bench_points",
            "candidate_layouts", "comm_times", "exchange_stages", "exchange_time", "fit",
            "gather_time", "lg", "log_layout", "mean_comm_time", "message_sizes",
            "parse_bandwidth", "parse_bytes", "parse_latency", "point", "predict", "recommend",

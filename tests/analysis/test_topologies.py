@@ -292,3 +292,42 @@ def test_recommend_network_errors():
     assert_clean_error(analyze("project", "--workers", 4, "--json", "-B", 10,
                                "--fit", "x.h5"), "--json goes with --recommend")
     assert math.isfinite(P.parse_count("25.6M")) and P.parse_count("25.6M") == 25.6e6
+
+
+def _bench_json(path, ranks, truth, d=1_000_000, **extra):
+    """A ``hpcgrad bench exchange --json`` result whose fp32-ps exchange takes the model's
+    time plus 3 ms of computation phases."""
+    workers = ranks - 1
+    size = 4 * d + H
+    comm = P.exchange_time(P.Layout("flat", workers), size, size, truth)["total"]
+    phases = {"encode": 1e-3, "gather": comm / 2, "aggregate": 1e-3, "bcast": comm / 2,
+              "decode": 0.5e-3, "update": 0.5e-3}
+    allreduce = P.allreduce_time(ranks, 4 * d, truth.intra)
+    doc = {"params": d, "world_size": ranks, "workers": workers, "allreduce_s": allreduce,
+           "algorithms": {"fp32-ps": {"total_s": comm + 3e-3, "phases_s": phases,
+                                      "bytes_up_per_worker": size, "bytes_down": size},
+                          "allreduce": {"total_s": allreduce + 5e-3, "allreduce_s": allreduce,
+                                        "phases_s": dict(phases, gather=allreduce),
+                                        "bytes_up_per_worker": 4 * d, "bytes_down": 4 * d}},
+           **extra}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_fit_and_holdout_on_bench_results(tmp_path):
+    truth = P.Network.uniform(P.CostModel(alpha=30e-6, beta=2e-9))
+    files = [_bench_json(tmp_path / f"b{p}.json", p, truth) for p in (3, 5, 9)]
+    points = P.bench_points(files[0])
+    assert {pt.name for pt in points} == {"b3:fp32-ps", "b3:allreduce"}
+    r = analyze("project", "--fit", *files[:2], "--holdout", files[2])
+    assert r.returncode == 0, r.stderr
+    assert "alpha = 30 us" in r.stdout and "beta = 2e-09 s/B" in r.stdout, r.stdout
+    held = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("held out")]
+    assert len(held) == 2 and all(ln.split()[-1] in ("+0.0%", "-0.0%") for ln in held)
+    sharded = P.bench_points(_bench_json(tmp_path / "s.json", 9, truth, servers=2))
+    assert {pt.layout.kind for pt in sharded} == {"sharded", "allreduce"}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"params": 5}')
+    assert_clean_error(analyze("project", "--fit", bad, files[0]),
+                       "not a 'hpcgrad bench exchange --json' result")
+    assert_clean_error(analyze("project", "--fit", *files, "--workers", 64), "give RUN.h5")

@@ -502,7 +502,7 @@ def _recommend_network(args, multi_node: bool):
 
     fitted = None
     if args.fit:
-        _fit_and_check(args, [])
+        _fit_and_check(args, args.fit_lines)
         fitted = args.fitted_network
     default_latency = P.parse_latency(args.latency) if args.latency is not None else 1e-6
 
@@ -598,6 +598,7 @@ def cmd_recommend(args) -> int:
                 raise ValueError(f"--nodes {n} exceeds --workers {m}: every node needs a worker")
         cases.append((m, n))
     up, down, d, algorithm, what = _recommend_sizes(args)
+    args.fit_lines = []
     net = _recommend_network(args, any(n > 1 for _, n in cases))
     combine = args.combine or algorithm == "signum-mv"
     if combine and not d:
@@ -615,7 +616,8 @@ def cmd_recommend(args) -> int:
         print(json.dumps({"sizes": what, "network": _network_json(net), "cases": results},
                          indent=1))
         return 0
-    out = [f"recommend: {what}", f"network: {_network_text(net, any(n > 1 for _, n in cases))}"]
+    out = args.fit_lines + [f"recommend: {what}",
+                            f"network: {_network_text(net, any(n > 1 for _, n in cases))}"]
     for r in results:
         out += [""] + _recommend_table(r)
     out += ["", "(predicted by the alpha-beta model, not measured; docs/analysis.md has the "

@@ -528,9 +528,18 @@ def log_servers(log: RunLog):
     return servers
 
 
+def _setting(log: RunLog, key: str, default):
+    """A run setting: the root attribute, else the ``config`` attribute's entry."""
+    if key in log.meta:
+        return log.meta[key]
+    config = log.meta.get("config")
+    return config.get(key, default) if isinstance(config, dict) else default
+
+
 def log_layout(log: RunLog) -> Layout:
     """The exchange a log records, from its attributes ``algorithm``, ``servers``,
-    ``hierarchy`` (``flat`` / ``node``), ``ranks_per_node`` and ``hostnames``; a log without
+    ``hierarchy`` (``flat`` / ``node``; ``hierarchy_mode`` ``combining`` for vote counts),
+    ``ranks_per_node`` (an attribute or an entry of ``config``) and ``hostnames``; a log without
     them (written before issue 18) is the flat single server.  Emulated nodes
     (``--ranks-per-node K`` on one host) are blocks of K consecutive ranks, rank 0 (the
     server) in the first, and every link of them is intra-node."""
@@ -542,8 +551,8 @@ def log_layout(log: RunLog) -> Layout:
     if servers == "all":
         return Layout("serverless", max(1, log.world_size), min(hosts, log.world_size),
                       hosts=hosts)
-    if str(log.meta.get("hierarchy", "flat")) == "node":
-        per_node = int(log.meta.get("ranks_per_node", 0) or 0)
+    if str(_setting(log, "hierarchy", "flat")) == "node":
+        per_node = int(_setting(log, "ranks_per_node", 0) or 0)
         nodes = math.ceil(log.world_size / per_node) if per_node > 0 else hosts
         nodes = max(1, min(nodes, workers))
         combine = str(log.meta.get("hierarchy_mode", "")) == "combining"

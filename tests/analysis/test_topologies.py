@@ -193,6 +193,13 @@ def test_topology_read_from_the_log(tmp_path):
     with open_log(hier) as log:  # 6 ranks in blocks of 2: 3 nodes, one host
         layout = P.log_layout(log)
         assert (layout.kind, layout.nodes, layout.multi_host) == ("hierarchical", 3, False)
+    # as the hierarchy branch writes it: the mode an attribute, K in the config
+    hier = _set_attrs(make_log(tmp_path / "h2.h5", workers=4, d=640), hierarchy="node",
+                      hierarchy_mode="combining",
+                      config=json.dumps({"algorithm": "signum-mv", "ranks_per_node": 3}))
+    with open_log(hier) as log:
+        assert P.log_layout(log) == P.Layout("hierarchical", 4, 2, combine=True, params=640,
+                                             hosts=1)
     none = _set_attrs(make_log(tmp_path / "all.h5", workers=3), servers="all")
     with open_log(none) as log:
         assert P.log_layout(log).kind == "serverless"
@@ -324,6 +331,13 @@ def test_fit_and_holdout_on_bench_results(tmp_path):
     assert "alpha = 30 us" in r.stdout and "beta = 2e-09 s/B" in r.stdout, r.stdout
     held = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("held out")]
     assert len(held) == 2 and all(ln.split()[-1] in ("+0.0%", "-0.0%") for ln in held)
+    # --recommend on the fitted links: one host, so every link is the fitted one
+    r = analyze("project", "--recommend", "--fit", *files, "--workers", 8, "--uplink-bytes",
+                "1MB", "--json")
+    assert r.returncode == 0, r.stderr
+    flat = json.loads(r.stdout)["cases"][0]["rows"][0]
+    assert flat["seconds"] == pytest.approx(
+        P.exchange_time(P.Layout("flat", 8), 1e6, 1e6, truth)["total"], rel=1e-6)
     sharded = P.bench_points(_bench_json(tmp_path / "s.json", 9, truth, servers=2))
     assert {pt.layout.kind for pt in sharded} == {"sharded", "allreduce"}
     bad = tmp_path / "bad.json"

@@ -546,7 +546,8 @@ def log_layout(log: RunLog) -> Layout:
     hosts = len(set(log.meta.get("hostnames") or ["?"]))
     workers, d = log.num_workers, log.num_params
     if log.topology == "allreduce":
-        return Layout("allreduce", max(1, log.world_size), 1, hosts=hosts, params=d)
+        ranks = max(1, log.world_size)
+        return Layout("allreduce", ranks, min(hosts, ranks), hosts=hosts, params=d)
     servers = log_servers(log)
     if servers == "all":
         return Layout("serverless", max(1, log.world_size), min(hosts, log.world_size),
@@ -557,9 +558,11 @@ def log_layout(log: RunLog) -> Layout:
         nodes = max(1, min(nodes, workers))
         combine = str(log.meta.get("hierarchy_mode", "")) == "combining"
         return Layout("hierarchical", workers, nodes, combine=combine, params=d, hosts=hosts)
+    # Workers spread over the hosts (the servers' own share of a host is not modelled).
+    nodes = max(1, min(hosts, workers))
     if servers > 1:
-        return Layout("sharded", workers, 1, servers=servers, hosts=hosts)
-    return Layout("flat", workers, 1, hosts=hosts)
+        return Layout("sharded", workers, nodes, servers=servers, hosts=hosts)
+    return Layout("flat", workers, nodes, hosts=hosts)
 
 
 # ---------------------------------------------------------------------- fitting
@@ -724,12 +727,12 @@ def bench_points(path) -> list[Point]:
     for name, r in algorithms.items():
         label = f"{path.stem}:{name}"
         if name == "allreduce":
-            layout = Layout("allreduce", size, hosts=hosts)
+            layout = Layout("allreduce", size, min(hosts, size), hosts=hosts)
             out.append(Point(label, "allreduce", size, 4.0 * d, 4.0 * d,
                              float(doc.get("allreduce_s", r.get("allreduce_s"))), layout))
             continue
         if str(servers).lower() == "all":
-            layout = Layout("serverless", size, hosts=hosts)
+            layout = Layout("serverless", size, min(hosts, size), hosts=hosts)
         elif doc.get("hierarchy") == "node":
             k = int(doc.get("ranks_per_node") or 0)
             workers = int(doc["workers"])
@@ -738,9 +741,12 @@ def bench_points(path) -> list[Point]:
                             combine=doc.get("hierarchy_mode") == "combining" and name ==
                             "signum-mv")
         elif int(servers) > 1:
-            layout = Layout("sharded", int(doc["workers"]), servers=int(servers), hosts=hosts)
+            workers = int(doc["workers"])
+            layout = Layout("sharded", workers, min(hosts, workers), servers=int(servers),
+                            hosts=hosts)
         else:
-            layout = Layout("flat", int(doc["workers"]), hosts=hosts)
+            workers = int(doc["workers"])
+            layout = Layout("flat", workers, min(hosts, workers), hosts=hosts)
         phases = r["phases_s"]
         measured = float(r["total_s"]) - sum(float(phases.get(p, 0.0))
                                              for p in BENCH_COMPUTE_PHASES)

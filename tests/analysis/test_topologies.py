@@ -345,3 +345,18 @@ def test_fit_and_holdout_on_bench_results(tmp_path):
     assert_clean_error(analyze("project", "--fit", bad, files[0]),
                        "not a 'hpcgrad bench exchange --json' result")
     assert_clean_error(analyze("project", "--fit", *files, "--workers", 64), "give RUN.h5")
+
+
+def test_the_documented_table_is_the_model():
+    """docs/analysis.md's projected table is what analysis/projection_figure.py prints now."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("projection_figure",
+                                                  root / "analysis" / "projection_figure.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    table = script.table()
+    assert table.count("\n") == 1 + 2 * 2 * 4  # header, rule, 2 algorithms x 2 networks x 4 M
+    assert table in (root / "docs" / "analysis.md").read_text(encoding="utf-8")

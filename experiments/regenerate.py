@@ -18,7 +18,8 @@ Writing: docs/experiments.md holds regions
 
     <!-- regenerate: table GROUP -->  ...  <!-- /regenerate -->
 
-whose contents this script replaces.  The kinds: ``table GROUP`` (the group's accuracy table,
+whose contents this script replaces; a region none of whose runs has a complete log here (the
+results of another machine) is kept as it is.  The kinds: ``table GROUP`` (the group's accuracy table,
 ``ablations.group_table``), ``timing GROUP`` and ``selection GROUP`` (``reports.timing``,
 ``reports.selection``), ``bits-curve FILE.png GROUP...`` (``reports.bits_curve``: writes
 docs/experiments/FILE.png).  A group with no ``table`` region has its table printed instead, so
@@ -83,23 +84,47 @@ def selected(args) -> list:
 # ---- writing ---------------------------------------------------------------------------------
 
 
+def group_names(spec: str) -> list[str]:
+    kind, *operands = spec.split()
+    return operands[1:] if kind == "bits-curve" else operands
+
+
+def region_problem(spec: str) -> str | None:
+    """What is wrong with a region's ``kind operands``, or None."""
+    kind, *operands = spec.split() or [""]
+    if kind not in KINDS:
+        return f"unknown kind (kinds: {', '.join(KINDS)})"
+    if kind == "bits-curve" and not (len(operands) > 1 and operands[0].endswith(".png")):
+        return "bits-curve takes FILE.png and one or more groups"
+    if kind != "bits-curve" and len(operands) != 1:
+        return f"{kind} takes one group"
+    for name in group_names(spec):
+        try:
+            ablations.group_named(name)
+        except LookupError as exc:
+            return exc.args[0]
+    return None
+
+
+def has_logs(spec: str, args) -> bool:
+    """Whether any group the region reads has a complete log here."""
+    root = Path(args.runs)
+    return any(ablations.complete(ablations.log_of(group, name, root))
+               for group in map(ablations.group_named, group_names(spec))
+               for name, _ in ablations.runs_of(group, args.seeds))
+
+
 def render(spec: str, args) -> str:
     """The Markdown of one region."""
     import reports
 
     kind, *operands = spec.split()
     root = Path(args.runs)
-    if kind not in KINDS:
-        raise ValueError(f"unknown region kind {kind!r} (kinds: {', '.join(KINDS)})")
     if kind == "bits-curve":
         png, groups = operands[0], operands[1:]
-        for name in groups:
-            ablations.group_named(name)
         table = reports.bits_curve(groups, args.seeds, root,
                                    Path(args.doc).parent / "experiments" / png)
         return f"![accuracy against cumulative uplink bytes](experiments/{png})\n\n{table}"
-    if len(operands) != 1:
-        raise ValueError(f"region '{spec}': {kind} takes one group")
     group = ablations.group_named(operands[0])
     if kind == "table":
         return ablations.group_table(group, args.seeds, root)
@@ -112,23 +137,25 @@ def write(args) -> int:
     regions = list(REGION.finditer(text))
     tabled = set()
     for m in regions:   # check every region before writing anything
-        kind, *operands = m["spec"].split() or [""]
-        if kind not in KINDS:
-            raise SystemExit(f"regenerate.py: error: {doc}: region '{m['spec']}': unknown "
-                             f"kind (kinds: {', '.join(KINDS)})")
-        for name in operands[1:] if kind == "bits-curve" else operands:
-            try:
-                ablations.group_named(name)
-            except LookupError as exc:
-                raise SystemExit(f"regenerate.py: error: {doc}: region '{m['spec']}': "
-                                 f"{exc.args[0]}") from None
+        problem = region_problem(m["spec"])
+        if problem:
+            raise SystemExit(f"regenerate.py: error: {doc}: region '{m['spec']}': {problem}")
+        kind, *operands = m["spec"].split()
         if kind == "table":
             tabled.add(operands[0])
     started = time.perf_counter()
-    out = REGION.sub(lambda m: f"{m[1]}{render(m['spec'], args)}\n{m[4]}", text)
-    doc.write_text(out)
-    print(f"wrote {len(regions)} regions of {doc} in "
+    kept = [m["spec"] for m in regions if not has_logs(m["spec"], args)]
+
+    def rewrite(m):
+        if m["spec"] in kept:   # another machine's results: no log of them here to redo them
+            return m[0]
+        return f"{m[1]}{render(m['spec'], args)}\n{m[4]}"
+
+    doc.write_text(REGION.sub(rewrite, text))
+    print(f"wrote {len(regions) - len(kept)} regions of {doc} in "
           f"{time.perf_counter() - started:.1f} s", flush=True)
+    for spec in kept:
+        print(f"kept '{spec}' as it was: none of its runs has a complete log in {args.runs}")
     for group in ablations.GROUPS:
         if group.name not in tabled:
             print(f"\n#### {group.name} (no 'table {group.name}' region in {doc.name})\n")

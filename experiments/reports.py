@@ -128,7 +128,7 @@ def target_of(methods: list) -> float:
         if method.key == "fp32":
             final = sum(r["eval_accuracy"][-1] for r in runs) / len(runs)
             return math.floor(95.0 * final) / 100.0
-    raise LookupError("no fp32 method in the group: no accuracy target")
+    raise LookupError("no fp32 SGD runs (method fp32) for this group: no accuracy target")
 
 
 def timing(group_name: str, seeds, root: Path) -> str:
@@ -136,14 +136,21 @@ def timing(group_name: str, seeds, root: Path) -> str:
     methods = chosen_series(group_name, seeds, root)
     if not methods:
         return f"(no complete runs of group {group_name})"
-    target = target_of(methods)
+    reference = BY_GROUP[group_name].extra.get("fp32_from")
+    if reference:   # fp32 SGD at the same settings, run in another group
+        methods = [m for m in chosen_series(reference, seeds, root) if m[0].key == "fp32"] \
+            + methods
+    try:
+        target = target_of(methods)
+    except LookupError as exc:
+        return f"({exc.args[0]})"
     lines = [f"Medians over steps {SKIP}-end, mean ± std over the seeds at the chosen lr; "
              f"target {100 * target:.0f}% test accuracy (95% of fp32 SGD's final); "
              f"projection: {BANDWIDTH}, latency {LATENCY}, parameter server.", "",
-             "| method | lr | measured ms / step | compute ms / step | projected ms / step "
-             f"| steps to {100 * target:.0f}% | s to {100 * target:.0f}%, measured "
-             f"| s to {100 * target:.0f}%, projected |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| method | lr | measured ms / step | compute ms / step | projected comm ms / step "
+             f"| projected ms / step | steps to {100 * target:.0f}% "
+             f"| s to {100 * target:.0f}%, measured | s to {100 * target:.0f}%, projected |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for method, lr, runs in methods:
         steps = [n for r in runs if (n := steps_to(r, target)) is not None]
         steps_text = (mean_std(steps, scale=1.0, digits=0) if steps else "not reached")
@@ -152,6 +159,7 @@ def timing(group_name: str, seeds, root: Path) -> str:
         lines.append(
             f"| {method.label} | {lr} | {_ms([r['step_s'] for r in runs])} | "
             f"{_ms([r['compute_s'] for r in runs])} | "
+            f"{mean_std([projected_step_s(r) - r['compute_s'] for r in runs], 1000.0, 3)} | "
             f"{_ms([projected_step_s(r) for r in runs])} | {steps_text} | "
             f"{_time_to(runs, target, 'measured')} | {_time_to(runs, target, 'projected')} |")
     return "\n".join(lines)
@@ -184,7 +192,7 @@ def bits_curve(group_names: list, seeds, root: Path, png: Path) -> str:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     rows = []
     for name in group_names:
         for method, lr, runs in chosen_series(name, seeds, root):
@@ -199,12 +207,12 @@ def bits_curve(group_names: list, seeds, root: Path, png: Path) -> str:
                 ax.fill_between(mb, acc.mean(axis=0) - std, acc.mean(axis=0) + std,
                                 alpha=0.15, color=line.get_color())
             rows.append((method.label, lr, mb, acc.mean(axis=0)))
-    ax.set_xscale("log")
     ax.set_xlabel("cumulative uplink MB per worker")
     ax.set_ylabel("test accuracy % (mean of seeds, band ± std)")
-    ax.set_ylim(bottom=40)
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=50)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)

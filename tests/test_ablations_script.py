@@ -46,3 +46,15 @@ def test_runs_in_one_job_then_the_table_chooses_on_validation(tmp_path):
     mean_std = r"[\d.]+ ± [\d.]+"
     assert re.search(rf"\| 0\.1 \(0\.1, 0\.03\) \| {mean_std} \| {mean_std} \|", row), row
     assert "| QSGD 4 bits | iid | not run |" in table.stdout
+    assert "2 of 52 runs complete" in table.stdout
+    # regenerate.py writes the same table into a document's region, the rest left alone
+    doc = tmp_path / "experiments.md"
+    doc.write_text("# E\n<!-- regenerate: table digits -->\nold\n<!-- /regenerate -->\nend\n")
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "regenerate.py"),
+                           "--tables-only", "--doc", str(doc), "--seeds", "0", "1",
+                           "--runs", str(runs)], cwd=ROOT, text=True, capture_output=True,
+                          env=mpi_env(), timeout=90)
+    assert done.returncode == 0, done.stderr
+    text = doc.read_text()
+    assert text.startswith("# E\n<!-- regenerate: table digits -->\n2 seeds (0, 1), 4 workers")
+    assert row in text and "\nold\n" not in text and text.endswith("<!-- /regenerate -->\nend\n")

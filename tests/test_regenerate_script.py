@@ -36,7 +36,7 @@ def test_dry_run_prints_every_groups_mpiexec_line(tmp_path):
     listed = groups()
     assert [i for i, _, _ in listed] == list(range(len(listed)))
     names = {name for _, name, _ in listed}
-    assert {"dq-sgd", "dq-ramp", "ef-n4", "ef-n8", "topk-n8"} <= names
+    assert {"dq-sgd", "dq-ramp", "ef-n4", "ef-n8", "topk-n4"} <= names
     done = script("--dry-run", "--runs", tmp_path)
     assert done.returncode == 0, done.stderr
     for _, name, ranks in listed:
@@ -58,27 +58,28 @@ def test_only_takes_names_globs_and_indices_and_names_an_unknown_group(tmp_path)
         "regenerate.py: error: no group matches no-such-group; the groups are ")
 
 
-def test_regions_are_rewritten_from_the_logs_and_a_bad_region_writes_nothing(tmp_path):
+def test_regions_without_logs_are_kept_and_a_bad_region_writes_nothing(tmp_path):
+    """(A region rewritten from real logs: tests/test_ablations_script.py.)"""
     doc = tmp_path / "experiments.md"
-    doc.write_text("# Experiments\n\nkept\n<!-- regenerate: table ef-n8 -->\nold table\n"
-                   "<!-- /regenerate -->\nkept too\n<!-- regenerate: timing ef-n4 -->\n"
-                   "<!-- /regenerate -->\n")
+    before = ("# Experiments\n\n<!-- regenerate: table ef-n8 -->\npublished table\n"
+              "<!-- /regenerate -->\nkept too\n")
+    doc.write_text(before)
     done = script("--tables-only", "--doc", doc, "--runs", tmp_path / "no-runs")
     assert done.returncode == 0, done.stderr
-    text = doc.read_text()
-    assert "old table" not in text and text.startswith("# Experiments\n\nkept\n")
-    assert "8 workers, 300 iterations" in text and "0 of 36 runs complete, **0 s**" in text
-    assert "| scaled sign, step-ahead EF | iid | not run | | | | |" in text
-    assert "(no complete runs of group ef-n4)" in text and "kept too" in text
+    assert doc.read_text() == before
+    assert "kept 'table ef-n8' as it was: none of its runs has a complete log" in done.stdout
     # a group without a table region is printed, not lost
     assert "#### dq-sgd (no 'table dq-sgd' region in experiments.md)" in done.stdout
-
-    before = doc.read_text() + "<!-- regenerate: table no-such-group -->\n<!-- /regenerate -->\n"
-    doc.write_text(before)
-    bad = script("--tables-only", "--doc", doc, "--runs", tmp_path / "no-runs")
-    assert bad.returncode != 0 and "region 'table no-such-group': no group 'no-such-group'" \
-        in bad.stderr
-    assert doc.read_text() == before
+    for region, problem in [("table no-such-group", "no group 'no-such-group'"),
+                            ("timing ef-n4 ef-n8", "timing takes one group"),
+                            ("bits-curve dq-sgd", "bits-curve takes FILE.png and one or more"),
+                            ("plot ef-n4", "unknown kind")]:
+        doc.write_text(before + f"<!-- regenerate: {region} -->\n<!-- /regenerate -->\n")
+        bad = script("--tables-only", "--doc", doc, "--runs", tmp_path / "no-runs")
+        assert bad.returncode != 0
+        assert bad.stderr.strip() == f"regenerate.py: error: {doc}: region '{region}': " \
+            + bad.stderr.strip().split(f"'{region}': ", 1)[1]
+        assert problem in bad.stderr and "published table" in doc.read_text()
 
 
 def test_the_slurm_array_covers_every_group_and_the_script_is_bash():

@@ -67,7 +67,7 @@ S3GD = Method("s3gd", "S3GD-MV 1%, residual on",
 S3GD_OFF = Method("s3gd-nores", "S3GD-MV 1%, residual off (`--residual 0`)",
                   {"algorithm": "s3gd-mv", "sparsity": 0.01, "residual": 0.0}, (0.003, 0.01))
 
-# ---- the methods of issue 21's second part (groups dq-ramp, ef-n4, ef-n8, topk-n4) ---------
+# ---- the methods of issue 21's second part (groups dq-ramp, ef-n4, ef-n8, topk-n4, topk-n8) ---------
 
 DQ_EPS16_RAMP = Method("dq-eps16-r99", "DQ-SGD, error target EPS = 16, ρ 0.99 (ramps)",
                        {"algorithm": "dq-sgd", "dq_start_bits": 2, "dq_error_target": 16.0,
@@ -171,6 +171,10 @@ GROUPS = [
           "shared-random and leader, embedded task, 4 workers",
           {"validation_fraction": 0.1}, TOPK_METHODS, iterations=300, ranks=5, eval_every=25,
           extra={"fp32_from": "ef-n4"}),
+    Group("topk-n8",
+          "the same at 8 workers, where the union can reach 8 K",
+          {"validation_fraction": 0.1}, TOPK_METHODS, iterations=300, ranks=9, eval_every=25,
+          extra={"fp32_from": "ef-n8"}),
 ]
 BY_GROUP = {g.name: g for g in GROUPS}
 

@@ -1,5 +1,6 @@
-"""Issue 21 evidence: several seeds, learning rates chosen on a validation split, the S3GD-MV
-residual ablation and the real-digits runs (docs/experiments.md, "Seeds, validation, ablations").
+"""The experiments of docs/experiments.md as groups of runs: several seeds, learning rates
+chosen on a validation split (issue 21).  ``experiments/regenerate.py`` runs every group and
+writes every table; this script runs and tables one group at a time.
 
     python experiments/ablations.py --list                         # groups and their runs
     mpiexec -n 5 python -m mpi4py experiments/ablations.py run     # every group, one job
@@ -67,7 +68,7 @@ S3GD = Method("s3gd", "S3GD-MV 1%, residual on",
 S3GD_OFF = Method("s3gd-nores", "S3GD-MV 1%, residual off (`--residual 0`)",
                   {"algorithm": "s3gd-mv", "sparsity": 0.01, "residual": 0.0}, (0.003, 0.01))
 
-# ---- the methods of issue 21's second part (groups dq-ramp, ef-n4, ef-n8, topk-n4, topk-n8) ---------
+# ---- issue 21, part 2: the methods of groups dq-ramp, ef-n4, ef-n8, topk-n4, topk-n8 ----------
 
 DQ_EPS16_RAMP = Method("dq-eps16-r99", "DQ-SGD, error target EPS = 16, ρ 0.99 (ramps)",
                        {"algorithm": "dq-sgd", "dq_start_bits": 2, "dq_error_target": 16.0,

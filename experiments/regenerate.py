@@ -19,11 +19,12 @@ Writing: docs/experiments.md holds regions
     <!-- regenerate: table GROUP -->  ...  <!-- /regenerate -->
 
 whose contents this script replaces; a region none of whose runs has a complete log here (the
-results of another machine) is kept as it is.  The kinds: ``table GROUP`` (the group's accuracy table,
-``ablations.group_table``), ``timing GROUP`` and ``selection GROUP`` (``reports.timing``,
-``reports.selection``), ``bits-curve FILE.png GROUP...`` (``reports.bits_curve``: writes
-docs/experiments/FILE.png).  A group with no ``table`` region has its table printed instead, so
-nothing is lost; a region naming an unknown group or kind stops the script before it writes.
+results of another machine) is kept as it is.  The kinds: ``table GROUP`` (the group's
+accuracy table, ``ablations.group_table``), ``timing GROUP`` and ``selection GROUP``
+(``reports.timing``, ``reports.selection``), ``bits-curve FILE.png GROUP...``
+(``reports.bits_curve``: writes docs/experiments/FILE.png).  A group with no ``table`` region has
+its table printed instead, so nothing is lost; a region naming an unknown group or kind stops
+the script before it writes.
 """
 
 from __future__ import annotations

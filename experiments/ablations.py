@@ -204,6 +204,21 @@ def log_of(group: Group, name: str, root: Path) -> Path:
     return root / group.name / f"{name}.h5"
 
 
+def diverged_marker(log: Path) -> Path:
+    """Beside a run's log: written by the rank whose training loss became NaN or infinite."""
+    return log.with_suffix(".diverged")
+
+
+def diverged(log: Path) -> bool:
+    return diverged_marker(log).exists()
+
+
+def done(log: Path) -> bool:
+    """Nothing left to run: the log is complete, or the run diverged (rerunning it would
+    diverge again: the runs are deterministic)."""
+    return complete(log) or diverged(log)
+
+
 def complete(path: Path) -> bool:
     import h5py
 
@@ -220,6 +235,7 @@ def complete(path: Path) -> bool:
 def run(args) -> int:
     from mpi4py import MPI
 
+    from hpcgrad.errors import NonFiniteError
     from hpcgrad.training import runtime
     from hpcgrad.training.config import TrainConfig
 
@@ -245,14 +261,22 @@ def run(args) -> int:
                 settings = {**settings, "iterations": args.iterations,
                             "eval_every": min(eval_every(group, args.iterations),
                                               args.iterations)}
-            skip = comm.bcast(not args.force and complete(log) if rank == 0 else None, root=0)
+            skip = comm.bcast(not args.force and done(log) if rank == 0 else None, root=0)
             if skip:
                 continue
             if rank == 0:
                 log.parent.mkdir(parents=True, exist_ok=True)
+                diverged_marker(log).unlink(missing_ok=True)
             comm.Barrier()
             config = TrainConfig(**settings, log=str(log), overwrite=True).resolved()
-            summary = runtime.train(config, comm)
+            try:
+                summary = runtime.train(config, comm)
+            except NonFiniteError as exc:
+                # Only the rank that saw the NaN knows; it aborts the job (python -m mpi4py),
+                # and the marker lets the next job of this group (regenerate.py starts one)
+                # skip this run and go on with the rest.
+                diverged_marker(log).write_text(f"{exc}\n")
+                raise
             ran += 1
             if rank == 0:
                 print(f"[{group.name} {i + 1}/{len(todo)}] {name}: test "
@@ -315,6 +339,8 @@ def chosen(group: Group, method: Method, partition: str, seeds, root: Path):
     for lr in method.lrs:
         logs = [log_of(group, f"{tag_of(partition)}{method.key}-lr{lr}-s{s}", root)
                 for s in seeds]
+        if any(map(diverged, logs)):
+            continue   # an lr that diverged on some seed is not a candidate
         pairs = [(log, row) for log in logs if (row := read(log)) is not None]
         if not pairs:
             continue
@@ -322,6 +348,17 @@ def chosen(group: Group, method: Method, partition: str, seeds, root: Path):
         if best is None or val > best[0]:
             best = (val, lr, [log for log, _ in pairs], [row for _, row in pairs])
     return None if best is None else best[1:]
+
+
+def diverged_lrs(group: Group, method: Method, partition: str, seeds, root: Path) -> list:
+    """``LR (seeds S...)`` for each lr of ``method`` that diverged on some seed."""
+    out = []
+    for lr in method.lrs:
+        bad = [str(s) for s in seeds if diverged(
+            log_of(group, f"{tag_of(partition)}{method.key}-lr{lr}-s{s}", root))]
+        if bad:
+            out.append(f"{lr} (seed{'s' if len(bad) > 1 else ''} {' '.join(bad)})")
+    return out
 
 
 def wall_seconds(group: Group, seeds, root: Path) -> tuple[int, float]:
@@ -345,15 +382,18 @@ def group_table(group: Group, seeds, root: Path) -> str:
     for partition in group.partitions:
         for method in group.methods:
             best = chosen(group, method, partition, seeds, root)
+            failed = diverged_lrs(group, method, partition, seeds, root)
+            note = f"; diverged at {', '.join(failed)}" if failed else ""
             if best is None:
-                lines.append(f"| {method.label} | {partition} | not run | | | | |")
+                cell = f"diverged at {', '.join(failed)}" if failed else "not run"
+                lines.append(f"| {method.label} | {partition} | {cell} | | | | |")
                 continue
             lr, _, rows = best
             bits = (f"{sum(r['bits'] for r in rows) / len(rows):.2f}"
                     if "bits" in rows[0] else "")
             lrs = ", ".join(map(str, method.lrs))
             missing = "" if len(rows) == len(seeds) else f" ({len(rows)} seeds)"
-            lines.append(f"| {method.label} | {partition} | {lr} ({lrs}) | "
+            lines.append(f"| {method.label} | {partition} | {lr} ({lrs}{note}) | "
                          f"{mean_std([r['validation'] for r in rows])} | "
                          f"{mean_std([r['test'] for r in rows])}{missing} | "
                          f"{sum(r['mb_up'] for r in rows) / len(rows):.3f} | {bits} |")

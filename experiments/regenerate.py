@@ -20,11 +20,11 @@ Writing: docs/experiments.md holds regions
 
 whose contents this script replaces; a region none of whose runs has a complete log here (the
 results of another machine) is kept as it is.  The kinds: ``table GROUP`` (the group's
-accuracy table, ``ablations.group_table``), ``timing GROUP`` and ``selection GROUP``
-(``reports.timing``, ``reports.selection``), ``bits-curve FILE.png GROUP...``
-(``reports.bits_curve``: writes docs/experiments/FILE.png).  A group with no ``table`` region has
-its table printed instead, so nothing is lost; a region naming an unknown group or kind stops
-the script before it writes.
+accuracy table, ``ablations.group_table``); ``timing GROUP``, ``selection GROUP`` and ``losses
+GROUP`` (``reports.timing``, ``reports.selection``, ``reports.losses``); ``bits-curve FILE.png
+GROUP...`` (``reports.bits_curve``: writes docs/experiments/FILE.png).  A group with no
+``table`` region has its table printed instead, so nothing is lost; a region naming an unknown
+group or kind stops the script before it writes.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import ablations  # noqa: E402  (experiments/ is not a package)
 DOC = ROOT / "docs" / "experiments.md"   # figures go to experiments/ beside it
 REGION = re.compile(r"(<!-- regenerate: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)"
                     r"(<!-- /regenerate -->)", re.S)
-KINDS = ("table", "timing", "selection", "bits-curve")
+KINDS = ("table", "timing", "selection", "losses", "bits-curve")
 
 
 def mpiexec_line(group, args) -> list[str]:
@@ -61,7 +61,7 @@ def mpiexec_line(group, args) -> list[str]:
 
 def todo(group, args) -> int:
     """Runs of ``group`` whose log is not complete."""
-    return sum(not ablations.complete(ablations.log_of(group, name, Path(args.runs)))
+    return sum(not ablations.done(ablations.log_of(group, name, Path(args.runs)))
                for name, _ in ablations.runs_of(group, args.seeds))
 
 
@@ -206,11 +206,18 @@ def main(argv=None) -> int:
                 print(f"{group.name}: every log complete, skipped", flush=True)
                 continue
             line = mpiexec_line(group, args)
-            print("$", " ".join(line), flush=True)
-            started = time.perf_counter()
-            rc = subprocess.run(line, env=env).returncode
-            print(f"{group.name}: exit status {rc}, {time.perf_counter() - started:.0f} s",
-                  flush=True)
+            left = todo(group, args)
+            while True:
+                print("$", " ".join(line), flush=True)
+                started = time.perf_counter()
+                rc = subprocess.run(line, env=env).returncode
+                print(f"{group.name}: exit status {rc}, {time.perf_counter() - started:.0f} s",
+                      flush=True)
+                # a run that diverged aborts its job and leaves a marker: start the group
+                # again for the runs after it, as long as each job gets further
+                if rc == 0 or not 0 < todo(group, args) < left:
+                    break
+                left = todo(group, args)
             if rc:
                 failed.append(group.name)
     write(args)

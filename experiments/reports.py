@@ -48,6 +48,10 @@ def series(path: Path) -> dict:
         out = {
             "eval_steps": f["eval"]["iteration"][...],  # steps done
             "eval_accuracy": f["eval"]["accuracy"][...],
+            "test_loss": float(f["eval"]["loss"][-1]),
+            "validation_loss": float(f["validation"]["loss"][-1]),
+            "mb_average": (float(steps["bytes_average"][...].sum(axis=0).mean()) / 1e6
+                           if "bytes_average" in steps else 0.0),
             "cum_mb_up": np.cumsum(up.mean(axis=1)) / 1e6,
             "up": float(up.mean()), "down": float(down.mean()),
             "mb_down": float(down.sum()) / 1e6,
@@ -162,6 +166,18 @@ def timing(group_name: str, seeds, root: Path) -> str:
             f"{mean_std([projected_step_s(r) - r['compute_s'] for r in runs], 1000.0, 3)} | "
             f"{_ms([projected_step_s(r) for r in runs])} | {steps_text} | "
             f"{_time_to(runs, target, 'measured')} | {_time_to(runs, target, 'projected')} |")
+    return "\n".join(lines)
+
+
+def losses(group_name: str, seeds, root: Path) -> str:
+    """Final test and validation loss, and the error-averaging traffic, at the chosen lr."""
+    lines = ["| method | lr | test loss (mean ± std) | validation loss | MB averaging / worker |",
+             "|---|---|---:|---:|---:|"]
+    for method, lr, runs in chosen_series(group_name, seeds, root):
+        lines.append(f"| {method.label} | {lr} | "
+                     f"{mean_std([r['test_loss'] for r in runs], 1.0, 4)} | "
+                     f"{mean_std([r['validation_loss'] for r in runs], 1.0, 4)} | "
+                     f"{sum(r['mb_average'] for r in runs) / len(runs):.3f} |")
     return "\n".join(lines)
 
 

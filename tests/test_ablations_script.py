@@ -47,6 +47,11 @@ def test_runs_in_one_job_then_the_table_chooses_on_validation(tmp_path):
     assert re.search(rf"\| 0\.1 \(0\.1, 0\.03\) \| {mean_std} \| {mean_std} \|", row), row
     assert "| QSGD 4 bits | iid | not run |" in table.stdout
     assert "2 of 52 runs complete" in table.stdout
+    # a run that diverged (its marker, as the rank that saw the NaN writes it) rules its lr out
+    (runs / "digits" / "qsgd-2-lr0.03-s1.diverged").write_text("loss is nan at step 3\n")
+    marked = script("table", "--group", "digits", "--seeds", "0", "1", "--runs", str(runs))
+    assert "| QSGD 2 bits | iid | diverged at 0.03 (seed 1) |" in marked.stdout
+    (runs / "digits" / "qsgd-2-lr0.03-s1.diverged").unlink()
     # regenerate.py writes the same table into a document's region, the rest left alone
     doc = tmp_path / "experiments.md"
     doc.write_text("# E\n<!-- regenerate: table digits -->\nold\n<!-- /regenerate -->\nend\n")

@@ -68,8 +68,9 @@ def series(path: Path) -> dict:
     return out
 
 
-def projected_step_s(run: dict) -> float:
-    """Compute plus the modelled exchange on a ``BANDWIDTH`` network (see the docstring)."""
+def projected_step_s(run: dict, compute_s: float | None = None) -> float:
+    """Compute (the run's own, or ``compute_s``) plus the modelled exchange on a ``BANDWIDTH``
+    network (see the docstring)."""
     from hpcgrad.analysis import projection
 
     model = projection.CostModel(alpha=projection.parse_latency(LATENCY),
@@ -79,7 +80,7 @@ def projected_step_s(run: dict) -> float:
     if run["averaging"]:
         comm += projection.allreduce_time(run["workers"], 4.0 * run["d"], model) \
             / run["averaging"]
-    return run["compute_s"] + comm
+    return (run["compute_s"] if compute_s is None else compute_s) + comm
 
 
 def steps_to(run: dict, accuracy: float) -> int | None:
@@ -109,14 +110,15 @@ def _ms(values) -> str:
     return mean_std(values, scale=1000.0, digits=1)
 
 
-def _time_to(runs: list, accuracy: float, per_step: str) -> str:
-    """Seconds to ``accuracy``, mean ± std over the seeds that reached it."""
+def _time_to(runs: list, accuracy: float, per_step: str, common: float = 0.0) -> str:
+    """Seconds to ``accuracy``, mean ± std over the seeds that reached it; ``per_step``:
+    ``measured``, ``projected`` or ``common`` (projected with ``common`` seconds of compute)."""
     times = []
     for run in runs:
         n = steps_to(run, accuracy)
         if n is not None:
-            times.append(n * (run["step_s"] if per_step == "measured"
-                              else projected_step_s(run)))
+            times.append(n * (run["step_s"] if per_step == "measured" else projected_step_s(
+                run, common if per_step == "common" else None)))
     if not times:
         return "not reached"
     missed = "" if len(times) == len(runs) else f" ({len(times)} of {len(runs)} seeds)"
@@ -148,13 +150,18 @@ def timing(group_name: str, seeds, root: Path) -> str:
         target = target_of(methods)
     except LookupError as exc:
         return f"({exc.args[0]})"
+    import numpy as np
+
+    common = float(np.median([r["compute_s"] for _, _, runs in methods for r in runs]))
+    t = f"{100 * target:.0f}%"
     lines = [f"Medians over steps {SKIP}-end, mean ± std over the seeds at the chosen lr; "
-             f"target {100 * target:.0f}% test accuracy (95% of fp32 SGD's final); "
-             f"projection: {BANDWIDTH}, latency {LATENCY}, parameter server.", "",
+             f"target {t} test accuracy (95% of fp32 SGD's final); projection: {BANDWIDTH}, "
+             f"latency {LATENCY}, parameter server; common compute {1000 * common:.2f} ms / step "
+             "(the median of every run's).", "",
              "| method | lr | measured ms / step | compute ms / step | projected comm ms / step "
-             f"| projected ms / step | steps to {100 * target:.0f}% "
-             f"| s to {100 * target:.0f}%, measured | s to {100 * target:.0f}%, projected |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"| projected ms / step | steps to {t} | s to {t}, measured | s to {t}, projected "
+             f"| s to {t}, projected, common compute |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for method, lr, runs in methods:
         steps = [n for r in runs if (n := steps_to(r, target)) is not None]
         steps_text = (mean_std(steps, scale=1.0, digits=0) if steps else "not reached")
@@ -165,7 +172,8 @@ def timing(group_name: str, seeds, root: Path) -> str:
             f"{_ms([r['compute_s'] for r in runs])} | "
             f"{mean_std([projected_step_s(r) - r['compute_s'] for r in runs], 1000.0, 3)} | "
             f"{_ms([projected_step_s(r) for r in runs])} | {steps_text} | "
-            f"{_time_to(runs, target, 'measured')} | {_time_to(runs, target, 'projected')} |")
+            f"{_time_to(runs, target, 'measured')} | {_time_to(runs, target, 'projected')} | "
+            f"{_time_to(runs, target, 'common', common)} |")
     return "\n".join(lines)
 
 

@@ -372,9 +372,11 @@ def group_table(group: Group, seeds, root: Path) -> str:
     """The group's Markdown table: lr chosen on validation, test accuracy mean ± std."""
     done, wall = wall_seconds(group, seeds, root)
     total = len(runs_of(group, seeds))
+    failed = sum(diverged(log_of(group, name, root)) for name, _ in runs_of(group, seeds))
+    failed = f", {failed} diverged" if failed else ""
     lines = [f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), {group.ranks - 1} workers, "
              f"{group.iterations} iterations; lr chosen on the mean final validation accuracy; "
-             f"test accuracy at that lr. {done} of {total} runs complete, **{wall:.0f} s** of "
+             f"test accuracy at that lr. {done} of {total} runs complete{failed}, **{wall:.0f} s** of "
              "training (wall, the runs' logs summed).", "",
              "| method | partition | lr (chosen of) | validation acc % | test acc % "
              "(mean ± std) | MB up / worker | mean bits |",

@@ -29,6 +29,7 @@ import argparse
 import fnmatch
 import json
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -374,10 +375,11 @@ def group_table(group: Group, seeds, root: Path) -> str:
     total = len(runs_of(group, seeds))
     failed = sum(diverged(log_of(group, name, root)) for name, _ in runs_of(group, seeds))
     failed = f", {failed} diverged" if failed else ""
-    lines = [f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), {group.ranks - 1} workers, "
-             f"{group.iterations} iterations; lr chosen on the mean final validation accuracy; "
-             f"test accuracy at that lr. {done} of {total} runs complete{failed}, **{wall:.0f} s** of "
-             "training (wall, the runs' logs summed).", "",
+    lines = [textwrap.fill(
+                f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), {group.ranks - 1} workers, "
+                f"{group.iterations} iterations; lr chosen on the mean final validation "
+                f"accuracy; test accuracy at that lr. {done} of {total} runs complete{failed}, "
+                f"**{wall:.0f} s** of training (wall, the runs' logs summed).", 100), "",
              "| method | partition | lr (chosen of) | validation acc % | test acc % "
              "(mean ± std) | MB up / worker | mean bits |",
              "|---|---|---|---|---|---|---|"]

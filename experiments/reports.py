@@ -21,6 +21,7 @@ Timing, per run, over the steps after the first ``SKIP`` (start-up):
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 from ablations import BY_GROUP, chosen
@@ -154,10 +155,11 @@ def timing(group_name: str, seeds, root: Path) -> str:
 
     common = float(np.median([r["compute_s"] for _, _, runs in methods for r in runs]))
     t = f"{100 * target:.0f}%"
-    lines = [f"Medians over steps {SKIP}-end, mean ± std over the seeds at the chosen lr; "
-             f"target {t} test accuracy (95% of fp32 SGD's final); projection: {BANDWIDTH}, "
-             f"latency {LATENCY}, parameter server; common compute {1000 * common:.2f} ms / step "
-             "(the median of every run's).", "",
+    lines = [textwrap.fill(
+                f"Medians over steps {SKIP}-end, mean ± std over the seeds at the chosen lr; "
+                f"target {t} test accuracy (95% of fp32 SGD's final); projection: {BANDWIDTH}, "
+                f"latency {LATENCY}, parameter server; common compute {1000 * common:.2f} ms / "
+                "step (the median of every run's).", 100), "",
              "| method | lr | measured ms / step | compute ms / step | projected comm ms / step "
              f"| projected ms / step | steps to {t} | s to {t}, measured | s to {t}, projected "
              f"| s to {t}, projected, common compute |",

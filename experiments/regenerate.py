@@ -60,7 +60,7 @@ def mpiexec_line(group, args) -> list[str]:
 
 
 def todo(group, args) -> int:
-    """Runs of ``group`` whose log is not complete."""
+    """Runs of ``group`` still to do: neither a complete log nor a divergence marker."""
     return sum(not ablations.done(ablations.log_of(group, name, Path(args.runs)))
                for name, _ in ablations.runs_of(group, args.seeds))
 
@@ -218,7 +218,7 @@ def main(argv=None) -> int:
                 if rc == 0 or not 0 < todo(group, args) < left:
                     break
                 left = todo(group, args)
-            if rc:
+            if todo(group, args):   # a job that ends on a diverged run still did everything
                 failed.append(group.name)
     write(args)
     if failed:

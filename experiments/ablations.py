@@ -1,5 +1,6 @@
-"""Issue 21 evidence: several seeds, learning rates chosen on a validation split, the S3GD-MV
-residual ablation and the real-digits runs (docs/experiments.md, "Seeds, validation, ablations").
+"""The experiments of docs/experiments.md as groups of runs: several seeds, learning rates
+chosen on a validation split (issue 21).  ``experiments/regenerate.py`` runs every group and
+writes every table; this script runs and tables one group at a time.
 
     python experiments/ablations.py --list                         # groups and their runs
     mpiexec -n 5 python -m mpi4py experiments/ablations.py run     # every group, one job
@@ -28,6 +29,7 @@ import argparse
 import fnmatch
 import json
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,8 @@ class Group:
     partitions: tuple = ("iid",)
     ranks: int = 5
     extra: dict = field(default_factory=dict)
+    #: evaluate every this many steps; None: 4 evaluations per run
+    eval_every: int | None = None
 
 
 SIGNSGD = Method("signsgd", "signSGD-MV (momentum 0)",
@@ -64,6 +68,43 @@ S3GD = Method("s3gd", "S3GD-MV 1%, residual on",
               {"algorithm": "s3gd-mv", "sparsity": 0.01, "residual": 1.0}, (0.003, 0.01))
 S3GD_OFF = Method("s3gd-nores", "S3GD-MV 1%, residual off (`--residual 0`)",
                   {"algorithm": "s3gd-mv", "sparsity": 0.01, "residual": 0.0}, (0.003, 0.01))
+
+# ---- issue 21, part 2: the methods of groups dq-ramp, ef-n4, ef-n8, topk-n4, topk-n8 ----------
+
+DQ_EPS16_RAMP = Method("dq-eps16-r99", "DQ-SGD, error target EPS = 16, ρ 0.99 (ramps)",
+                       {"algorithm": "dq-sgd", "dq_start_bits": 2, "dq_error_target": 16.0,
+                        "dq_rho": 0.99}, (0.02, 0.01))
+DQ_EPS48_RAMP = Method("dq-eps48-r99", "DQ-SGD, error target EPS = 48, ρ 0.99 (ramps)",
+                       {"algorithm": "dq-sgd", "dq_start_bits": 2, "dq_error_target": 48.0,
+                        "dq_rho": 0.99}, (0.02, 0.01))
+# fp32's grid is one step below the compressed methods': at 300-600 steps on this task fp32
+# SGD is best near 0.01 (issue 10's sweep), scaled sign and top-K near 0.1 (issues 4 and 6)
+FP32 = Method("fp32", "fp32 SGD (fp32-ps)", {"algorithm": "fp32-ps"}, (0.03, 0.01))
+EF_METHODS = [
+    FP32,
+    Method("none", "scaled sign, no feedback",
+           {"algorithm": "ef-sgd", "feedback": "none"}, (0.1, 0.03)),
+    Method("ef", "scaled sign, EF", {"algorithm": "ef-sgd", "feedback": "ef"}, (0.1, 0.03)),
+    Method("ef-avg", "scaled sign, EF + averaging every 20",
+           {"algorithm": "ef-sgd", "feedback": "ef", "error_averaging": 20}, (0.1, 0.03)),
+    Method("saef", "scaled sign, step-ahead EF",
+           {"algorithm": "ef-sgd", "feedback": "step-ahead"}, (0.1, 0.03)),
+    Method("saef-avg", "scaled sign, step-ahead EF + averaging every 20",
+           {"algorithm": "ef-sgd", "feedback": "step-ahead", "error_averaging": 20},
+           (0.1, 0.03)),
+]
+TOPK_METHODS = [
+    Method("local", "top-K 1%, `local` (plain top-K)",
+           {"algorithm": "topk", "sparsity": 0.01, "topk_selection": "local"}, (0.1, 0.03)),
+    Method("union-boost", "top-K 1%, `union-boost` (our reading of Wang et al.)",
+           {"algorithm": "topk", "sparsity": 0.01, "topk_selection": "union-boost"},
+           (0.1, 0.03)),
+    Method("shared-random", "top-K 1%, `shared-random` (our invention)",
+           {"algorithm": "topk", "sparsity": 0.01, "topk_selection": "shared-random"},
+           (0.1, 0.03)),
+    Method("leader", "top-K 1%, `leader` (our invention)",
+           {"algorithm": "topk", "sparsity": 0.01, "topk_selection": "leader"}, (0.1, 0.03)),
+]
 
 GROUPS = [
     Group("s3gd-residual",
@@ -112,7 +153,30 @@ GROUPS = [
               Method("dq-eps48", "DQ-SGD, error target EPS = 48 (ρ 0.999)",
                      {"algorithm": "dq-sgd", "dq_start_bits": 3, "dq_error_target": 48.0},
                      (0.02, 0.01)),
-          ], iterations=300),
+          ], iterations=300, eval_every=25),
+    # ---- issue 21, part 2: DQ-SGD ramping, error feedback in full, top-K selection rules ----
+    Group("dq-ramp",
+          "DQ-SGD's error-target rule with ρ 0.99, so that the damping ρ^(T-1-n) spans a factor "
+          "of 20 and the width ramps up over the run, embedded task, 4 workers",
+          {"validation_fraction": 0.1}, [DQ_EPS16_RAMP, DQ_EPS48_RAMP], iterations=300,
+          eval_every=25),
+    Group("ef-n4",
+          "scaled sign with no feedback, EF, step-ahead EF and each with error averaging "
+          "every 20 steps, against fp32 SGD, embedded task, 4 workers",
+          {"validation_fraction": 0.1}, EF_METHODS, iterations=300, ranks=5, eval_every=25),
+    Group("ef-n8",
+          "the same at 8 workers, against fp32 SGD at 8 workers",
+          {"validation_fraction": 0.1}, EF_METHODS, iterations=300, ranks=9, eval_every=25),
+    # fp32 SGD at these settings is ef-n4's (the same runs): reports.timing reads it there
+    Group("topk-n4",
+          "top-K 1% with error feedback under the selection rules local, union-boost, "
+          "shared-random and leader, embedded task, 4 workers",
+          {"validation_fraction": 0.1}, TOPK_METHODS, iterations=300, ranks=5, eval_every=25,
+          extra={"fp32_from": "ef-n4"}),
+    Group("topk-n8",
+          "the same at 8 workers, where the union can reach 8 K",
+          {"validation_fraction": 0.1}, TOPK_METHODS, iterations=300, ranks=9, eval_every=25,
+          extra={"fp32_from": "ef-n8"}),
 ]
 BY_GROUP = {g.name: g for g in GROUPS}
 
@@ -124,17 +188,36 @@ def runs_of(group: Group, seeds) -> list:
         for method in group.methods:
             for lr in method.lrs:
                 for seed in seeds:
-                    tag = "" if partition == "iid" else partition.replace(":", "") + "-"
-                    name = f"{tag}{method.key}-lr{lr}-s{seed}"
+                    name = f"{tag_of(partition)}{method.key}-lr{lr}-s{seed}"
                     settings = {**group.common, **method.settings, "lr": lr, "seed": seed,
                                 "partition": partition, "iterations": group.iterations,
-                                "eval_every": max(group.iterations // 4, 1), "quiet": True}
+                                "eval_every": eval_every(group, group.iterations),
+                                "quiet": True}
                     out.append((name, settings))
     return out
 
 
+def eval_every(group: Group, iterations: int) -> int:
+    return group.eval_every or max(iterations // 4, 1)
+
+
 def log_of(group: Group, name: str, root: Path) -> Path:
     return root / group.name / f"{name}.h5"
+
+
+def diverged_marker(log: Path) -> Path:
+    """Beside a run's log: written by the rank whose training loss became NaN or infinite."""
+    return log.with_suffix(".diverged")
+
+
+def diverged(log: Path) -> bool:
+    return diverged_marker(log).exists()
+
+
+def done(log: Path) -> bool:
+    """Nothing left to run: the log is complete, or the run diverged (rerunning it would
+    diverge again: the runs are deterministic)."""
+    return complete(log) or diverged(log)
 
 
 def complete(path: Path) -> bool:
@@ -153,6 +236,7 @@ def complete(path: Path) -> bool:
 def run(args) -> int:
     from mpi4py import MPI
 
+    from hpcgrad.errors import NonFiniteError
     from hpcgrad.training import runtime
     from hpcgrad.training.config import TrainConfig
 
@@ -160,6 +244,13 @@ def run(args) -> int:
     rank = comm.Get_rank()
     root = Path(args.runs)
     for group in chosen_groups(args):
+        if comm.Get_size() != group.ranks and not args.iterations:
+            # logs of another worker count would enter the group's tables as if they were its
+            if rank == 0:
+                print(f"ablations.py: error: group {group.name} needs {group.ranks} ranks "
+                      f"(mpiexec -n {group.ranks}); this job has {comm.Get_size()}",
+                      file=sys.stderr, flush=True)
+            return 2
         started = time.perf_counter()
         todo = runs_of(group, args.seeds)
         ran = 0
@@ -169,15 +260,24 @@ def run(args) -> int:
                 continue
             if args.iterations:
                 settings = {**settings, "iterations": args.iterations,
-                            "eval_every": max(args.iterations // 4, 1)}
-            skip = comm.bcast(not args.force and complete(log) if rank == 0 else None, root=0)
+                            "eval_every": min(eval_every(group, args.iterations),
+                                              args.iterations)}
+            skip = comm.bcast(not args.force and done(log) if rank == 0 else None, root=0)
             if skip:
                 continue
             if rank == 0:
                 log.parent.mkdir(parents=True, exist_ok=True)
+                diverged_marker(log).unlink(missing_ok=True)
             comm.Barrier()
             config = TrainConfig(**settings, log=str(log), overwrite=True).resolved()
-            summary = runtime.train(config, comm)
+            try:
+                summary = runtime.train(config, comm)
+            except NonFiniteError as exc:
+                # Only the rank that saw the NaN knows; it aborts the job (python -m mpi4py),
+                # and the marker lets the next job of this group (regenerate.py starts one)
+                # skip this run and go on with the rest.
+                diverged_marker(log).write_text(f"{exc}\n")
+                raise
             ran += 1
             if rank == 0:
                 print(f"[{group.name} {i + 1}/{len(todo)}] {name}: test "
@@ -190,19 +290,29 @@ def run(args) -> int:
     return 0
 
 
+def group_named(name: str) -> Group:
+    """A group by name, or by its index in GROUPS (what a Slurm array task has)."""
+    if name.isdigit() and int(name) < len(GROUPS):
+        return GROUPS[int(name)]
+    if name in BY_GROUP:
+        return BY_GROUP[name]
+    raise LookupError(f"no group {name!r}: the groups are 0-{len(GROUPS) - 1} or "
+                      f"{', '.join(BY_GROUP)}")
+
+
 def chosen_groups(args) -> list:
     if not args.group:
         return GROUPS
-    out = []
-    for g in args.group:
-        out.append(GROUPS[int(g)] if g.isdigit() else BY_GROUP[g])
-    return out
+    return [group_named(g) for g in args.group]
 
 
 # ---- tables (one process) -------------------------------------------------------------------
 
 
 def read(path: Path) -> dict | None:
+    """The figures a table row needs from one complete log, or None.  ``wall`` is the run's
+    training time: from its ``created_unix`` (just before the file was created) to the file's
+    last modification (its close)."""
     import h5py
     import numpy as np
 
@@ -212,46 +322,93 @@ def read(path: Path) -> dict | None:
         workers = int(f.attrs["num_workers"])
         out = {"test": float(f["eval"]["accuracy"][-1]),
                "validation": float(f["validation"]["accuracy"][-1]),
-               "mb_up": float(f["steps"]["bytes_up"][...].sum()) / workers / 1e6}
+               "mb_up": float(f["steps"]["bytes_up"][...].sum()) / workers / 1e6,
+               "wall": max(path.stat().st_mtime - float(f.attrs["created_unix"]), 0.0)}
         if "bits" in f["steps"]:
             out["bits"] = float(np.mean(f["steps"]["bits"][...]))
     return out
+
+
+def tag_of(partition: str) -> str:
+    return "" if partition == "iid" else partition.replace(":", "") + "-"
+
+
+def chosen(group: Group, method: Method, partition: str, seeds, root: Path):
+    """``(lr, logs, rows)`` of ``method``'s learning rate with the highest final validation
+    accuracy averaged over the seeds whose logs are complete; None if none is."""
+    best = None
+    for lr in method.lrs:
+        logs = [log_of(group, f"{tag_of(partition)}{method.key}-lr{lr}-s{s}", root)
+                for s in seeds]
+        if any(map(diverged, logs)):
+            continue   # an lr that diverged on some seed is not a candidate
+        pairs = [(log, row) for log in logs if (row := read(log)) is not None]
+        if not pairs:
+            continue
+        val = sum(row["validation"] for _, row in pairs) / len(pairs)
+        if best is None or val > best[0]:
+            best = (val, lr, [log for log, _ in pairs], [row for _, row in pairs])
+    return None if best is None else best[1:]
+
+
+def diverged_lrs(group: Group, method: Method, partition: str, seeds, root: Path) -> list:
+    """``LR (seeds S...)`` for each lr of ``method`` that diverged on some seed."""
+    out = []
+    for lr in method.lrs:
+        bad = [str(s) for s in seeds if diverged(
+            log_of(group, f"{tag_of(partition)}{method.key}-lr{lr}-s{s}", root))]
+        if bad:
+            out.append(f"{lr} (seed{'s' if len(bad) > 1 else ''} {' '.join(bad)})")
+    return out
+
+
+def wall_seconds(group: Group, seeds, root: Path) -> tuple[int, float]:
+    """(complete runs, the sum of their training wall times in seconds)."""
+    rows = [read(log_of(group, name, root)) for name, _ in runs_of(group, seeds)]
+    rows = [r for r in rows if r is not None]
+    return len(rows), sum(r["wall"] for r in rows)
+
+
+def group_table(group: Group, seeds, root: Path) -> str:
+    """The group's Markdown table: lr chosen on validation, test accuracy mean ± std."""
+    done, wall = wall_seconds(group, seeds, root)
+    total = len(runs_of(group, seeds))
+    failed = sum(diverged(log_of(group, name, root)) for name, _ in runs_of(group, seeds))
+    failed = f", {failed} diverged" if failed else ""
+    lines = [textwrap.fill(
+                f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), {group.ranks - 1} workers, "
+                f"{group.iterations} iterations; lr chosen on the mean final validation "
+                f"accuracy; test accuracy at that lr. {done} of {total} runs complete{failed}, "
+                f"**{wall:.0f} s** of training (wall, the runs' logs summed).", 100), "",
+             "| method | partition | lr (chosen of) | validation acc % | test acc % "
+             "(mean ± std) | MB up / worker | mean bits |",
+             "|---|---|---|---|---|---|---|"]
+    for partition in group.partitions:
+        for method in group.methods:
+            best = chosen(group, method, partition, seeds, root)
+            failed = diverged_lrs(group, method, partition, seeds, root)
+            note = f"; diverged at {', '.join(failed)}" if failed else ""
+            if best is None:
+                cell = f"diverged at {', '.join(failed)}" if failed else "not run"
+                lines.append(f"| {method.label} | {partition} | {cell} | | | | |")
+                continue
+            lr, _, rows = best
+            bits = (f"{sum(r['bits'] for r in rows) / len(rows):.2f}"
+                    if "bits" in rows[0] else "")
+            lrs = ", ".join(map(str, method.lrs))
+            missing = "" if len(rows) == len(seeds) else f" ({len(rows)} seeds)"
+            lines.append(f"| {method.label} | {partition} | {lr} ({lrs}{note}) | "
+                         f"{mean_std([r['validation'] for r in rows])} | "
+                         f"{mean_std([r['test'] for r in rows])}{missing} | "
+                         f"{sum(r['mb_up'] for r in rows) / len(rows):.3f} | {bits} |")
+    return "\n".join(lines)
 
 
 def table(args) -> int:
     root = Path(args.runs)
     for group in chosen_groups(args):
         print(f"\n#### {group.name}: {group.what}\n")
-        print(f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}); lr chosen on the "
-              "mean final validation accuracy; test accuracy at that lr.\n")
-        print("| method | partition | lr (chosen of) | validation acc % | test acc % "
-              "(mean ± std) | MB up / worker | mean bits |")
-        print("|---|---|---|---|---|---|---|")
-        for partition in group.partitions:
-            for method in group.methods:
-                best = None
-                for lr in method.lrs:
-                    tag = "" if partition == "iid" else partition.replace(":", "") + "-"
-                    rows = [read(log_of(group, f"{tag}{method.key}-lr{lr}-s{s}", root))
-                            for s in args.seeds]
-                    rows = [r for r in rows if r is not None]
-                    if not rows:
-                        continue
-                    val = sum(r["validation"] for r in rows) / len(rows)
-                    if best is None or val > best[0]:
-                        best = (val, lr, rows)
-                if best is None:
-                    print(f"| {method.label} | {partition} | not run | | | | |")
-                    continue
-                val, lr, rows = best
-                bits = (f"{sum(r['bits'] for r in rows) / len(rows):.2f}"
-                        if "bits" in rows[0] else "")
-                lrs = ", ".join(map(str, method.lrs))
-                missing = "" if len(rows) == len(args.seeds) else f" ({len(rows)} seeds)"
-                print(f"| {method.label} | {partition} | {lr} ({lrs}) | "
-                      f"{mean_std([r['validation'] for r in rows])} | "
-                      f"{mean_std([r['test'] for r in rows])}{missing} | "
-                      f"{sum(r['mb_up'] for r in rows) / len(rows):.3f} | {bits} |")
+        print(group_table(group, args.seeds, root))
     return 0
 
 
@@ -261,13 +418,23 @@ def main(argv=None) -> int:
     parser.add_argument("command", nargs="?", choices=("run", "table"), default="table")
     parser.add_argument("--group", nargs="*", help="group names (or indices); default all")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, help="override (a quick try)")
+    parser.add_argument("--iterations", type=int,
+                        help="override (a quick try: then any world size is accepted)")
     parser.add_argument("--runs", default=str(RUNS_DIR), help="where the logs go")
     parser.add_argument("--force", action="store_true", help="rerun complete runs too")
     parser.add_argument("--only", nargs="*", metavar="GLOB",
                         help="run only the runs whose name matches (e.g. 'fp32-*-s0')")
     parser.add_argument("--list", action="store_true", help="print the groups and runs")
+    parser.add_argument("--ranks-of", metavar="GROUP",
+                        help="print the MPI ranks GROUP (a name or index) runs on, and exit")
     args = parser.parse_args(argv)
+    if args.ranks_of is not None:
+        try:
+            print(group_named(args.ranks_of).ranks)
+        except LookupError as exc:
+            print(f"ablations.py: error: {exc.args[0]}", file=sys.stderr)
+            return 2
+        return 0
     if args.list:
         for i, group in enumerate(GROUPS):
             todo = runs_of(group, args.seeds)

@@ -1,5 +1,10 @@
 """Issue 6 evidence: no feedback, EF, step-ahead EF and step-ahead EF with error averaging,
-with scaled sign and with top-K (docs/experiments.md).
+with scaled sign and with top-K.
+
+Superseded: this script produced the single-seed tables and the figures
+error_feedback-n5/n9.png now in docs/experiments/history.md ("Error feedback ... (issue 6),
+superseded").  The current evidence is experiments/ablations.py's groups ef-n4 and ef-n8, run
+by experiments/regenerate.py, which does not use this script.
 
     python experiments/error_feedback.py [--ranks 5] [--iterations 600] [--seed 0]
                                          [--lr 0.1] [--momentum 0.9] [--sparsity 0.01]

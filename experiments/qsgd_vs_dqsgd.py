@@ -1,4 +1,9 @@
-"""Issue 5 evidence: DQ-SGD against fixed-width QSGD on the embedded task (docs/experiments.md).
+"""Issue 5 evidence: DQ-SGD against fixed-width QSGD on the embedded task.
+
+Superseded: this script produced the single-seed, test-set-tuned tables now in
+docs/experiments/history.md ("QSGD vs DQ-SGD (issue 5), superseded").  The current evidence is
+experiments/ablations.py's groups dq-sgd and dq-ramp, run by experiments/regenerate.py, which
+does not use this script.
 
     python experiments/qsgd_vs_dqsgd.py [--iterations 500] [--seed 0] [--lr 0.1 0.05 0.02]
                                         [--only NAME ...] [--table-only]

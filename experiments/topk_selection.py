@@ -1,4 +1,9 @@
-"""Issue 4 evidence: top-K with error feedback, gradient selection rules (docs/experiments.md).
+"""Issue 4 evidence: top-K with error feedback, gradient selection rules.
+
+Superseded: this script produced the single-seed tables now in docs/experiments/history.md
+("Top-K with error feedback: gradient selection (issue 4), superseded").  The current evidence
+is experiments/ablations.py's group topk-n4, run by experiments/regenerate.py, which does not
+use this script.
 
     python experiments/topk_selection.py [--ranks 5] [--iterations 400] [--seed 0]
                                          [--sparsity 0.01] [--lr LR] [--table-only]

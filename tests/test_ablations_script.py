@@ -46,3 +46,20 @@ def test_runs_in_one_job_then_the_table_chooses_on_validation(tmp_path):
     mean_std = r"[\d.]+ ± [\d.]+"
     assert re.search(rf"\| 0\.1 \(0\.1, 0\.03\) \| {mean_std} \| {mean_std} \|", row), row
     assert "| QSGD 4 bits | iid | not run |" in table.stdout
+    assert "2 of 52 runs complete" in " ".join(table.stdout.split())
+    # a run that diverged (its marker, as the rank that saw the NaN writes it) rules its lr out
+    (runs / "digits" / "qsgd-2-lr0.03-s1.diverged").write_text("loss is nan at step 3\n")
+    marked = script("table", "--group", "digits", "--seeds", "0", "1", "--runs", str(runs))
+    assert "| QSGD 2 bits | iid | diverged at 0.03 (seed 1) |" in marked.stdout
+    (runs / "digits" / "qsgd-2-lr0.03-s1.diverged").unlink()
+    # regenerate.py writes the same table into a document's region, the rest left alone
+    doc = tmp_path / "experiments.md"
+    doc.write_text("# E\n<!-- regenerate: table digits -->\nold\n<!-- /regenerate -->\nend\n")
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "regenerate.py"),
+                           "--tables-only", "--doc", str(doc), "--seeds", "0", "1",
+                           "--runs", str(runs)], cwd=ROOT, text=True, capture_output=True,
+                          env=mpi_env(), timeout=90)
+    assert done.returncode == 0, done.stderr
+    text = doc.read_text()
+    assert text.startswith("# E\n<!-- regenerate: table digits -->\n2 seeds (0, 1), 4 workers")
+    assert row in text and "\nold\n" not in text and text.endswith("<!-- /regenerate -->\nend\n")

@@ -65,7 +65,8 @@ def test_sweep_configs_name_known_algorithms():
         assert words[0] in ALGORITHMS, f"sweep line {' '.join(words)!r}: unknown algorithm"
 
 
-@pytest.mark.parametrize("script", ["train.sbatch", "sweep.sbatch", "multinode.sbatch"])
+@pytest.mark.parametrize("script", ["train.sbatch", "sweep.sbatch", "multinode.sbatch",
+                                    "experiments.sbatch"])
 def test_job_scripts_are_valid_bash_that_exits_with_sruns_status(script):
     path = SLURM_DIR / script
     subprocess.run(["bash", "-n", str(path)], check=True)

@@ -2,7 +2,7 @@
 residual ablation and the real-digits runs (docs/experiments.md, "Seeds, validation, ablations").
 
     python experiments/ablations.py --list                         # groups and their runs
-    mpiexec -n 5 python -m mpi4py experiments/ablations.py run     # every group, one job
+    mpiexec -n 5 python -m mpi4py experiments/ablations.py run     # every 5-rank group, one job
     mpiexec -n 5 python -m mpi4py experiments/ablations.py run --group digits --seeds 0 1 2
     mpiexec -n 5 python -m mpi4py experiments/ablations.py run --only 'classes2-*'
     python experiments/ablations.py table                          # Markdown tables from logs
@@ -114,6 +114,52 @@ GROUPS = [
                      (0.02, 0.01)),
           ], iterations=300),
 ]
+
+# ---- the vote methods (issue 21, items 1-4; experiments/votes.py draws their tables) --------
+
+FP32_EMB = Method("fp32", "fp32 SGD (fp32-ps)", {"algorithm": "fp32-ps"}, (0.03, 0.01))
+SIGNUM = Method("signum", "Signum-MV (momentum 0.9)",
+                {"algorithm": "signum-mv", "momentum": 0.9}, (0.0003, 0.001))
+S3GD_AUTO = Method("s3gd-auto", "S3GD-MV, K = d/M (`--k-per-worker auto`), residual on",
+                   {"algorithm": "s3gd-mv", "k_per_worker": "auto", "residual": 1.0},
+                   (0.003, 0.01))
+#: M of the worker-count study (error against M, and the K rule): 2..16 ranks.
+VOTE_WORKERS = (1, 2, 4, 8, 15)
+K_RULE_WORKERS = (4, 8, 15)
+#: The adversary study: 7 workers, 0..3 of them corrupting (3 is just under M/2).
+ADVERSARY_WORKERS = 7
+ADVERSARY_COUNTS = (1, 2, 3)
+
+
+def attacked(method: Method, count: int, attack: str) -> Method:
+    """``method`` with the last ``count`` workers sending ``attack``ed uplinks."""
+    return Method(f"{method.key}-a{count}-{attack}", f"{method.label}, {count} {attack}",
+                  {**method.settings, "adversaries": count, "attack": attack}, method.lrs)
+
+
+GROUPS += [
+    *(Group(f"votes-workers-m{m}",
+            f"error against the number of workers: signSGD-MV, Signum-MV and fp32 SGD at M = "
+            f"{m}, embedded task, IID, batch 32 per worker", {"validation_fraction": 0.1},
+            [FP32_EMB, SIGNSGD, SIGNUM], iterations=200, ranks=m + 1)
+      for m in VOTE_WORKERS),
+    *(Group(f"votes-k-rule-m{m}",
+            f"S3GD-MV's K = d/M rule against a fixed 1% at M = {m}, embedded task, IID",
+            {"validation_fraction": 0.1}, [S3GD, S3GD_AUTO], iterations=200, ranks=m + 1)
+      for m in K_RULE_WORKERS),
+    Group("votes-adversaries",
+          f"Signum-MV and S3GD-MV with 0..3 of {ADVERSARY_WORKERS} workers inverting or sending "
+          "random signs, embedded task, IID", {"validation_fraction": 0.1},
+          [attacked(m, n, a) if n else m for m in (SIGNUM, S3GD)
+           for n in (0, *ADVERSARY_COUNTS) for a in (("invert", "random") if n else ("",))],
+          iterations=200, ranks=ADVERSARY_WORKERS + 1),
+    Group("votes-digits-m15",
+          "the vote methods on real handwritten digits with 15 workers (the S3GD-MV paper's "
+          "count), mlp 128", {"dataset": "digits", "validation_fraction": 0.2}, [
+              Method("fp32", "fp32 SGD (fp32-ps)", {"algorithm": "fp32-ps"}, (0.1, 0.03)),
+              SIGNSGD, SIGNUM, S3GD, S3GD_OFF,
+          ], iterations=200, ranks=16),
+]
 BY_GROUP = {g.name: g for g in GROUPS}
 
 
@@ -160,6 +206,14 @@ def run(args) -> int:
     rank = comm.Get_rank()
     root = Path(args.runs)
     for group in chosen_groups(args):
+        if group.ranks != comm.Get_size():
+            # A group's M is its world: without --group only the groups of this world size
+            # run (one job per size); a named group runs anyway, for a quick try.
+            if not args.group:
+                continue
+            if rank == 0:
+                print(f"note: group {group.name} is meant for {group.ranks} ranks; running "
+                      f"it with {comm.Get_size()}", flush=True)
         started = time.perf_counter()
         todo = runs_of(group, args.seeds)
         ran = 0

@@ -45,6 +45,9 @@ def read(path: Path) -> dict | None:
         if "nnz_up" in steps:
             out["k"] = float(np.mean(steps["nnz_up"][...]))
             out["union"] = float(np.mean(steps["union_size"][...]))
+            # Body bits per sent sign (positions coded, the 32-byte header left out).
+            body = steps["bytes_up"][...] - int(f.attrs["header_bytes"])
+            out["bits_per_entry"] = 8 * float(body.sum()) / float(steps["nnz_up"][...].sum())
     return out
 
 
@@ -147,32 +150,31 @@ def adversaries_table(args, root: Path) -> dict:
     print(f"\n#### Adversaries: 0..3 of M = {ab.ADVERSARY_WORKERS} workers (embedded task, IID, "
           "200 iterations)\n")
     counts = (0, *ab.ADVERSARY_COUNTS)
-    print("| method | attack | lr (chosen of, per cell) | "
+    print("| method | attack | lr | "
           + " | ".join(f"{n} adversaries: test acc %" for n in counts)
           + " | 3 minus 0 (points) |")
     print("|---|---|---|" + "---|" * len(counts) + "---|")
     curves = {}
-    for base in (ab.SIGNUM, ab.S3GD):
-        clean = chosen(group, base, args.seeds, root)
-        for attack in ("invert", "random"):
-            cells, lrs, accs = [], [], []
+    for base, attacks in ((ab.SIGNUM, ("invert", "random")), (ab.S3GD, ("invert", "random")),
+                          (ab.FP32_EMB, ("invert",))):
+        clean = by_key[base.key]
+        for attack in attacks:
+            cells, accs = [], []
             for n in counts:
-                method = base if n == 0 else by_key[f"{base.key}-a{n}-{attack}"]
-                got = chosen(group, method, args.seeds, root) if n else clean
+                method = clean if n == 0 else by_key[f"{base.key}-a{n}-{attack}"]
+                got = chosen(group, method, args.seeds, root)
                 if got is None:
                     cells.append("not run")
-                    lrs.append("-")
                     accs.append(None)
                     continue
-                lr, rows = got
+                _, rows = got
                 cells.append(mean_std([r["test"] for r in rows]) + seeds_note(rows, args.seeds))
-                lrs.append(str(lr))
                 accs.append(rows)
             drop = (f"{100 * (mean(accs[-1], 'test') - mean(accs[0], 'test')):+.2f}"
                     if accs[0] and accs[-1] else "")
             curves[f"{base.label}, {attack}"] = list(zip(counts, accs))
-            print(f"| {base.label} | {attack} | {' / '.join(lrs)} (of "
-                  f"{', '.join(map(str, base.lrs))}) | {' | '.join(cells)} | {drop} |")
+            print(f"| {base.label} | {attack} | {clean.lrs[0]} | {' | '.join(cells)} | "
+                  f"{drop} |")
     return curves
 
 
@@ -207,21 +209,22 @@ def k_rule_table(args, root: Path) -> None:
     print("\n#### S3GD-MV: K = d/M (`--k-per-worker auto`) against a fixed 1% (embedded task, "
           "IID, 200 iterations)\n")
     print("| M | K rule | lr (chosen of) | test acc % (mean ± std) | K / d | mean \\|U\\| / d | "
-          "MB up / worker | MB down |")
-    print("|---:|---|---|---|---:|---:|---:|---:|")
+          "uplink body bits / entry | MB up / worker | MB down |")
+    print("|---:|---|---|---|---:|---:|---:|---:|---:|")
     for m in ab.K_RULE_WORKERS:
         group = ab.BY_GROUP[f"votes-k-rule-m{m}"]
         for method in group.methods:
             got = chosen(group, method, args.seeds, root)
             rule = "d/M" if method.key == "s3gd-auto" else "1%"
             if got is None:
-                print(f"| {m} | {rule} | not run | | | | | |")
+                print(f"| {m} | {rule} | not run | | | | | | |")
                 continue
             lr, rows = got
             d = rows[0]["d"]
             print(f"| {m} | {rule} | {lr_cell(lr, method)} | "
                   f"{mean_std([r['test'] for r in rows])}{seeds_note(rows, args.seeds)} | "
                   f"{mean(rows, 'k') / d:.4f} | {mean(rows, 'union') / d:.4f} | "
+                  f"{mean(rows, 'bits_per_entry'):.2f} | "
                   f"{mean(rows, 'mb_up'):.3f} | {mean(rows, 'mb_down'):.3f} |")
 
 

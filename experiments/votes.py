@@ -152,7 +152,7 @@ def adversaries_table(args, root: Path) -> dict:
     counts = (0, *ab.ADVERSARY_COUNTS)
     print("| method | attack | lr | "
           + " | ".join(f"{n} adversaries: test acc %" for n in counts)
-          + " | 3 minus 0 (points) |")
+          + " | minus clean at 1 / 2 / 3 (points) |")
     print("|---|---|---|" + "---|" * len(counts) + "---|")
     curves = {}
     for base, attacks in ((ab.SIGNUM, ("invert", "random")), (ab.S3GD, ("invert", "random")),
@@ -170,8 +170,9 @@ def adversaries_table(args, root: Path) -> dict:
                 _, rows = got
                 cells.append(mean_std([r["test"] for r in rows]) + seeds_note(rows, args.seeds))
                 accs.append(rows)
-            drop = (f"{100 * (mean(accs[-1], 'test') - mean(accs[0], 'test')):+.2f}"
-                    if accs[0] and accs[-1] else "")
+            drop = " / ".join(
+                f"{100 * (mean(rows, 'test') - mean(accs[0], 'test')):+.2f}"
+                if accs[0] and rows else "-" for rows in accs[1:])
             curves[f"{base.label}, {attack}"] = list(zip(counts, accs))
             print(f"| {base.label} | {attack} | {clean.lrs[0]} | {' | '.join(cells)} | "
                   f"{drop} |")

@@ -120,7 +120,8 @@ GROUPS = [
 FP32_EMB = Method("fp32", "fp32 SGD (fp32-ps)", {"algorithm": "fp32-ps"}, (0.1, 0.03))
 SIGNUM = Method("signum", "Signum-MV (momentum 0.9)",
                 {"algorithm": "signum-mv", "momentum": 0.9}, (0.0003, 0.001))
-#: With an even M a vote can tie; ``--tie positive`` (the default) breaks every tie towards +1.
+#: With an even M a vote can tie; ``--tie positive`` (the default) breaks every tie towards +1;
+#: at even M the study adds ``--tie zero`` (a tied coordinate does not move).
 SIGNSGD_TIE0 = Method("signsgd-tie0", "signSGD-MV (momentum 0), `--tie zero`",
                       {"algorithm": "signum-mv", "momentum": 0.0, "tie": "zero"},
                       (0.0003, 0.001))

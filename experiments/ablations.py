@@ -12,9 +12,11 @@ residual ablation and the real-digits runs (docs/experiments.md, "Seeds, validat
 import torch and load Numba once instead of once per run, which on a small shared machine is
 most of a short run's time.  Under Slurm the same line runs as ``srun -n 5 python -m mpi4py
 experiments/ablations.py run --group G`` (one group per array task: ``--group`` takes the
-``$SLURM_ARRAY_TASK_ID``-th name of ``--list`` too, as a number).  Logs go to
-``runs/issue21/GROUP/NAME-lrLR-sSEED.h5``; a run whose log is complete is not run again
-(``--force`` reruns it).
+``$SLURM_ARRAY_TASK_ID``-th name of ``--list`` too, as a number).  A group's ``ranks`` is its
+world size, M workers + 1: without ``--group`` a job runs only the groups of its own size, so
+the vote groups (M = 1..15) need one job per size (``experiments/votes.py`` lists them).
+Logs go to ``runs/issue21/GROUP/NAME-lrLR-sSEED.h5``; a run whose log is complete is not run
+again (``--force`` reruns it).
 
 Every run holds out ``--validation-fraction`` of its training set.  ``table`` picks, for each
 method (and partition), the learning rate whose final *validation* accuracy, averaged over the

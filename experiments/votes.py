@@ -6,8 +6,12 @@ methods with 3 seeds").
     python experiments/votes.py --runs DIR --figures DIR --seeds 0 1
 
 The runs themselves are ``ablations.py run``, one MPI job per world size (a group's ``ranks``
-is M + 1), e.g. ``mpiexec -n 16 python -m mpi4py experiments/ablations.py run --group
-votes-workers-m15 votes-k-rule-m15 votes-digits-m15``.
+is M + 1; ``mpiexec -n N python -m mpi4py experiments/ablations.py run --group ...``):
+
+    N = 2: votes-workers-m1           N = 8: votes-adversaries
+    N = 3: votes-workers-m2           N = 9: votes-workers-m8 votes-k-rule-m8
+    N = 5: votes-workers-m4 votes-k-rule-m4
+    N = 16: votes-workers-m15 votes-k-rule-m15 votes-digits-m15
 
 Every number follows ablations.py's rule: for each method (and M, and adversary count) the
 learning rate is the one of its grid whose final *validation* accuracy, averaged over the

@@ -142,9 +142,7 @@ ADVERSARY_LR = {"signum": 0.001, "s3gd": 0.01, "fp32": 0.03}
 
 
 def at_lr(method: Method, lr: float) -> Method:
-    """``method`` at one learning rate, chosen on validation in another group: the 16-rank
-    groups are the slowest on a small machine, so they reuse the lr that validation chose
-    with fewer workers (votes-k-rule-m4 and -m8; the 4-worker ``digits`` group)."""
+    """``method`` at one learning rate, chosen on validation in another group."""
     return Method(method.key, method.label, method.settings, (lr,))
 
 
@@ -168,7 +166,7 @@ GROUPS += [
     *(Group(f"votes-k-rule-m{m}",
             f"S3GD-MV's K = d/M rule against a fixed 1% at M = {m}, embedded task, IID",
             {"validation_fraction": 0.1},
-            [S3GD, S3GD_AUTO] if m < 15 else [at_lr(S3GD, 0.01), at_lr(S3GD_AUTO, 0.003)],
+            [S3GD, S3GD_AUTO],
             iterations=200, ranks=m + 1)
       for m in K_RULE_WORKERS),
     Group("votes-adversaries",
@@ -181,11 +179,10 @@ GROUPS += [
           iterations=200, ranks=ADVERSARY_WORKERS + 1),
     Group("votes-digits-m15",
           "the vote methods on real handwritten digits with 15 workers (the S3GD-MV paper's "
-          "count), mlp 128; lrs as chosen on validation by the 4-worker digits group",
+          "count), mlp 128",
           {"dataset": "digits", "validation_fraction": 0.2}, [
-              Method("fp32", "fp32 SGD (fp32-ps)", {"algorithm": "fp32-ps"}, (0.1,)),
-              at_lr(SIGNSGD, 0.001), at_lr(SIGNUM, 0.001), at_lr(S3GD, 0.01),
-              at_lr(S3GD_OFF, 0.01),
+              Method("fp32", "fp32 SGD (fp32-ps)", {"algorithm": "fp32-ps"}, (0.1, 0.03)),
+              SIGNSGD, SIGNUM, S3GD, S3GD_OFF,
           ], iterations=200, ranks=16),
 ]
 BY_GROUP = {g.name: g for g in GROUPS}

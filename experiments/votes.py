@@ -236,8 +236,8 @@ def k_rule_table(args, root: Path) -> None:
 def digits_table(args, root: Path) -> None:
     group = ab.BY_GROUP["votes-digits-m15"]
     print("\n#### Real handwritten digits, M = 15 workers (16 ranks), 200 iterations\n")
-    print("| method | lr (validation's choice with 4 workers) | validation acc % | "
-          "test acc % (mean ± std) | test loss | MB up / worker |")
+    print("| method | lr (chosen of) | validation acc % | test acc % (mean ± std) | "
+          "test loss | MB up / worker |")
     print("|---|---|---|---|---|---:|")
     for method in group.methods:
         got = chosen(group, method, args.seeds, root)
@@ -245,7 +245,8 @@ def digits_table(args, root: Path) -> None:
             print(f"| {method.label} | not run | | | | |")
             continue
         lr, rows = got
-        print(f"| {method.label} | {lr} | {mean_std([r['validation'] for r in rows])} | "
+        print(f"| {method.label} | {lr_cell(lr, method)} | "
+              f"{mean_std([r['validation'] for r in rows])} | "
               f"{mean_std([r['test'] for r in rows])}{seeds_note(rows, args.seeds)} | "
               f"{mean_std([r['loss'] for r in rows], 1.0, 3)} | {mean(rows, 'mb_up'):.3f} |")
 

@@ -52,8 +52,8 @@ def test_list_has_the_vote_groups_with_their_world_sizes():
     done = script("--list", "--seeds", "0", "1", "2")
     assert done.returncode == 0, done.stderr
     for name, runs in (("votes-workers-m1", 18), ("votes-workers-m15", 18),
-                       ("votes-k-rule-m8", 12), ("votes-k-rule-m15", 6),
-                       ("votes-digits-m15", 15)):
+                       ("votes-k-rule-m8", 12), ("votes-k-rule-m15", 12),
+                       ("votes-digits-m15", 30)):
         assert re.search(rf"^\d+ {name}: .* \({runs} runs\)$", done.stdout, re.M), name
     assert "    s3gd-auto-lr0.01-s2: " in done.stdout
     line = next(ln for ln in done.stdout.splitlines()

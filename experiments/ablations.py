@@ -165,9 +165,7 @@ GROUPS += [
       for m in VOTE_WORKERS),
     *(Group(f"votes-k-rule-m{m}",
             f"S3GD-MV's K = d/M rule against a fixed 1% at M = {m}, embedded task, IID",
-            {"validation_fraction": 0.1},
-            [S3GD, S3GD_AUTO],
-            iterations=200, ranks=m + 1)
+            {"validation_fraction": 0.1}, [S3GD, S3GD_AUTO], iterations=200, ranks=m + 1)
       for m in K_RULE_WORKERS),
     Group("votes-adversaries",
           f"Signum-MV and S3GD-MV with 0..3 of {ADVERSARY_WORKERS} workers inverting or sending "

@@ -3,7 +3,7 @@ chosen on a validation split (issue 21).  ``experiments/regenerate.py`` runs eve
 writes every table; this script runs and tables one group at a time.
 
     python experiments/ablations.py --list                         # groups and their runs
-    mpiexec -n 5 python -m mpi4py experiments/ablations.py run     # every group, one job
+    mpiexec -n 5 python -m mpi4py experiments/ablations.py run     # every 5-rank group, one job
     mpiexec -n 5 python -m mpi4py experiments/ablations.py run --group digits --seeds 0 1 2
     mpiexec -n 5 python -m mpi4py experiments/ablations.py run --only 'classes2-*'
     python experiments/ablations.py table                          # Markdown tables from logs
@@ -13,9 +13,11 @@ writes every table; this script runs and tables one group at a time.
 import torch and load Numba once instead of once per run, which on a small shared machine is
 most of a short run's time.  Under Slurm the same line runs as ``srun -n 5 python -m mpi4py
 experiments/ablations.py run --group G`` (one group per array task: ``--group`` takes the
-``$SLURM_ARRAY_TASK_ID``-th name of ``--list`` too, as a number).  Logs go to
-``runs/issue21/GROUP/NAME-lrLR-sSEED.h5``; a run whose log is complete is not run again
-(``--force`` reruns it).
+``$SLURM_ARRAY_TASK_ID``-th name of ``--list`` too, as a number).  A group's ``ranks`` is its
+world size, M workers + 1: without ``--group`` a job runs only the groups of its own size, so
+the vote groups (M = 1..15) need one job per size (``experiments/votes.py`` lists them).
+Logs go to ``runs/issue21/GROUP/NAME-lrLR-sSEED.h5``; a run whose log is complete is not run
+again (``--force`` reruns it).
 
 Every run holds out ``--validation-fraction`` of its training set.  ``table`` picks, for each
 method (and partition), the learning rate whose final *validation* accuracy, averaged over the
@@ -178,6 +180,73 @@ GROUPS = [
           {"validation_fraction": 0.1}, TOPK_METHODS, iterations=300, ranks=9, eval_every=25,
           extra={"fp32_from": "ef-n8"}),
 ]
+
+# ---- the vote methods (issue 21, items 1-4; experiments/votes.py draws their tables) --------
+
+FP32_EMB = Method("fp32", "fp32 SGD (fp32-ps)", {"algorithm": "fp32-ps"}, (0.1, 0.03))
+SIGNUM = Method("signum", "Signum-MV (momentum 0.9)",
+                {"algorithm": "signum-mv", "momentum": 0.9}, (0.0003, 0.001))
+#: With an even M a vote can tie; ``--tie positive`` (the default) breaks every tie towards +1;
+#: at even M the study adds ``--tie zero`` (a tied coordinate does not move).
+SIGNSGD_TIE0 = Method("signsgd-tie0", "signSGD-MV (momentum 0), `--tie zero`",
+                      {"algorithm": "signum-mv", "momentum": 0.0, "tie": "zero"},
+                      (0.0003, 0.001))
+S3GD_AUTO = Method("s3gd-auto", "S3GD-MV, K = d/M (`--k-per-worker auto`), residual on",
+                   {"algorithm": "s3gd-mv", "k_per_worker": "auto", "residual": 1.0},
+                   (0.003, 0.01))
+#: M of the worker-count study (error against M, and the K rule): 2..16 ranks.
+VOTE_WORKERS = (1, 2, 4, 8, 15)
+K_RULE_WORKERS = (4, 8, 15)
+#: The adversary study: 7 workers, 0..3 of them corrupting (3 is just under M/2).  One lr per
+#: method, the one chosen on validation by the clean 8-worker runs (votes-workers-m8 for
+#: Signum-MV and fp32, votes-k-rule-m8 for S3GD-MV 1%): an attack does not retune the lr.
+ADVERSARY_WORKERS = 7
+ADVERSARY_COUNTS = (1, 2, 3)
+ADVERSARY_LR = {"signum": 0.001, "s3gd": 0.01, "fp32": 0.03}
+
+
+def at_lr(method: Method, lr: float) -> Method:
+    """``method`` at one learning rate, chosen on validation in another group."""
+    return Method(method.key, method.label, method.settings, (lr,))
+
+
+def attacked(method: Method, count: int, attack: str) -> Method:
+    """``method`` at its ``ADVERSARY_LR`` with the last ``count`` workers sending ``attack``ed
+    uplinks (``count`` 0: the clean run)."""
+    lrs = (ADVERSARY_LR[method.key],)
+    if not count:
+        return at_lr(method, lrs[0])
+    return Method(f"{method.key}-a{count}-{attack}", f"{method.label}, {count} {attack}",
+                  {**method.settings, "adversaries": count, "attack": attack}, lrs)
+
+
+GROUPS += [
+    *(Group(f"votes-workers-m{m}",
+            f"error against the number of workers: signSGD-MV, Signum-MV and fp32 SGD at M = "
+            f"{m}, embedded task, IID, batch 32 per worker", {"validation_fraction": 0.1},
+            [FP32_EMB, SIGNSGD, SIGNUM, *([SIGNSGD_TIE0] if m % 2 == 0 else [])],
+            iterations=200, ranks=m + 1)
+      for m in VOTE_WORKERS),
+    *(Group(f"votes-k-rule-m{m}",
+            f"S3GD-MV's K = d/M rule against a fixed 1% at M = {m}, embedded task, IID",
+            {"validation_fraction": 0.1}, [S3GD, S3GD_AUTO], iterations=200, ranks=m + 1)
+      for m in K_RULE_WORKERS),
+    Group("votes-adversaries",
+          f"Signum-MV and S3GD-MV with 0..3 of {ADVERSARY_WORKERS} workers inverting or sending "
+          "random signs (fp32 SGD: inverting), embedded task, IID", {"validation_fraction": 0.1},
+          [attacked(m, n, a) for m, attacks in ((SIGNUM, ("invert", "random")),
+                                                (S3GD, ("invert", "random")),
+                                                (FP32_EMB, ("invert",)))
+           for n in (0, *ADVERSARY_COUNTS) for a in (attacks if n else ("",))],
+          iterations=200, ranks=ADVERSARY_WORKERS + 1),
+    Group("votes-digits-m15",
+          "the vote methods on real handwritten digits with 15 workers (the S3GD-MV paper's "
+          "count), mlp 128",
+          {"dataset": "digits", "validation_fraction": 0.2}, [
+              Method("fp32", "fp32 SGD (fp32-ps)", {"algorithm": "fp32-ps"}, (0.1, 0.03)),
+              SIGNSGD, SIGNUM, S3GD, S3GD_OFF,
+          ], iterations=200, ranks=16),
+]
 BY_GROUP = {g.name: g for g in GROUPS}
 
 
@@ -244,13 +313,18 @@ def run(args) -> int:
     rank = comm.Get_rank()
     root = Path(args.runs)
     for group in chosen_groups(args):
-        if comm.Get_size() != group.ranks and not args.iterations:
-            # logs of another worker count would enter the group's tables as if they were its
-            if rank == 0:
-                print(f"ablations.py: error: group {group.name} needs {group.ranks} ranks "
-                      f"(mpiexec -n {group.ranks}); this job has {comm.Get_size()}",
-                      file=sys.stderr, flush=True)
-            return 2
+        if group.ranks != comm.Get_size():
+            # A group's M is its world: without --group only the groups of this world size
+            # run (one job per size); a group named at another size is refused, since its logs
+            # would enter the group's tables as if they were its (--iterations: a quick try).
+            if not args.group:
+                continue
+            if not args.iterations:
+                if rank == 0:
+                    print(f"ablations.py: error: group {group.name} needs {group.ranks} ranks "
+                          f"(mpiexec -n {group.ranks}); this job has {comm.Get_size()}",
+                          file=sys.stderr, flush=True)
+                return 2
         started = time.perf_counter()
         todo = runs_of(group, args.seeds)
         ran = 0

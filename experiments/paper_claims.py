@@ -1,4 +1,4 @@
-"""Issue 10 evidence: the seed papers' claims on the embedded task (docs/experiments.md).
+"""Issue 10 evidence: the seed papers' claims on the embedded task (docs/experiments/history.md).
 
     python experiments/paper_claims.py --list              # the runs, with their indices
     python experiments/paper_claims.py                     # every run, one after the other

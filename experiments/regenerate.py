@@ -22,7 +22,9 @@ whose contents this script replaces; a region none of whose runs has a complete 
 results of another machine) is kept as it is.  The kinds: ``table GROUP`` (the group's
 accuracy table, ``ablations.group_table``); ``timing GROUP``, ``selection GROUP`` and ``losses
 GROUP`` (``reports.timing``, ``reports.selection``, ``reports.losses``); ``bits-curve FILE.png
-GROUP...`` (``reports.bits_curve``: writes docs/experiments/FILE.png).  A group with no
+GROUP...`` (``reports.bits_curve``: writes docs/experiments/FILE.png); ``votes TABLE``
+(``experiments/votes.py``'s ``workers``, ``adversaries``, ``k-rule`` or ``digits`` table over
+the ``votes-*`` groups, and its figure).  A group with no
 ``table`` region has its table printed instead, so nothing is lost; a region naming an unknown
 group or kind stops the script before it writes.
 """
@@ -47,7 +49,15 @@ import ablations  # noqa: E402  (experiments/ is not a package)
 DOC = ROOT / "docs" / "experiments.md"   # figures go to experiments/ beside it
 REGION = re.compile(r"(<!-- regenerate: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)"
                     r"(<!-- /regenerate -->)", re.S)
-KINDS = ("table", "timing", "selection", "losses", "bits-curve")
+KINDS = ("table", "timing", "selection", "losses", "bits-curve", "votes")
+#: ``votes TABLE``: experiments/votes.py's table TABLE, read from these groups' logs (and, for
+#: ``workers`` and ``adversaries``, its figure redrawn).
+VOTE_TABLES = {
+    "workers": [f"votes-workers-m{m}" for m in ablations.VOTE_WORKERS],
+    "adversaries": ["votes-adversaries"],
+    "k-rule": [f"votes-k-rule-m{m}" for m in ablations.K_RULE_WORKERS],
+    "digits": ["votes-digits-m15"],
+}
 
 
 def mpiexec_line(group, args) -> list[str]:
@@ -87,6 +97,8 @@ def selected(args) -> list:
 
 def group_names(spec: str) -> list[str]:
     kind, *operands = spec.split()
+    if kind == "votes":
+        return VOTE_TABLES.get(operands[0], []) if len(operands) == 1 else []
     return operands[1:] if kind == "bits-curve" else operands
 
 
@@ -97,6 +109,8 @@ def region_problem(spec: str) -> str | None:
         return f"unknown kind (kinds: {', '.join(KINDS)})"
     if kind == "bits-curve" and not (len(operands) > 1 and operands[0].endswith(".png")):
         return "bits-curve takes FILE.png and one or more groups"
+    if kind == "votes" and (len(operands) != 1 or operands[0] not in VOTE_TABLES):
+        return f"votes takes one of {', '.join(VOTE_TABLES)}"
     if kind != "bits-curve" and len(operands) != 1:
         return f"{kind} takes one group"
     for name in group_names(spec):
@@ -126,10 +140,31 @@ def render(spec: str, args) -> str:
         table = reports.bits_curve(groups, args.seeds, root,
                                    Path(args.doc).parent / "experiments" / png)
         return f"![accuracy against cumulative uplink bytes](experiments/{png})\n\n{table}"
+    if kind == "votes":
+        return vote_table(operands[0], args)
     group = ablations.group_named(operands[0])
     if kind == "table":
         return ablations.group_table(group, args.seeds, root)
     return getattr(reports, kind)(group.name, args.seeds, root)
+
+
+def vote_table(name: str, args) -> str:
+    """experiments/votes.py's table ``name`` (its printed Markdown, without the heading)."""
+    import contextlib
+    import io
+
+    import votes
+
+    root, figures = Path(args.runs), Path(args.doc).parent / "experiments"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        curves = getattr(votes, f"{name.replace('-', '_')}_table")(args, root)
+    if name == "workers" and curves:
+        votes.plot_workers(curves, figures / "votes-workers.png")
+    if name == "adversaries" and any(rows for points in curves.values() for _, rows in points):
+        votes.plot_adversaries(curves, figures / "votes-adversaries.png")
+    lines = printed.getvalue().strip().splitlines()
+    return "\n".join(line for line in lines if not line.startswith("#### ")).strip()
 
 
 def write(args) -> int:

@@ -63,3 +63,26 @@ def test_runs_in_one_job_then_the_table_chooses_on_validation(tmp_path):
     text = doc.read_text()
     assert text.startswith("# E\n<!-- regenerate: table digits -->\n2 seeds (0, 1), 4 workers")
     assert row in text and "\nold\n" not in text and text.endswith("<!-- /regenerate -->\nend\n")
+
+
+def test_list_has_the_vote_groups_with_their_world_sizes():
+    done = script("--list", "--seeds", "0", "1", "2")
+    assert done.returncode == 0, done.stderr
+    for name, runs in (("votes-workers-m1", 18), ("votes-workers-m15", 18),
+                       ("votes-k-rule-m8", 12), ("votes-k-rule-m15", 12),
+                       ("votes-digits-m15", 30)):
+        assert re.search(rf"^\d+ {name}: .* \({runs} runs\)$", done.stdout, re.M), name
+    assert "    s3gd-auto-lr0.01-s2: " in done.stdout
+    line = next(ln for ln in done.stdout.splitlines()
+                if ln.startswith("    signum-a3-random-lr"))
+    assert '"adversaries": 3, "attack": "random"' in line and '"momentum": 0.9' in line
+
+
+def test_votes_tables_say_what_was_not_run(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "votes.py"), "--runs",
+                           str(tmp_path / "runs"), "--figures", str(tmp_path / "fig")],
+                          cwd=ROOT, text=True, capture_output=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert "| 15 | Signum-MV (momentum 0.9) | not run |" in done.stdout
+    assert "| 8 | d/M | not run |" in done.stdout
+    assert list((tmp_path / "fig").iterdir()) == []

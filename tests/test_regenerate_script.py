@@ -62,17 +62,20 @@ def test_regions_without_logs_are_kept_and_a_bad_region_writes_nothing(tmp_path)
     """(A region rewritten from real logs: tests/test_ablations_script.py.)"""
     doc = tmp_path / "experiments.md"
     before = ("# Experiments\n\n<!-- regenerate: table ef-n8 -->\npublished table\n"
-              "<!-- /regenerate -->\nkept too\n")
+              "<!-- /regenerate -->\nkept too\n<!-- regenerate: votes k-rule -->\n"
+              "published vote table\n<!-- /regenerate -->\n")
     doc.write_text(before)
     done = script("--tables-only", "--doc", doc, "--runs", tmp_path / "no-runs")
     assert done.returncode == 0, done.stderr
     assert doc.read_text() == before
     assert "kept 'table ef-n8' as it was: none of its runs has a complete log" in done.stdout
+    assert "kept 'votes k-rule' as it was" in done.stdout
     # a group without a table region is printed, not lost
     assert "#### dq-sgd (no 'table dq-sgd' region in experiments.md)" in done.stdout
     for region, problem in [("table no-such-group", "no group 'no-such-group'"),
                             ("timing ef-n4 ef-n8", "timing takes one group"),
                             ("bits-curve dq-sgd", "bits-curve takes FILE.png and one or more"),
+                            ("votes ef-n4", "votes takes one of workers, adversaries"),
                             ("plot ef-n4", "unknown kind")]:
         doc.write_text(before + f"<!-- regenerate: {region} -->\n<!-- /regenerate -->\n")
         bad = script("--tables-only", "--doc", doc, "--runs", tmp_path / "no-runs")

@@ -89,8 +89,9 @@ class Topology:
     def describe(self) -> str:
         sizes = [len(g) for g in self.groups]
         same = len(set(sizes)) == 1
-        shape = (f"{len(sizes)} nodes of {sizes[0]} workers" if same
-                 else f"{len(sizes)} nodes of {'+'.join(map(str, sizes))} workers")
+        nodes = f"{len(sizes)} node{'s' if len(sizes) > 1 else ''}"
+        shape = (f"{nodes} of {sizes[0]} worker{'s' if sizes[0] > 1 else ''}" if same
+                 else f"{nodes} of {'+'.join(map(str, sizes))} workers")
         return f"{shape} ({self.source})"
 
 

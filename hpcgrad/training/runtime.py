@@ -193,6 +193,9 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     comm = comm or MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     agree(comm, lambda: check_world(comm, config), "checking the job")
+    if config.hierarchy == "node":  # bad nodes are a setup error, agreed (comm/topology.py)
+        agree(comm, lambda: topology.check(topology.discover(comm, config.ranks_per_node)),
+              "checking the nodes")
     if data is None and model is None:  # the settings decide the sizes (the CLI checked too)
         agree(comm, lambda: footprint.check(config, size), "checking the memory")
     # Refuse a log in the way before the seconds of loading; the claim below is the lock.
@@ -236,9 +239,6 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
         _broadcast_params(comm, flat, params, where)  # rank 0 read them from its file
 
     zeros = np.zeros if where.name == "cpu" else device.pinned_zeros
-    if config.hierarchy == "node":  # bad nodes are a setup error, agreed (comm/topology.py)
-        agree(comm, lambda: topology.check(topology.discover(comm, config.ranks_per_node)),
-              "checking the nodes")
     step_exchange = hierarchy.create(comm, alg, where, params, zeros)
     step_exchange.attack = agree(comm, lambda: attacks.create(config, alg, rank, size),
                                  "setting up the adversaries")

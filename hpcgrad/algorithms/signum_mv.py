@@ -78,12 +78,19 @@ class SignumMV(Algorithm):
             k.momentum_sign_pack(grad, self.momentum, self.beta, self.one_minus_beta,
                                  uplink.padded_body)
 
+    def tie_coins(self, step: int) -> np.ndarray:
+        """``--tie random``: the coins of step ``step`` (bit i: a tied coordinate i votes
+        negative), seeded by (seed, step), into ``self.tie_bits``; also the node-aware vote's
+        (hpcgrad/algorithms/node_vote.py)."""
+        rng = np.random.default_rng([self.config.seed, step, 0x7E])
+        nbytes = SIGN1.body_length(self.num_params)
+        self.tie_bits[:nbytes] = np.frombuffer(rng.bytes(nbytes), dtype=np.uint8)
+        return self.tie_bits
+
     def server_step(self, ctx, uplinks, downlink):
         d = self.num_params
         if self.tie == TIE_RANDOM:
-            rng = np.random.default_rng([self.config.seed, ctx.step, 0x7E])
-            nbytes = SIGN1.body_length(d)
-            self.tie_bits[:nbytes] = np.frombuffer(rng.bytes(nbytes), dtype=np.uint8)
+            self.tie_coins(ctx.step)
         k = kernels.for_array(uplinks.rows)
         if self.tie == TIE_ZERO:
             nonzero, negative = TERNARY2.planes(downlink.padded_body, d)

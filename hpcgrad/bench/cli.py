@@ -40,6 +40,12 @@ def register(subparsers) -> None:
                    help="rounds of the kernel micro-benchmarks (default 7)")
     e.add_argument("--no-micro", action="store_true", help="skip the kernel micro-benchmarks")
     e.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    e.add_argument("--hierarchy", choices=("flat", "node"), default="flat",
+                   help="node: the algorithms' exchange through node leaders (docs/hierarchy.md;"
+                        " the Allreduce stays flat); default flat")
+    e.add_argument("--ranks-per-node", type=int, default=0, metavar="K",
+                   help="with --hierarchy node: nodes of K consecutive ranks (0 = as MPI "
+                        "reports)")
     e.set_defaults(bench_func=_exchange, bench_mpi=True)
 
     m = sub.add_parser(

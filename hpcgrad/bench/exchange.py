@@ -84,10 +84,13 @@ def selected(names=None) -> list[str]:
     return chosen
 
 
-def config_for(label: str, iterations: int):
-    """A resolved TrainConfig for the table entry ``label`` (or a plain algorithm name)."""
+def config_for(label: str, iterations: int, **overrides):
+    """A resolved TrainConfig for the table entry ``label`` (or a plain algorithm name);
+    ``overrides``: settings for every label but the Allreduce baseline (``hierarchy``)."""
     from ..training.config import TrainConfig
     settings = dict(table().get(label, {}))
+    if label != BASELINE:
+        settings.update(overrides)
     algorithm = settings.pop("algorithm", label)
     fields = set(TrainConfig.__dataclass_fields__)
     known = {k: v for k, v in settings.items() if k in fields}
@@ -122,20 +125,21 @@ def check_memory(comm, d: int, micro_workers=()) -> None:
     return ranks
 
 
-def _measure(comm, name: str, d: int, warmup: int, repeat: int, seed: int) -> dict:
+def _measure(comm, name: str, d: int, warmup: int, repeat: int, seed: int,
+             overrides=None) -> dict:
     from .. import algorithms
-    from ..training import exchange
+    from ..training import hierarchy
     from ..comm.device import Host
     from ..training.exchange import PhaseClock
     from ..kernels import cpu
 
     rank, size = comm.Get_rank(), comm.Get_size()
-    config = config_for(name, warmup + repeat)
+    config = config_for(name, warmup + repeat, **(overrides or {}))
     alg = algorithms.create(config, d, size - 1)
     rng = np.random.default_rng([seed, rank])
     grads = rng.standard_normal(d, dtype=np.float32) if rank else np.zeros(d, np.float32)
     params = np.random.default_rng(seed).standard_normal(d, dtype=np.float32)
-    step_exchange = exchange.create(comm, alg, Host(), params)
+    step_exchange = hierarchy.create(comm, alg, Host(), params)
     cpu.warm_up()
     clock = PhaseClock(warmup + repeat)
     for step in range(warmup + repeat):
@@ -145,9 +149,13 @@ def _measure(comm, name: str, d: int, warmup: int, repeat: int, seed: int) -> di
         step_exchange.step(grads, clock)
     # the compute column is unused here, and no benchmarked algorithm averages errors
     times = clock.times[warmup:, 1: 1 + len(PHASE_NAMES)]
-    bytes_up = None
+    bytes_up = received = None
     if rank == 0:
         bytes_up = int(np.max(step_exchange.bytes_up()))
+    if rank == 0 and name != BASELINE:
+        # rank 0's incast of the last step: the workers' messages, or the leaders' (node)
+        links = alg.step_stats.get("bytes_inter_node")
+        received = int(np.sum(links if links is not None else step_exchange.bytes_up()))
     bytes_down = int(step_exchange.bytes_down())
     del step_exchange, alg, grads, params
     gc.collect()
@@ -160,24 +168,32 @@ def _measure(comm, name: str, d: int, warmup: int, repeat: int, seed: int) -> di
     result = {"total_s": median(totals),
               "phases_s": {p: median(per_phase[:, i]) for i, p in enumerate(PHASE_NAMES)},
               "server_phases_s": {p: median(stack[0, :, i]) for i, p in enumerate(PHASE_NAMES)},
-              "bytes_up_per_worker": bytes_up, "bytes_down": bytes_down}
+              "bytes_up_per_worker": bytes_up, "bytes_down": bytes_down,
+              "bytes_received_by_server": received}
     if name == BASELINE:
         result["allreduce_s"] = median(per_phase[:, PHASE_NAMES.index("gather")])
     return result
 
 
 def run(comm, d: int, names=None, warmup: int = 2, repeat: int = 10, micro_repeat: int = 7,
-        with_micro: bool = True, seed: int = 0) -> dict | None:
+        with_micro: bool = True, seed: int = 0, hierarchy: str = "flat",
+        ranks_per_node: int = 0) -> dict | None:
     """Measure; rank 0 returns the figures, the other ranks ``None``."""
     from ..comm.agreement import agree
     size, rank = comm.Get_size(), comm.Get_rank()
     workers = size - 1
     names = agree(comm, lambda: selected(names), "choosing the algorithms")
+    overrides = {}
+    if hierarchy == "node":
+        from ..comm import topology
+        agree(comm, lambda: topology.check(topology.discover(comm, ranks_per_node)),
+              "checking the nodes")
+        overrides = {"hierarchy": "node", "ranks_per_node": ranks_per_node}
     local_ranks = agree(comm, lambda: check_memory(comm, d, (workers,) if with_micro else ()),
                         "checking memory")
     results = {}
     for name in names:
-        results[name] = _measure(comm, name, d, warmup, repeat, seed)
+        results[name] = _measure(comm, name, d, warmup, repeat, seed, overrides)
     micro_result = None
     if with_micro:
         if rank == 0:
@@ -192,7 +208,8 @@ def run(comm, d: int, names=None, warmup: int = 2, repeat: int = 10, micro_repea
            "allreduce_exchange_s": results[BASELINE]["total_s"],
            "algorithms": {}, "machine": machine(), "ranks_on_node0": local_ranks,
            "mpich_heavy_yield": os.environ.get("MPIR_CVAR_ENABLE_HEAVY_YIELD"),
-           "mpi_waits": waits.decision()}
+           "mpi_waits": waits.decision(), "hierarchy": hierarchy,
+           "ranks_per_node": ranks_per_node}
     for name in names:
         r = results[name]
         r["ratio_vs_allreduce"] = r["total_s"] / reference
@@ -223,12 +240,18 @@ def report(out: dict) -> str:
                       "not the algorithms' (docs/benchmarks.md); MPI waits: "
                       f"{out.get('mpi_waits') or out.get('mpich_heavy_yield') or 'unset'}"]
     header = f"{'algorithm':12s}" + "".join(f"{p:>10s}" for p in PHASE_NAMES) + \
-        f"{'total':>10s}{'vs Allreduce':>14s}{'MB up/worker':>14s}"
+        f"{'total':>10s}{'vs Allreduce':>14s}{'MB up/worker':>14s}{'MB into 0':>11s}"
+    if out.get("hierarchy") == "node":
+        lines.insert(4, f"--hierarchy node, --ranks-per-node {out.get('ranks_per_node') or 0} "
+                        "(0: as MPI reports): every algorithm but the Allreduce goes through "
+                        "node leaders")
     lines.append(header)
     for name, r in out["algorithms"].items():
         up = (r["bytes_up_per_worker"] or float("nan")) / 1e6
+        into = (r.get("bytes_received_by_server") or float("nan")) / 1e6
         lines.append(f"{name:12s}" + "".join(f"{ms(r['phases_s'][p]):>10s}" for p in PHASE_NAMES)
-                     + f"{ms(r['total_s']):>10s}{r['ratio_vs_allreduce']:>13.3f}x{up:>14.3f}")
+                     + f"{ms(r['total_s']):>10s}{r['ratio_vs_allreduce']:>13.3f}x{up:>14.3f}"
+                     + f"{into:>11.3f}")
     if "micro" in out:
         from . import micro
         lines += ["", micro.report(out["micro"])]
@@ -245,7 +268,8 @@ def main(args) -> int:
     try:
         d = agree(comm, lambda: _check_args(args, size), "checking the options")
         out = run(comm, d, args.algorithm, args.warmup, args.repeat, args.micro_repeat,
-                  not args.no_micro)
+                  not args.no_micro, hierarchy=getattr(args, "hierarchy", "flat"),
+                  ranks_per_node=getattr(args, "ranks_per_node", 0))
     except SetupError as exc:
         if rank == 0:
             print(f"hpcgrad bench exchange: error: {exc}", file=sys.stderr, flush=True)

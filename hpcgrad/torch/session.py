@@ -41,7 +41,7 @@ from .. import algorithms, kernels
 from ..comm import device
 from ..comm.agreement import agree
 from ..errors import ConfigError
-from ..training import attacks, checkpoint, exchange
+from ..training import attacks, checkpoint, hierarchy
 from ..training import schedule as lr_schedule
 from ..training.exchange import COMPUTE, GATHER, PhaseClock
 # Shared with hpcgrad train's loop rather than copied: the log's metadata and per-step
@@ -193,7 +193,7 @@ class Session:
         if config.resume:
             totals, previous_run = self._resume()
         zeros = np.zeros if where.name == "cpu" else device.pinned_zeros
-        self.exchange = exchange.create(comm, alg, where, self.params, zeros)
+        self.exchange = hierarchy.create(comm, alg, where, self.params, zeros)
         self.exchange.attack = agree(comm, lambda: attacks.create(config, alg, rank, size),
                                      "setting up the adversaries")
         # The workers' loops decide the number of steps: no "iterations" is requested (readers

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from .. import options
 from ..algorithms import REGISTRY
+from ..comm import topology
 from ..comm.interrupts import PREEMPT_SIGNALS
 from ..compression.compressors import COMPRESSORS
 from ..errors import ConfigError
@@ -141,6 +142,10 @@ SCHEDULE_AND_ADVERSARIES = Section(
     "hpcgrad/training/attacks.py)", (LR_SCHEDULE, WARMUP, ADVERSARIES, ATTACK),
     check=_check_schedule)
 
+HIERARCHY = Section("node-aware aggregation (hpcgrad/comm/topology.py, docs/hierarchy.md)",
+                    (topology.HIERARCHY, topology.RANKS_PER_NODE),
+                    check=topology.check_settings)
+
 
 class _Settings:
     """The methods of every settings class :func:`settings_class` makes."""
@@ -186,7 +191,7 @@ def settings_class(algorithms: dict, compressors: dict):
         new = tuple(o for o in owner.options if o.name not in shown)
         shown.update(o.name for o in new)
         sections.append(options.owner_section(owner, new))
-    sections += [WORKLOAD, CHECKPOINTS, SCHEDULE_AND_ADVERSARIES]
+    sections += [WORKLOAD, CHECKPOINTS, SCHEDULE_AND_ADVERSARIES, HIERARCHY]
     declared = options.collect(sections + [options.owner_section(owner, owner.options)
                                            for owner in [*algorithms.values(),
                                                          *compressors.values()]])

@@ -221,5 +221,7 @@ class AllreduceExchange(_Exchange):
 def create(comm, alg, where, params, zeros=np.zeros):
     """The exchange of ``alg`` on this rank; ``params`` is the flat parameter vector the
     updates go to (on ``where``)."""
+    if getattr(alg.config, "hierarchy", "flat") != "flat":  # built on this module, not here
+        raise ValueError("--hierarchy node: the exchange is hpcgrad.training.hierarchy.create's")
     cls = AllreduceExchange if alg.topology == "allreduce" else ParameterServerExchange
     return cls(comm, alg, where, params, zeros)

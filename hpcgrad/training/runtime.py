@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from mpi4py import MPI
 
 from .. import __version__, algorithms, kernels
-from ..comm import device, interrupts, waits
+from ..comm import device, interrupts, topology, waits
 from ..workloads import datasets, footprint, models, partitions
-from . import attacks, checkpoint, exchange, logfile
+from . import attacks, checkpoint, hierarchy, logfile
 from . import schedule as lr_schedule
 from ..comm.agreement import agree
 from .config import TrainConfig
@@ -70,6 +70,8 @@ class RunSummary:
     final_validation_accuracy: float | None = None
     #: How MPI ranks wait (rank 0's ``comm.waits.decision()``): yield or busy-poll, and why.
     mpi_waits: str | None = None
+    #: --hierarchy node: the mode and the nodes (hierarchy.py); None: the flat exchange.
+    hierarchy: str | None = None
 
     def text(self) -> str:
         mb = 1e6
@@ -89,6 +91,7 @@ class RunSummary:
             *([f"  error averaging: {self.bytes_average_per_worker / mb:.3f} MB per worker"]
               if self.bytes_average_per_worker else []),
             *([f"  MPI waits: {self.mpi_waits}"] if self.mpi_waits else []),
+            *([f"  exchange: {self.hierarchy}"] if self.hierarchy else []),
             f"  log: {self.log_path}",
         ])
 
@@ -190,6 +193,9 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     comm = comm or MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     agree(comm, lambda: check_world(comm, config), "checking the job")
+    if config.hierarchy == "node":  # bad nodes are a setup error, agreed (comm/topology.py)
+        agree(comm, lambda: topology.check(topology.discover(comm, config.ranks_per_node)),
+              "checking the nodes")
     if data is None and model is None:  # the settings decide the sizes (the CLI checked too)
         agree(comm, lambda: footprint.check(config, size), "checking the memory")
     # Refuse a log in the way before the seconds of loading; the claim below is the lock.
@@ -233,7 +239,7 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
         _broadcast_params(comm, flat, params, where)  # rank 0 read them from its file
 
     zeros = np.zeros if where.name == "cpu" else device.pinned_zeros
-    step_exchange = exchange.create(comm, alg, where, params, zeros)
+    step_exchange = hierarchy.create(comm, alg, where, params, zeros)
     step_exchange.attack = agree(comm, lambda: attacks.create(config, alg, rank, size),
                                  "setting up the adversaries")
     if is_server and attacks.over_half(config.adversaries, workers):
@@ -241,6 +247,7 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
               file=sys.stderr, flush=True)
 
     extra = {"resumed_from": resumed_from} if resumed_from else {}
+    extra.update(getattr(step_exchange, "metadata", dict)())  # --hierarchy node's attributes
     log, run = open_log(comm, config, alg, d, where, start_step, previous_run, extra,
                         validation=getattr(data, "val_x", None) is not None)
     try:
@@ -450,6 +457,7 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
         bytes_average_per_worker=round(records.total_average / workers),
         final_validation_loss=val_loss, final_validation_accuracy=val_acc,
         mpi_waits=waits.decision(),
+        hierarchy=getattr(step_exchange, "describe", lambda: None)(),
         union_over_k=(records.total_union / n / alg.k_total
                       if "union_size" in records.extra and getattr(alg, "k_total", None)
                       else None))

@@ -44,6 +44,25 @@ def test_exchange_under_mpiexec_writes_stable_json_keys(tmp_path):
     assert signum["bytes_up_per_worker"] == 32 + (20000 + 7) // 8  # header + packed signs
 
 
+def test_exchange_through_node_leaders_reports_rank_0s_incast(tmp_path):
+    path = tmp_path / "node.json"
+    proc = run_mpi(5, ["bench", "exchange", "--params", "20000", "--repeat", "1", "--warmup",
+                       "0", "--no-micro", "--algorithm", "signum-mv", "--algorithm", "fp32-ps",
+                       "--hierarchy", "node", "--ranks-per-node", "5", "--json", str(path)])
+    assert proc.returncode == 0, proc.stderr
+    assert "--hierarchy node, --ranks-per-node 5" in proc.stdout
+    data = json.loads(path.read_text())
+    assert data["hierarchy"] == "node" and data["ranks_per_node"] == 5
+    signum, fp32 = data["algorithms"]["signum-mv"], data["algorithms"]["fp32-ps"]
+    # one node of 4 workers: the leader sends 3 planes of counts; fp32-ps forwards all 4
+    assert signum["bytes_received_by_server"] == 32 + 2 * 2504 + (20000 + 7) // 8
+    assert fp32["bytes_received_by_server"] == 4 * (32 + 4 * 20000)
+    proc = run_mpi(3, ["bench", "exchange", "--params", "1000", "--no-micro", "--hierarchy",
+                       "node", "--ranks-per-node", "1"])
+    assert proc.returncode == 2 and "nothing to combine" in proc.stderr
+    _no_traceback(proc)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--params", "1000"], "at least 2 MPI ranks"),
 ])

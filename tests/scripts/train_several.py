@@ -1,0 +1,69 @@
+"""Several ``hpcgrad train`` command lines, one after another, in one MPI job.
+
+Usage (every rank, through ``python -m mpi4py``; tests/mpirun.py's ``train_several`` does it):
+
+    mpiexec -n N python -m mpi4py tests/scripts/train_several.py SPEC.json
+
+SPEC.json is a list of ``[name, workdir, [train arguments...]]``. For each entry every rank
+changes into ``workdir`` and calls ``hpcgrad.cli.main(["train", *arguments])`` -- the command
+line's own code: argument parsing, the settings agreed on by all ranks, the signal policy,
+training, the log -- and rank 0 writes ``workdir/train-several.status`` with main's return
+value once every rank has returned.
+
+Why: a launch of N ranks spends most of a short run importing Python, torch, NumPy, h5py and
+Numba on every rank (about 4 s of CPU each on the CI machine); tests that only need the logs of
+several short runs pay that once here instead of once per run.  Each run still starts from the
+same state as a fresh process would: ``hpcgrad train`` seeds everything it draws from
+(tests/test_golden_runs.py runs its recorded cases one after another in one process too).
+
+A run that ends with an agreed error (status 2, every rank alike) is recorded and the next one
+starts; an error that aborts the job (MPI_Abort, the failure policy's answer to a bug or a
+corrupt message) ends the whole job, and the runs after it have no status file.
+"""
+
+import json
+import os
+import sys
+
+# The signal policy first, as ``python -m hpcgrad train`` installs it (hpcgrad/__main__.py).
+from hpcgrad.comm import interrupts
+
+interrupts.install()
+
+from hpcgrad.cli import main  # noqa: E402
+
+STATUS = "train-several.status"
+
+
+def run_one(workdir: str, arguments: list) -> int:
+    os.chdir(workdir)
+    try:
+        status = main(["train", *arguments])
+    except SystemExit as exc:  # argparse: every rank alike, before MPI
+        status = exc.code if isinstance(exc.code, int) else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return 0 if status is None else status
+
+
+def run_all(spec_path: str) -> None:
+    with open(spec_path) as spec:
+        runs = json.load(spec)
+    comm = None
+    for name, workdir, arguments in runs:
+        status = run_one(workdir, arguments)
+        if comm is None:
+            from mpi4py import MPI  # started by the first run's main()
+
+            comm = MPI.COMM_WORLD
+        # Every rank has returned from this run (and agrees on its status) before the next
+        # starts: the status file then says the whole job, not only rank 0, got this far.
+        statuses = comm.allgather(status)
+        if comm.Get_rank() == 0:
+            with open(os.path.join(workdir, STATUS), "w") as out:
+                out.write(json.dumps({"name": name, "statuses": statuses}))
+            print(f"train-several: {name}: statuses {statuses}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    run_all(sys.argv[1])

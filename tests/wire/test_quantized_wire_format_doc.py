@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import math
 import struct
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 
 import h5py
 import numpy as np
 import pytest
-from mpirun import run_mpi
+from mpirun import train_several
 from test_wire_format_doc import FIELDS, HEADER, HEADER_BYTES, MAGIC, DocFormatError
 
 FP32, QSGD = 1, 7
@@ -159,27 +159,42 @@ RUNS = {"qsgd": ["--algorithm", "qsgd", "--bits", "3"],
 #: The runs of the QSGD family's own test (terngrad has its own below).
 QSGD_RUNS = ["qsgd", "dq-sgd", "dq-sgd-fp32-down"]
 
+#: The one job of every run; pytest-timeout counts it against the first test that reads it.
+SETUP_TIMEOUT = 300
 
-def _train(work, extra):
+
+def _args(work, extra):
     log = work / "run.h5"
-    args = ["train", *extra, "--iterations", str(ITERATIONS), "--record-messages",
+    return [*extra, "--iterations", str(ITERATIONS), "--record-messages",
             str(RECORDED), "--hidden", "24", "--log", str(log), "--quiet"]
-    proc = run_mpi(RANKS, args, timeout=110, cwd=work)
+
+
+def _read(work, proc):
     assert proc.returncode == 0, proc.stderr
-    with h5py.File(log, "r") as f:
+    with h5py.File(work / "run.h5", "r") as f:
         return {"attrs": dict(f.attrs), **{k: f["steps"][k][...] for k in f["steps"]},
                 **{f"m_{k}": f["messages"][k][...] for k in f["messages"]}}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    pool = ThreadPoolExecutor(max_workers=len(RUNS))
-    futures = {name: pool.submit(_train, tmp_path_factory.mktemp(name), extra)
-               for name, extra in RUNS.items()}
-    yield futures
-    pool.shutdown(wait=True)
+    """Every run of RUNS, one after another in one 5-rank job (tests/mpirun.py's
+    ``train_several``: the ranks start once, not once per run). Each value is a future: a
+    run that failed fails only the tests that read it."""
+    work = {name: tmp_path_factory.mktemp(name) for name in RUNS}
+    done = train_several(RANKS, {name: (work[name], _args(work[name], extra))
+                                 for name, extra in RUNS.items()}, timeout=SETUP_TIMEOUT)
+    futures = {}
+    for name in RUNS:
+        futures[name] = Future()
+        try:
+            futures[name].set_result(_read(work[name], done[name]))
+        except Exception as exc:  # noqa: BLE001 -- raised again by the test that reads it
+            futures[name].set_exception(exc)
+    return futures
 
 
+@pytest.mark.timeout(SETUP_TIMEOUT + 60)
 @pytest.mark.parametrize("name", QSGD_RUNS)
 def test_recorded_messages_decode_to_the_server_mean_and_the_logged_figures(runs, name):
     run = runs[name].result()
@@ -237,6 +252,7 @@ def test_recorded_messages_decode_to_the_server_mean_and_the_logged_figures(runs
             assert run["bits"][n + 1] == doc_width(s, config["min_bits"], config["max_bits"])
 
 
+@pytest.mark.timeout(SETUP_TIMEOUT + 60)
 def test_terngrad_messages_decode_as_two_bit_qsgd_with_the_max_scale(runs):
     """docs/algorithms/terngrad.md §2 and wire format §6: a TernGrad uplink is a ``qsgd`` body
     at b = 2 whose norm field holds the tensor's scale s_l = max |g_i| (after clipping), so

@@ -17,7 +17,7 @@ import struct
 import h5py
 import numpy as np
 import pytest
-from mpirun import run_mpi
+from mpirun import train_several
 from test_sparse_wire_format_doc import (BitReader, BitWriter, doc_read_positions,
                                          doc_write_positions)
 from test_wire_format_doc import FIELDS, HEADER, HEADER_BYTES, MAGIC, DocFormatError
@@ -82,29 +82,42 @@ def doc_decode(message: bytes):
 ITERATIONS, RECORDED, RANKS = 8, 6, 5
 
 
-def _run(tmp_path_factory, name, extra):
-    work = tmp_path_factory.mktemp(name)
-    log = work / "run.h5"
-    args = ["train", "--algorithm", "topk", "--sparsity", "0.01", "--iterations",
-            str(ITERATIONS), "--record-messages", str(RECORDED), "--log", str(log),
-            "--quiet", *extra]
-    proc = run_mpi(RANKS, args, timeout=120, cwd=work)
+RUNS = {
+    "leader": ["--topk-selection", "leader", "--partition", "classes:2"],
+    "union-boost-fp16": ["--topk-selection", "union-boost", "--topk-values", "fp16"],
+    "shared-random": ["--topk-selection", "shared-random"],
+}
+#: The one job of the three runs; pytest-timeout counts it against the first test.
+SETUP_TIMEOUT = 300
+
+
+def _args(work, extra):
+    return ["--algorithm", "topk", "--sparsity", "0.01", "--iterations", str(ITERATIONS),
+            "--record-messages", str(RECORDED), "--log", str(work / "run.h5"), "--quiet",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The three runs, one after another in one 5-rank job (tests/mpirun.py's
+    ``train_several``): name -> (work directory, finished run)."""
+    work = {name: tmp_path_factory.mktemp(name) for name in RUNS}
+    done = train_several(RANKS, {name: (work[name], _args(work[name], extra))
+                                 for name, extra in RUNS.items()}, timeout=SETUP_TIMEOUT)
+    return {name: (work[name], done[name]) for name in RUNS}
+
+
+@pytest.fixture(params=list(RUNS))
+def run(request, runs):
+    name = request.param
+    work, proc = runs[name]
     assert proc.returncode == 0, proc.stderr
-    with h5py.File(log, "r") as f:
-        return {"attrs": dict(f.attrs), **{k: f["steps"][k][...] for k in f["steps"]},
-                **{f"m_{k}": f["messages"][k][...] for k in f["messages"]}}
+    with h5py.File(work / "run.h5", "r") as f:
+        return name, {"attrs": dict(f.attrs), **{k: f["steps"][k][...] for k in f["steps"]},
+                      **{f"m_{k}": f["messages"][k][...] for k in f["messages"]}}
 
 
-@pytest.fixture(scope="module", params=[
-    ("leader", ["--topk-selection", "leader", "--partition", "classes:2"]),
-    ("union-boost-fp16", ["--topk-selection", "union-boost", "--topk-values", "fp16"]),
-    ("shared-random", ["--topk-selection", "shared-random"]),
-], ids=lambda p: p[0])
-def run(request, tmp_path_factory):
-    name, extra = request.param
-    return name, _run(tmp_path_factory, name, extra)
-
-
+@pytest.mark.timeout(SETUP_TIMEOUT + 60)
 def test_recorded_topk_downlink_is_the_mean_of_the_decoded_uplinks(run):
     name, run = run
     d, m = int(run["attrs"]["num_params"]), RANKS - 1

@@ -37,6 +37,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -212,32 +213,46 @@ def train_several(
     A result's ``returncode`` is the status ``hpcgrad.cli.main`` returned for that run, the
     same on every rank (0, or 2 for an error all ranks agreed on); where the ranks disagree
     it is -1. A run the job never finished (an earlier run aborted it, or it aborted itself)
-    gets the job's own exit status, or 1 where that was 0. ``stdout``/``stderr`` are the
-    whole job's, which name the run each line of theirs came after (``train-several: NAME``).
+    gets the job's own exit status, or 1 where that was 0. ``stdout``/``stderr`` are what the
+    run wrote there, rank 0's first, then rank 1's...; for a run the job never finished, that
+    followed by the whole job's output.
     Raises like :func:`run_mpi` past ``timeout`` seconds (for the whole job).
     """
     if not runs:
         return {}
-    spec, status_files = [], {}
-    for name, (workdir, arguments) in runs.items():
-        workdir = Path(workdir).resolve()
-        status_files[name] = workdir / "train-several.status"
-        if status_files[name].exists():
-            status_files[name].unlink()
-        spec.append([name, str(workdir), [str(a) for a in arguments]])
-    first_dir = Path(spec[0][1])
-    spec_path = first_dir / "train-several.json"
+    batch = Path(tempfile.mkdtemp(prefix="train-several-"))
+    spec = []
+    for index, (name, (workdir, arguments)) in enumerate(runs.items()):
+        spec.append([name, str(Path(workdir).resolve()), [str(a) for a in arguments],
+                     str(batch / f"{index}.status")])
+    spec_path = batch / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
-    job = run_mpi(n, [_TRAIN_SEVERAL, spec_path], module=None, timeout=timeout, env=env,
-                  cwd=first_dir)
-    results = {}
-    for name, _, arguments in spec:
-        args = ["hpcgrad", "train", *arguments]
-        path = status_files[name]
-        if path.exists():
-            statuses = json.loads(path.read_text())["statuses"]
-            code = statuses[0] if len(set(statuses)) == 1 else -1
-        else:
-            code = job.returncode or 1
-        results[name] = subprocess.CompletedProcess(args, code, job.stdout, job.stderr)
-    return results
+    try:
+        job = run_mpi(n, [_TRAIN_SEVERAL, spec_path], module=None, timeout=timeout, env=env,
+                      cwd=spec[0][1])
+        results = {}
+        for name, _, arguments, status_file in spec:
+            args = ["hpcgrad", "train", *arguments]
+            out, err = (_rank_files(status_file, n, suffix) for suffix in (".out", ".err"))
+            if os.path.exists(status_file):
+                with open(status_file) as status:
+                    statuses = json.load(status)["statuses"]
+                code = statuses[0] if len(set(statuses)) == 1 else -1
+            else:
+                code = job.returncode or 1
+                out, err = out + job.stdout, err + job.stderr
+            results[name] = subprocess.CompletedProcess(args, code, out, err)
+        return results
+    finally:
+        shutil.rmtree(batch, ignore_errors=True)
+
+
+def _rank_files(prefix: str, n: int, suffix: str) -> str:
+    """The text of ``PREFIX.0SUFFIX``, ``PREFIX.1SUFFIX``... (those that exist), in rank order."""
+    texts = []
+    for rank in range(n):
+        path = f"{prefix}.{rank}{suffix}"
+        if os.path.exists(path):
+            with open(path, errors="replace") as f:
+                texts.append(f.read())
+    return "".join(texts)

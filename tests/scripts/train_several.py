@@ -4,11 +4,12 @@ Usage (every rank, through ``python -m mpi4py``; tests/mpirun.py's ``train_sever
 
     mpiexec -n N python -m mpi4py tests/scripts/train_several.py SPEC.json
 
-SPEC.json is a list of ``[name, workdir, [train arguments...]]``. For each entry every rank
-changes into ``workdir`` and calls ``hpcgrad.cli.main(["train", *arguments])`` -- the command
-line's own code: argument parsing, the settings agreed on by all ranks, the signal policy,
-training, the log -- and rank 0 writes ``workdir/train-several.status`` with main's return
-value once every rank has returned.
+SPEC.json is a list of ``[name, workdir, [train arguments...], status file]``. For each entry
+every rank changes into ``workdir`` and calls ``hpcgrad.cli.main(["train", *arguments])`` -- the
+command line's own code: argument parsing, the settings agreed on by all ranks, the signal
+policy, training, the log -- with its stdout and stderr (file descriptors 1 and 2) going to
+``STATUS.RANK.out`` and ``STATUS.RANK.err``; once every rank has returned, rank 0 writes every
+rank's return value to the status file.
 
 Why: a launch of N ranks spends most of a short run importing Python, torch, NumPy, h5py and
 Numba on every rank (about 4 s of CPU each on the CI machine); tests that only need the logs of
@@ -21,6 +22,7 @@ starts; an error that aborts the job (MPI_Abort, the failure policy's answer to 
 corrupt message) ends the whole job, and the runs after it have no status file.
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -32,7 +34,26 @@ interrupts.install()
 
 from hpcgrad.cli import main  # noqa: E402
 
-STATUS = "train-several.status"
+
+@contextlib.contextmanager
+def output_to(prefix: str):
+    """Send this process's stdout and stderr (file descriptors 1 and 2: Python's prints, and
+    what C libraries such as MPICH and HDF5 write) to ``PREFIX.out`` and ``PREFIX.err``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        for fd, suffix in ((1, ".out"), (2, ".err")):
+            target = os.open(prefix + suffix, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(target, fd)
+            os.close(target)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def run_one(workdir: str, arguments: list) -> int:
@@ -41,8 +62,6 @@ def run_one(workdir: str, arguments: list) -> int:
         status = main(["train", *arguments])
     except SystemExit as exc:  # argparse: every rank alike, before MPI
         status = exc.code if isinstance(exc.code, int) else 1
-    sys.stdout.flush()
-    sys.stderr.flush()
     return 0 if status is None else status
 
 
@@ -50,8 +69,10 @@ def run_all(spec_path: str) -> None:
     with open(spec_path) as spec:
         runs = json.load(spec)
     comm = None
-    for name, workdir, arguments in runs:
-        status = run_one(workdir, arguments)
+    rank = interrupts.launcher_rank() or 0
+    for name, workdir, arguments, status_file in runs:
+        with output_to(f"{status_file}.{rank}"):
+            status = run_one(workdir, arguments)
         if comm is None:
             from mpi4py import MPI  # started by the first run's main()
 
@@ -60,7 +81,7 @@ def run_all(spec_path: str) -> None:
         # starts: the status file then says the whole job, not only rank 0, got this far.
         statuses = comm.allgather(status)
         if comm.Get_rank() == 0:
-            with open(os.path.join(workdir, STATUS), "w") as out:
+            with open(status_file, "w") as out:
                 out.write(json.dumps({"name": name, "statuses": statuses}))
             print(f"train-several: {name}: statuses {statuses}", file=sys.stderr, flush=True)
 

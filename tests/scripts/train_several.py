@@ -11,11 +11,14 @@ policy, training, the log -- with its stdout and stderr (file descriptors 1 and 
 ``STATUS.RANK.out`` and ``STATUS.RANK.err``; once every rank has returned, rank 0 writes every
 rank's return value to the status file.
 
-Why: a launch of N ranks spends most of a short run importing Python, torch, NumPy, h5py and
-Numba on every rank (about 4 s of CPU each on the CI machine); tests that only need the logs of
-several short runs pay that once here instead of once per run.  Each run still starts from the
-same state as a fresh process would: ``hpcgrad train`` seeds everything it draws from
-(tests/test_golden_runs.py runs its recorded cases one after another in one process too).
+Why: a launch spends most of a short run starting its ranks (Python, torch, NumPy, h5py, Numba
+and MPI on each): measured on the shared 2-core machine, a 5-rank job of one 6-step run costs
+about 25 s of CPU and each further run in the same job about 1 s; a 3-rank job about 14 s.
+Tests that only need the logs of several short runs pay the start once here.  The runs do not
+depend on each other: ``hpcgrad train`` seeds everything it draws from (checked: a signum-mv
+run after an fp32-ps run and a refused one in the same job logs the same messages and final
+parameters as a launch of its own; tests/test_golden_runs.py runs its recorded cases one
+after another in one process too).
 
 A run that ends with an agreed error (status 2, every rank alike) is recorded and the next one
 starts; an error that aborts the job (MPI_Abort, the failure policy's answer to a bug or a

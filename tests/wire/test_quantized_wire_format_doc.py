@@ -18,7 +18,6 @@ from concurrent.futures import Future
 import h5py
 import numpy as np
 import pytest
-from mpirun import train_several
 from test_wire_format_doc import FIELDS, HEADER, HEADER_BYTES, MAGIC, DocFormatError
 
 FP32, QSGD = 1, 7
@@ -159,8 +158,7 @@ RUNS = {"qsgd": ["--algorithm", "qsgd", "--bits", "3"],
 #: The runs of the QSGD family's own test (terngrad has its own below).
 QSGD_RUNS = ["qsgd", "dq-sgd", "dq-sgd-fp32-down"]
 
-#: The one job of every run; pytest-timeout counts it against the first test that reads it.
-SETUP_TIMEOUT = 300
+SETUP_TIMEOUT = 400  # the decoder tests' one 5-rank job (conftest.py), counted against a test
 
 
 def _args(work, extra):
@@ -177,18 +175,15 @@ def _read(work, proc):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Every run of RUNS, one after another in one 5-rank job (tests/mpirun.py's
-    ``train_several``: the ranks start once, not once per run). Each value is a future: a
-    run that failed fails only the tests that read it."""
-    work = {name: tmp_path_factory.mktemp(name) for name in RUNS}
-    done = train_several(RANKS, {name: (work[name], _args(work[name], extra))
-                                 for name, extra in RUNS.items()}, timeout=SETUP_TIMEOUT)
+def runs(doc_runs5):
+    """Every run of RUNS, from the one 5-rank job of the decoder tests (tests/wire/conftest.py).
+    Each value is a future: a run that failed fails only the tests that read it."""
     futures = {}
     for name in RUNS:
+        work, proc = doc_runs5[(__name__, name)]
         futures[name] = Future()
         try:
-            futures[name].set_result(_read(work[name], done[name]))
+            futures[name].set_result(_read(work, proc))
         except Exception as exc:  # noqa: BLE001 -- raised again by the test that reads it
             futures[name].set_exception(exc)
     return futures

@@ -17,7 +17,6 @@ import struct
 import h5py
 import numpy as np
 import pytest
-from mpirun import train_several
 from test_sparse_wire_format_doc import (BitReader, BitWriter, doc_read_positions,
                                          doc_write_positions)
 from test_wire_format_doc import FIELDS, HEADER, HEADER_BYTES, MAGIC, DocFormatError
@@ -87,8 +86,7 @@ RUNS = {
     "union-boost-fp16": ["--topk-selection", "union-boost", "--topk-values", "fp16"],
     "shared-random": ["--topk-selection", "shared-random"],
 }
-#: The one job of the three runs; pytest-timeout counts it against the first test.
-SETUP_TIMEOUT = 300
+SETUP_TIMEOUT = 400  # the decoder tests' one 5-rank job (conftest.py), counted against a test
 
 
 def _args(work, extra):
@@ -98,13 +96,10 @@ def _args(work, extra):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """The three runs, one after another in one 5-rank job (tests/mpirun.py's
-    ``train_several``): name -> (work directory, finished run)."""
-    work = {name: tmp_path_factory.mktemp(name) for name in RUNS}
-    done = train_several(RANKS, {name: (work[name], _args(work[name], extra))
-                                 for name, extra in RUNS.items()}, timeout=SETUP_TIMEOUT)
-    return {name: (work[name], done[name]) for name in RUNS}
+def runs(doc_runs5):
+    """name -> (work directory, finished run), from the one 5-rank job of the decoder tests
+    (tests/wire/conftest.py)."""
+    return {name: doc_runs5[(__name__, name)] for name in RUNS}
 
 
 @pytest.fixture(params=list(RUNS))

@@ -28,7 +28,6 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mpirun import train_several  # tests/mpirun.py (on sys.path through tests/conftest.py)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "wire-format.md"
 
@@ -163,8 +162,7 @@ def message_length(codec: int, d: int) -> int:
 # =========================================================================== real runs
 
 ITERATIONS, RECORDED, RANKS = 6, 3, 5
-#: The one job of every run below; pytest-timeout counts it against the first test that reads it.
-SETUP_TIMEOUT = 300
+SETUP_TIMEOUT = 400  # the decoder tests' one 5-rank job (conftest.py), counted against a test
 
 
 def _args(workdir: Path, extra: list) -> list:
@@ -197,20 +195,17 @@ RUNS = {"signum": [], "signum-zero": ["--tie", "zero"], "fp32-ps": ["--algorithm
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Every run of RUNS, one after another in one 5-rank job (tests/mpirun.py's
-    ``train_several``: the ranks start once, not once per run).
+def runs(doc_runs5):
+    """Every run of RUNS, from the one 5-rank job of the decoder tests (tests/wire/conftest.py).
 
     Each value is a future: a run that failed fails only the test that reads it.
     """
-    work = {name: tmp_path_factory.mktemp(name) for name in RUNS}
-    done = train_several(RANKS, {name: (work[name], _args(work[name], extra))
-                                 for name, extra in RUNS.items()}, timeout=SETUP_TIMEOUT)
     futures = {}
     for name in RUNS:
+        work, proc = doc_runs5[(__name__, name)]
         futures[name] = Future()
         try:
-            futures[name].set_result(_read(work[name], done[name]))
+            futures[name].set_result(_read(work, proc))
         except Exception as exc:  # noqa: BLE001 -- raised again by the test that reads it
             futures[name].set_exception(exc)
     return futures

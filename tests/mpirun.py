@@ -5,6 +5,11 @@ and returns the finished :class:`subprocess.CompletedProcess` (text output captu
 hangs a test: past ``timeout`` seconds the whole launch is stopped and an ``AssertionError``
 with the command and the tail of its output is raised.
 
+``train_several(5, {name: (workdir, [train arguments]), ...})`` runs several ``hpcgrad train``
+command lines one after another in one 5-rank job (tests/scripts/train_several.py) and returns
+one :class:`subprocess.CompletedProcess` per run: for tests that need the logs of several short
+runs of one world size, where starting the ranks (Python, torch, Numba) costs more than the runs.
+
 Why this way:
 
 * The ``mpiexec`` is the one next to ``sys.executable`` (the pip ``mpich`` package's). On Debian
@@ -26,15 +31,17 @@ Why this way:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
-__all__ = ["mpiexec_path", "mpi_env", "run_mpi"]
+__all__ = ["mpiexec_path", "mpi_env", "run_mpi", "train_several"]
 
 #: Environment prefixes that belong to a running MPI launch; a child launch must not inherit them.
 _LAUNCH_ENV_PREFIXES = ("PMI_", "PMIX_", "HYDRA_", "HYDI_", "MPIR_", "OMPI_", "PRTE_", "SLURM_STEP_")
@@ -188,3 +195,64 @@ def run_mpi(
         _stop_group(proc, grace=2.0)  # e.g. KeyboardInterrupt or pytest-timeout: no orphans
         raise
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+_TRAIN_SEVERAL = Path(__file__).resolve().parent / "scripts" / "train_several.py"
+
+
+def train_several(
+    n: int,
+    runs: Mapping[str, tuple[str | os.PathLike, Sequence]],
+    *,
+    timeout: float = 100,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, subprocess.CompletedProcess]:
+    """Run ``hpcgrad train`` once per entry of ``runs`` (name -> (working directory, train
+    arguments)), in that order, in one job of ``n`` ranks; return name -> result.
+
+    A result's ``returncode`` is the status ``hpcgrad.cli.main`` returned for that run, the
+    same on every rank (0, or 2 for an error all ranks agreed on); where the ranks disagree
+    it is -1. A run the job never finished (an earlier run aborted it, or it aborted itself)
+    gets the job's own exit status, or 1 where that was 0. ``stdout``/``stderr`` are what the
+    run wrote there, rank 0's first, then rank 1's...; for a run the job never finished, that
+    followed by the whole job's output.
+    Raises like :func:`run_mpi` past ``timeout`` seconds (for the whole job).
+    """
+    if not runs:
+        return {}
+    batch = Path(tempfile.mkdtemp(prefix="train-several-"))
+    spec = []
+    for index, (name, (workdir, arguments)) in enumerate(runs.items()):
+        spec.append([name, str(Path(workdir).resolve()), [str(a) for a in arguments],
+                     str(batch / f"{index}.status")])
+    spec_path = batch / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=1))
+    try:
+        job = run_mpi(n, [_TRAIN_SEVERAL, spec_path], module=None, timeout=timeout, env=env,
+                      cwd=spec[0][1])
+        results = {}
+        for name, _, arguments, status_file in spec:
+            args = ["hpcgrad", "train", *arguments]
+            out, err = (_rank_files(status_file, n, suffix) for suffix in (".out", ".err"))
+            if os.path.exists(status_file):
+                with open(status_file) as status:
+                    statuses = json.load(status)["statuses"]
+                code = statuses[0] if len(set(statuses)) == 1 else -1
+            else:
+                code = job.returncode or 1
+                out, err = out + job.stdout, err + job.stderr
+            results[name] = subprocess.CompletedProcess(args, code, out, err)
+        return results
+    finally:
+        shutil.rmtree(batch, ignore_errors=True)
+
+
+def _rank_files(prefix: str, n: int, suffix: str) -> str:
+    """The text of ``PREFIX.0SUFFIX``, ``PREFIX.1SUFFIX``... (those that exist), in rank order."""
+    texts = []
+    for rank in range(n):
+        path = f"{prefix}.{rank}{suffix}"
+        if os.path.exists(path):
+            with open(path, errors="replace") as f:
+                texts.append(f.read())
+    return "".join(texts)

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from mpirun import mpiexec_path, run_mpi
+from mpirun import mpiexec_path, run_mpi, train_several
 
 
 def test_mpiexec_is_next_to_python():
@@ -45,6 +45,23 @@ def test_run_mpi_passes_args_and_env(tmp_path):
     assert result.returncode == 0, result.stderr
     reports = {p.name: p.read_text() for p in tmp_path.iterdir()}
     assert reports == {"0": "['a', 'b c'] 1 42", "1": "['a', 'b c'] 1 42"}, reports
+
+
+def test_train_several_reports_each_runs_status_and_output(tmp_path):
+    """Three command lines in one job: a refused setting (status 2 on every rank, its one line
+    in its own stderr), a 2-step run (status 0, its summary in its own stdout), and one whose
+    arguments argparse rejects; a log only where a run trained."""
+    runs = {name: (tmp_path, ["--iterations", "2", "--quiet", "--log", tmp_path / f"{name}.h5",
+                              *extra])
+            for name, extra in [("refused", ["--lr", "-1"]), ("trained", []),
+                                ("unparsed", ["--no-such-option"])]}
+    done = train_several(3, runs, timeout=100)
+    assert [done[name].returncode for name in runs] == [2, 0, 2], done["trained"].stderr
+    assert done["refused"].stderr.count("lr must be > 0") == 1, done["refused"].stderr
+    assert "lr must be > 0" not in done["trained"].stderr + done["unparsed"].stderr
+    assert "2 workers" in done["trained"].stdout and "2 workers" not in done["refused"].stdout
+    assert done["unparsed"].stderr.count("unrecognized arguments: --no-such-option") == 1
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["trained.h5"]
 
 
 def test_exception_on_one_rank_aborts_the_job():

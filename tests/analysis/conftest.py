@@ -1,14 +1,14 @@
 """Fixture of the analysis tests: logs of real ``mpiexec`` runs of every algorithm.
 
-``real_logs`` (session scope) launches ``hpcgrad train`` once per algorithm that has landed,
-on 3 ranks (2 workers), 20 steps, evaluation every 10, three launches at a time. Synthetic
-logs: ``analysis_logs.py``.
+``real_logs`` (session scope) runs ``hpcgrad train`` once per algorithm that has landed, on 3
+ranks (2 workers), 20 steps, evaluation every 10: every run one after another in one 3-rank job
+(tests/mpirun.py's ``train_several``; the ranks start once, not once per run). Synthetic logs:
+``analysis_logs.py``.
 """
 
 from __future__ import annotations
 
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -31,8 +31,6 @@ REAL_RUNS = {
 }
 
 
-#: The launches run this many at a time (they spend much of their time importing torch).
-CONCURRENT_LAUNCHES = 3
 #: pytest-timeout counts a session fixture's set-up against the first test that requests it;
 #: on a loaded 2-core machine the launches alone can take minutes.
 SETUP_TIMEOUT = 400
@@ -48,16 +46,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def real_logs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("analysis-runs")
-
-    def launch(name):
-        path = root / f"{name}.h5"
-        args = ["train", *REAL_RUNS[name], "--iterations", ITERATIONS, "--eval-every", 10,
-                "--flush-every", 10, "--log", path, "--quiet"]
-        result = mpirun.run_mpi(3, args, timeout=300, cwd=root)
+    paths = {name: root / f"{name}.h5" for name in REAL_RUNS}
+    runs = {name: (root, [*REAL_RUNS[name], "--iterations", ITERATIONS, "--eval-every", 10,
+                          "--flush-every", 10, "--log", paths[name], "--quiet"])
+            for name in REAL_RUNS}
+    done = mpirun.train_several(3, runs, timeout=SETUP_TIMEOUT - 60)
+    for name, result in done.items():
         assert result.returncode == 0, (
             f"hpcgrad train ({name}) exited {result.returncode}\n{result.stderr[-3000:]}")
-        return path
-
-    with ThreadPoolExecutor(CONCURRENT_LAUNCHES) as pool:
-        paths = list(pool.map(launch, REAL_RUNS))
-    return dict(zip(REAL_RUNS, paths))
+    return paths

@@ -15,7 +15,7 @@ import pytest
 from hpcgrad.analysis import plots, reader, summary
 from hpcgrad.analysis.cli import run as analyze_run
 from hpcgrad.cli import build_parser
-from mpirun import run_mpi
+from mpirun import train_several
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -32,10 +32,12 @@ def parts(tmp_path_factory):
                       "--checkpoint-every", "10", "--checkpoint-dir", str(root / "ck2")]),
         ("part3.h5", ["--resume", str(root / "ck2" / "step-00000020")]),
     ]
-    for name, options in launches:
-        result = run_mpi(3, ["train", *COMMON, "--log", str(root / name), *options],
-                         timeout=150)
-        assert result.returncode == 0, result.stderr[-3000:]
+    # One after another in one 3-rank job (tests/mpirun.py's train_several): each part
+    # resumes from the checkpoint the one before it wrote.
+    done = train_several(3, {name: (root, [*COMMON, "--log", str(root / name), *options])
+                             for name, options in launches}, timeout=350)
+    for name, _ in launches:
+        assert done[name].returncode == 0, done[name].stderr[-3000:]
     return root
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from hpcgrad.kernels import cpu, generic
 from hpcgrad.wire import round_up
-from mpirun import run_mpi
+from mpirun import run_mpi, train_several
 
 
 def _gpu_count():
@@ -23,12 +23,24 @@ gpu = pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA GPU")
 LENGTHS = [0, 1, 7, 63, 64, 65, 1000, 100_003]
 
 
+CUDA_REFUSED = ["signum-mv", "ef-sgd", "terngrad"]
+
+
+@pytest.fixture(scope="module")
+def cuda_refused(tmp_path_factory):
+    """``--device cuda`` runs of every algorithm of CUDA_REFUSED, one after another in one
+    3-rank job (tests/mpirun.py's ``train_several``: the ranks start once)."""
+    work = {name: tmp_path_factory.mktemp(name) for name in CUDA_REFUSED}
+    return train_several(3, {name: (work[name], [
+        "--algorithm", name, "--device", "cuda", "--iterations", "5", "--quiet",
+        "--log", str(work[name] / "run.h5")]) for name in CUDA_REFUSED}, timeout=150)
+
+
 @pytest.mark.skipif(HAS_GPU, reason="checks the message on a machine without a GPU")
-@pytest.mark.parametrize("algorithm", ["signum-mv", "ef-sgd", "terngrad"])
-def test_cuda_device_without_a_gpu_is_a_clear_error(tmp_path, algorithm):
-    result = run_mpi(3, ["train", "--algorithm", algorithm, "--device", "cuda",
-                         "--iterations", "5", "--quiet", "--log", str(tmp_path / "run.h5")],
-                     timeout=90)
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("algorithm", CUDA_REFUSED)
+def test_cuda_device_without_a_gpu_is_a_clear_error(cuda_refused, algorithm):
+    result = cuda_refused[algorithm]
     assert result.returncode == 2
     assert "selecting the device failed on rank 1" in result.stderr
     assert "--device cuda" in result.stderr

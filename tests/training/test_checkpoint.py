@@ -1,6 +1,13 @@
 """Checkpoints from the command line: the layout on disk, and resume refusing (exit 2, every
 rank, one clear message) a checkpoint of another world size, model, algorithm or setting, or a
-damaged one.  Exact resume is tested in tests/algorithms/test_ef_sgd_mpi.py."""
+damaged one.  Exact resume is tested in tests/algorithms/test_ef_sgd_mpi.py.
+
+The resumes that end without aborting the job (refused: status 2 on every rank; or completed)
+run one after another in one 3-rank job (``resumed``, tests/mpirun.py's ``train_several``):
+each test's ``@prepares`` function builds its input and returns its command line, the test
+reads its run's status, stdout and stderr.  Those that abort (status 1) or need 4 ranks launch
+their own job.
+"""
 
 import shutil
 
@@ -8,7 +15,7 @@ import h5py
 import pytest
 
 from hpcgrad.training import checkpoint
-from mpirun import run_mpi
+from mpirun import run_mpi, train_several
 
 QUICK = ["--iterations", "12", "--quiet", "--hidden", "16", "--eval-every", "0",
          "--algorithm", "ef-sgd", "--compressor", "topk"]
@@ -25,9 +32,35 @@ def saved(tmp_path_factory):
     return root / "ck"
 
 
+def resume_args(tmp_path, directory, *options):
+    return [*QUICK, "--log", str(tmp_path / "resumed.h5"), "--resume", str(directory), *options]
+
+
 def resume(tmp_path, directory, *options, n=3):
-    return run_mpi(n, ["train", *QUICK, "--log", str(tmp_path / "resumed.h5"),
-                       "--resume", str(directory), *options], timeout=120)
+    return run_mpi(n, ["train", *resume_args(tmp_path, directory, *options)], timeout=120)
+
+
+#: name -> function(saved, work directory) -> ``hpcgrad train`` arguments of one resume
+PREPARE = {}
+#: The one job of every prepared resume; pytest-timeout counts it against the first test.
+SETUP_TIMEOUT = 400
+
+
+def prepares(name):
+    def register(function):
+        assert name not in PREPARE, name
+        PREPARE[name] = function
+        return function
+    return register
+
+
+@pytest.fixture(scope="module")
+def resumed(saved, tmp_path_factory):
+    """name -> (work directory, finished run) of every ``@prepares`` resume, all in one job."""
+    work = {name: tmp_path_factory.mktemp(name) for name in PREPARE}
+    runs = {name: (work[name], prepare(saved, work[name])) for name, prepare in PREPARE.items()}
+    done = train_several(3, runs, timeout=SETUP_TIMEOUT - 60)
+    return {name: (work[name], done[name]) for name in PREPARE}
 
 
 def test_layout_one_file_per_rank_per_step(saved):
@@ -46,76 +79,115 @@ def test_layout_one_file_per_rank_per_step(saved):
         assert f["params/0.weight"].shape == (16, 32)
 
 
-def test_resume_takes_the_newest_complete_checkpoint(saved, tmp_path):
+@prepares("newest")
+def _newest(saved, tmp_path):
     copy = tmp_path / "ck"
     shutil.copytree(saved, copy)
     (copy / ".step-00000011.partial").mkdir()  # a job killed while writing
+    return resume_args(tmp_path, copy)
+
+
+@pytest.mark.timeout(SETUP_TIMEOUT)
+def test_resume_takes_the_newest_complete_checkpoint(resumed):
+    tmp_path, result = resumed["newest"]
+    copy = tmp_path / "ck"
     assert checkpoint.find(copy) == copy / "step-00000010"
     assert checkpoint.find(copy / "step-00000005") == copy / "step-00000005"
-    result = resume(tmp_path, copy)
     assert result.returncode == 0, result.stderr
     with h5py.File(tmp_path / "resumed.h5", "r") as f:
         assert list(f["steps/iteration"][...]) == [10, 11]
 
 
-@pytest.mark.parametrize("options, n, message", [
-    ([], 4, "world size: checkpoint 3, now 4"),
-    (["--hidden", "17"], 3, "model: checkpoint has 6 tensors"),
-    (["--lr", "0.2"], 3, "lr: checkpoint 0.1, now 0.2"),
-    (["--compressor", "randomk"], 3, "compressor: checkpoint 'topk', now 'randomk'"),
-    (["--algorithm", "fp32-ps", "--compressor", "identity"], 3, None),
+REFUSED = {"hidden": ["--hidden", "17"], "lr": ["--lr", "0.2"],
+           "compressor": ["--compressor", "randomk"]}
+for _name, _options in REFUSED.items():
+    prepares(f"refused-{_name}")(
+        lambda saved, tmp_path, options=_options: resume_args(tmp_path, saved, *options))
+
+
+@prepares("refused-algorithm")
+def _refused_algorithm(saved, tmp_path):
+    # the settings check comes first: ef-sgd options on fp32-ps are refused as such
+    return ["--iterations", "12", "--quiet", "--hidden", "16", "--algorithm", "fp32-ps",
+            "--resume", str(saved), "--log", str(tmp_path / "r.h5")]
+
+
+@pytest.mark.timeout(SETUP_TIMEOUT)
+@pytest.mark.parametrize("case, n, message", [
+    ("world-size", 4, "world size: checkpoint 3, now 4"),
+    ("hidden", 3, "model: checkpoint has 6 tensors"),
+    ("lr", 3, "lr: checkpoint 0.1, now 0.2"),
+    ("compressor", 3, "compressor: checkpoint 'topk', now 'randomk'"),
+    ("algorithm", 3, "algorithm: checkpoint ef-sgd, now fp32-ps"),
 ])
-def test_a_checkpoint_of_another_run_is_refused(saved, tmp_path, options, n, message):
-    if options[:2] == ["--algorithm", "fp32-ps"]:
-        # the settings check comes first: ef-sgd options on fp32-ps are refused as such
-        options, message = ["--algorithm", "fp32-ps"], "algorithm: checkpoint ef-sgd, now fp32-ps"
-        result = run_mpi(n, ["train", "--iterations", "12", "--quiet", "--hidden", "16",
-                             "--algorithm", "fp32-ps", "--resume", str(saved),
-                             "--log", str(tmp_path / "r.h5")], timeout=120)
+def test_a_checkpoint_of_another_run_is_refused(saved, request, tmp_path, case, n, message):
+    if n == 4:  # a job of its own, of another size
+        result = resume(tmp_path, saved, n=n)
     else:
-        result = resume(tmp_path, saved, *options, n=n)
+        _, result = request.getfixturevalue("resumed")[f"refused-{case}"]
     assert result.returncode == 2, result.stderr
     assert "does not match this run" in result.stderr and message in result.stderr, \
         result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_a_damaged_checkpoint_is_refused_before_training(saved, tmp_path):
+@prepares("damaged")
+def _damaged(saved, tmp_path):
     copy = tmp_path / "ck"
     shutil.copytree(saved / "step-00000010", copy)
     (copy / "rank-00002.h5").write_bytes(b"not hdf5 at all")
-    result = resume(tmp_path, copy)
+    return resume_args(tmp_path, copy)
+
+
+@pytest.mark.timeout(SETUP_TIMEOUT)
+def test_a_damaged_checkpoint_is_refused_before_training(resumed):
+    _, result = resumed["damaged"]
     assert result.returncode == 2
     assert "rank-00002.h5" in result.stderr and "cannot be read" in result.stderr
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda d: d / "missing", "no such directory"),
-    (lambda d: d, "no complete checkpoint in it"),
+prepares("missing-directory")(lambda saved, tmp_path: resume_args(tmp_path, tmp_path / "missing"))
+prepares("empty-directory")(lambda saved, tmp_path: resume_args(tmp_path, tmp_path))
+
+
+@pytest.mark.timeout(SETUP_TIMEOUT)
+@pytest.mark.parametrize("case, message", [
+    ("missing-directory", "no such directory"),
+    ("empty-directory", "no complete checkpoint in it"),
 ])
-def test_resume_from_a_directory_without_checkpoints(tmp_path, make, message):
-    result = resume(tmp_path, make(tmp_path))
+def test_resume_from_a_directory_without_checkpoints(resumed, case, message):
+    _, result = resumed[case]
     assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
-def test_resume_past_the_last_iteration_is_refused(saved, tmp_path):
-    result = run_mpi(3, ["train", *QUICK[2:], "--iterations", "10", "--quiet",
-                         "--log", str(tmp_path / "r.h5"), "--resume", str(saved)], timeout=120)
+prepares("past-the-end")(lambda saved, tmp_path: [
+    *QUICK[2:], "--iterations", "10", "--quiet", "--log", str(tmp_path / "r.h5"),
+    "--resume", str(saved)])
+
+
+@pytest.mark.timeout(SETUP_TIMEOUT)
+def test_resume_past_the_last_iteration_is_refused(resumed):
+    _, result = resumed["past-the-end"]
     assert result.returncode == 2 and "leaves nothing to run" in result.stderr, result.stderr
 
 
-def test_a_resumed_run_does_not_overwrite_an_existing_log(saved, tmp_path):
+@prepares("existing-log")
+def _existing_log(saved, tmp_path):
     first = saved.parent / "run.h5"  # the log of the run that wrote the checkpoints
-    before = first.read_bytes()
-    result = run_mpi(3, ["train", *QUICK, "--log", str(first), "--resume", str(saved)],
-                     timeout=120)
+    (tmp_path / "before.h5").write_bytes(first.read_bytes())
+    return [*QUICK, "--log", str(first), "--resume", str(saved)]
+
+
+@pytest.mark.timeout(SETUP_TIMEOUT)
+def test_a_resumed_run_does_not_overwrite_an_existing_log(saved, resumed):
+    tmp_path, result = resumed["existing-log"]
+    first = saved.parent / "run.h5"
     assert result.returncode == 2 and "exists (a log belongs to one run)" in result.stderr
-    assert first.read_bytes() == before
+    assert first.read_bytes() == (tmp_path / "before.h5").read_bytes()
 
 
-def test_a_checkpoint_written_before_a_setting_existed_resumes(saved, tmp_path):
-    """An algorithm added after a checkpoint was written brings settings the checkpoint does
-    not name: they compare as their defaults, so the resume goes on."""
+@prepares("older-settings")
+def _older_settings(saved, tmp_path):
     import json
 
     old = tmp_path / "old"
@@ -127,10 +199,23 @@ def test_a_checkpoint_written_before_a_setting_existed_resumes(saved, tmp_path):
             assert settings.pop(dropped) == 2.5
             # as that hpcgrad wrote it: the attributes' checksum covers what they hold
             checkpoint._seal_attrs(f, {"settings": json.dumps(settings)})
-    result = resume(tmp_path, old)
+    return resume_args(tmp_path, old)
+
+
+@prepares("older-settings-changed")
+def _older_settings_changed(saved, tmp_path):
+    _older_settings(saved, tmp_path)
+    return resume_args(tmp_path / "changed", tmp_path / "old", "--terngrad-clip", "1")
+
+
+@pytest.mark.timeout(SETUP_TIMEOUT)
+def test_a_checkpoint_written_before_a_setting_existed_resumes(resumed):
+    """An algorithm added after a checkpoint was written brings settings the checkpoint does
+    not name: they compare as their defaults, so the resume goes on."""
+    _, result = resumed["older-settings"]
     assert result.returncode == 0, result.stderr
     # Given a value, that setting is still refused: ef-sgd does not read it.
-    changed = resume(tmp_path / "changed", old, "--terngrad-clip", "1")
+    _, changed = resumed["older-settings-changed"]
     assert changed.returncode == 2 and "terngrad-clip" in changed.stderr, changed.stderr
 
 
@@ -147,19 +232,27 @@ def _flip_byte_in(path, dataset: str, offset_in_data: int = 0) -> None:
         fh.write(bytes([byte[0] ^ 0x01]))
 
 
-@pytest.mark.parametrize("rank, dataset", [
+FLIPPED = [
     (0, "params/2.weight"),              # the server's parameters
     (2, "state/sgd.buffer/0.weight"),    # a worker's momentum
-])
+]
+for _rank, _dataset in FLIPPED:
+    @prepares(f"flipped-{_rank}")
+    def _flipped(saved, tmp_path, rank=_rank, dataset=_dataset):
+        copy = tmp_path / "ck"
+        shutil.copytree(saved / "step-00000010", copy)
+        _flip_byte_in(copy / f"rank-{rank:05d}.h5", dataset, offset_in_data=37)
+        return resume_args(tmp_path, copy)
+
+
+@pytest.mark.timeout(SETUP_TIMEOUT)
+@pytest.mark.parametrize("rank, dataset", FLIPPED)
 def test_a_flipped_byte_in_a_value_is_refused_naming_rank_file_and_dataset(
-        saved, tmp_path, rank, dataset):
-    copy = tmp_path / "ck"
-    shutil.copytree(saved / "step-00000010", copy)
-    damaged = copy / f"rank-{rank:05d}.h5"
-    _flip_byte_in(damaged, dataset, offset_in_data=37)
+        resumed, rank, dataset):
+    tmp_path, result = resumed[f"flipped-{rank}"]
+    damaged = tmp_path / "ck" / f"rank-{rank:05d}.h5"
     with h5py.File(damaged, "r") as f:  # still a readable HDF5 file: only a value changed
         assert f[dataset].shape
-    result = resume(tmp_path, copy)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("hpcgrad:")]
     assert len(lines) == 1, result.stderr  # one line, from rank 0
@@ -200,8 +293,8 @@ def test_every_kind_of_dataset_gets_a_checksum(tmp_path):
         checkpoint.verify(path, 0)
 
 
-def test_a_checkpoint_of_format_1_resumes_with_a_warning(saved, tmp_path):
-    """Written before checksums: resumed as before, with a warning that it is unverified."""
+@prepares("format-1")
+def _format_1(saved, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(saved / "step-00000010", old)
     for path in old.glob("rank-*.h5"):
@@ -209,7 +302,13 @@ def test_a_checkpoint_of_format_1_resumes_with_a_warning(saved, tmp_path):
             f.attrs["format_version"] = 1
             f.visititems(lambda name, obj: [obj.attrs.__delitem__(k) for k in
                                             ("sha256", "attrs_sha256") if k in obj.attrs])
-    result = resume(tmp_path, old)
+    return resume_args(tmp_path, old)
+
+
+@pytest.mark.timeout(SETUP_TIMEOUT)
+def test_a_checkpoint_of_format_1_resumes_with_a_warning(resumed):
+    """Written before checksums: resumed as before, with a warning that it is unverified."""
+    _, result = resumed["format-1"]
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("content cannot be verified") == 1, result.stderr
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import math
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 
 import h5py
 import numpy as np
 import pytest
-from mpirun import run_mpi
+from mpirun import train_several
 from test_quantized_wire_format_doc import (doc_body_length, doc_decode_qsgd, doc_encode_qsgd,
                                             doc_key, doc_mean)
 from test_topk_wire_format_doc import doc_decode_sparse_values
@@ -41,28 +41,40 @@ RUNS = {"topk": ["--compressor", "topk", "--sparsity", "0.02"],
         "identity": ["--compressor", "identity", "--feedback", "none"],
         "qsgd-server-feedback": ["--compressor", "qsgd", "--bits", "3", "--server-feedback"]}
 
+#: The one job of every run; pytest-timeout counts it against the first test that reads it.
+SETUP_TIMEOUT = 300
 
-def _train(work, extra):
+
+def _args(work, extra):
     log = work / "run.h5"
-    args = ["train", "--algorithm", "ef-sgd", *extra, "--iterations", str(ITERATIONS),
+    return ["--algorithm", "ef-sgd", *extra, "--iterations", str(ITERATIONS),
             "--record-messages", str(RECORDED), "--hidden", "24", "--seed", "5",
             "--log", str(log), "--quiet"]
-    proc = run_mpi(RANKS, args, timeout=120, cwd=work)
+
+
+def _read(work, proc):
     assert proc.returncode == 0, proc.stderr
-    with h5py.File(log, "r") as f:
+    with h5py.File(work / "run.h5", "r") as f:
         return {"attrs": dict(f.attrs), **{k: f["steps"][k][...] for k in f["steps"]},
                 **{f"m_{k}": f["messages"][k][...] for k in f["messages"]}}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The launches, started together; each value is a future (a failed launch fails only
-    the test that reads it)."""
-    pool = ThreadPoolExecutor(max_workers=len(RUNS))
-    futures = {name: pool.submit(_train, tmp_path_factory.mktemp(name), extra)
-               for name, extra in RUNS.items()}
-    yield futures
-    pool.shutdown(wait=True)
+    """Every run of RUNS, one after another in one 3-rank job (tests/mpirun.py's
+    ``train_several``: the ranks start once, not once per run). Each value is a future: a
+    run that failed fails only the tests that read it."""
+    work = {name: tmp_path_factory.mktemp(name) for name in RUNS}
+    done = train_several(RANKS, {name: (work[name], _args(work[name], extra))
+                                 for name, extra in RUNS.items()}, timeout=SETUP_TIMEOUT)
+    futures = {}
+    for name in RUNS:
+        futures[name] = Future()
+        try:
+            futures[name].set_result(_read(work[name], done[name]))
+        except Exception as exc:  # noqa: BLE001 -- raised again by the test that reads it
+            futures[name].set_exception(exc)
+    return futures
 
 
 def doc_decode(message: bytes, segments):
@@ -93,6 +105,7 @@ def doc_k_per_segment(segments, sparsity):
     return [min(n, max(1, math.ceil(sparsity * n))) for n in segments]
 
 
+@pytest.mark.timeout(SETUP_TIMEOUT + 60)
 @pytest.mark.parametrize("name", [name for name in RUNS if "server-feedback" not in name])
 def test_every_recorded_message_decodes_from_the_documents_and_the_log_alone(runs, name):
     run = runs[name].result()
@@ -149,6 +162,7 @@ def test_every_recorded_message_decodes_from_the_documents_and_the_log_alone(run
         assert np.any(down != 0)
 
 
+@pytest.mark.timeout(SETUP_TIMEOUT + 60)
 def test_the_server_feedback_downlink_is_the_documented_compression_of_mean_plus_residual(runs):
     """``--server-feedback``: the downlink is C(a + e_s), compressed with sender 0, and
     e_s <- a + e_s - C(a + e_s) (docs/algorithms/error-feedback.md, wire format §6).  From the

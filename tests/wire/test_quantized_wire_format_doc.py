@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 import math
 import struct
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 
 import h5py
 import numpy as np
 import pytest
-from mpirun import run_mpi
 from test_wire_format_doc import FIELDS, HEADER, HEADER_BYTES, MAGIC, DocFormatError
 
 FP32, QSGD = 1, 7
@@ -159,27 +158,38 @@ RUNS = {"qsgd": ["--algorithm", "qsgd", "--bits", "3"],
 #: The runs of the QSGD family's own test (terngrad has its own below).
 QSGD_RUNS = ["qsgd", "dq-sgd", "dq-sgd-fp32-down"]
 
+SETUP_TIMEOUT = 400  # the decoder tests' one 5-rank job (conftest.py), counted against a test
 
-def _train(work, extra):
+
+def _args(work, extra):
     log = work / "run.h5"
-    args = ["train", *extra, "--iterations", str(ITERATIONS), "--record-messages",
+    return [*extra, "--iterations", str(ITERATIONS), "--record-messages",
             str(RECORDED), "--hidden", "24", "--log", str(log), "--quiet"]
-    proc = run_mpi(RANKS, args, timeout=110, cwd=work)
+
+
+def _read(work, proc):
     assert proc.returncode == 0, proc.stderr
-    with h5py.File(log, "r") as f:
+    with h5py.File(work / "run.h5", "r") as f:
         return {"attrs": dict(f.attrs), **{k: f["steps"][k][...] for k in f["steps"]},
                 **{f"m_{k}": f["messages"][k][...] for k in f["messages"]}}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    pool = ThreadPoolExecutor(max_workers=len(RUNS))
-    futures = {name: pool.submit(_train, tmp_path_factory.mktemp(name), extra)
-               for name, extra in RUNS.items()}
-    yield futures
-    pool.shutdown(wait=True)
+def runs(doc_runs5):
+    """Every run of RUNS, from the one 5-rank job of the decoder tests (tests/wire/conftest.py).
+    Each value is a future: a run that failed fails only the tests that read it."""
+    futures = {}
+    for name in RUNS:
+        work, proc = doc_runs5[(__name__, name)]
+        futures[name] = Future()
+        try:
+            futures[name].set_result(_read(work, proc))
+        except Exception as exc:  # noqa: BLE001 -- raised again by the test that reads it
+            futures[name].set_exception(exc)
+    return futures
 
 
+@pytest.mark.timeout(SETUP_TIMEOUT + 60)
 @pytest.mark.parametrize("name", QSGD_RUNS)
 def test_recorded_messages_decode_to_the_server_mean_and_the_logged_figures(runs, name):
     run = runs[name].result()
@@ -237,6 +247,7 @@ def test_recorded_messages_decode_to_the_server_mean_and_the_logged_figures(runs
             assert run["bits"][n + 1] == doc_width(s, config["min_bits"], config["max_bits"])
 
 
+@pytest.mark.timeout(SETUP_TIMEOUT + 60)
 def test_terngrad_messages_decode_as_two_bit_qsgd_with_the_max_scale(runs):
     """docs/algorithms/terngrad.md §2 and wire format §6: a TernGrad uplink is a ``qsgd`` body
     at b = 2 whose norm field holds the tensor's scale s_l = max |g_i| (after clipping), so

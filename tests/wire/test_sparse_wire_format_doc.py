@@ -13,7 +13,6 @@ import math
 import h5py
 import numpy as np
 import pytest
-from mpirun import run_mpi
 from test_wire_format_doc import FIELDS, HEADER, HEADER_BYTES, MAGIC, DocFormatError
 
 SPARSE_SIGN, BASE3 = 5, 6
@@ -173,19 +172,26 @@ def doc_decode(message: bytes):
 ITERATIONS, RECORDED, RANKS = 8, 4, 5
 
 
+RUNS = {"s3gd": ["--algorithm", "s3gd-mv", "--sparsity", "0.01"]}
+SETUP_TIMEOUT = 400  # the decoder tests' one 5-rank job (conftest.py), counted against a test
+
+
+def _args(work, extra):
+    return [*extra, "--iterations", str(ITERATIONS), "--record-messages", str(RECORDED),
+            "--log", str(work / "run.h5"), "--quiet"]
+
+
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("s3gd")
-    log = work / "run.h5"
-    args = ["train", "--algorithm", "s3gd-mv", "--sparsity", "0.01", "--iterations",
-            str(ITERATIONS), "--record-messages", str(RECORDED), "--log", str(log), "--quiet"]
-    proc = run_mpi(RANKS, args, timeout=120, cwd=work)
+def run(doc_runs5):
+    """The s3gd-mv run, from the one 5-rank job of the decoder tests (tests/wire/conftest.py)."""
+    work, proc = doc_runs5[(__name__, "s3gd")]
     assert proc.returncode == 0, proc.stderr
-    with h5py.File(log, "r") as f:
+    with h5py.File(work / "run.h5", "r") as f:
         return {"attrs": dict(f.attrs), **{k: f["steps"][k][...] for k in f["steps"]},
                 **{f"m_{k}": f["messages"][k][...] for k in f["messages"]}}
 
 
+@pytest.mark.timeout(SETUP_TIMEOUT + 60)
 def test_recorded_s3gd_messages_decode_to_the_sent_signs_and_the_server_vote(run):
     d = int(run["attrs"]["num_params"])
     ks = eval(run["attrs"]["k_per_segment"])  # JSON list of ints

@@ -17,7 +17,6 @@ import struct
 import h5py
 import numpy as np
 import pytest
-from mpirun import run_mpi
 from test_sparse_wire_format_doc import (BitReader, BitWriter, doc_read_positions,
                                          doc_write_positions)
 from test_wire_format_doc import FIELDS, HEADER, HEADER_BYTES, MAGIC, DocFormatError
@@ -82,29 +81,38 @@ def doc_decode(message: bytes):
 ITERATIONS, RECORDED, RANKS = 8, 6, 5
 
 
-def _run(tmp_path_factory, name, extra):
-    work = tmp_path_factory.mktemp(name)
-    log = work / "run.h5"
-    args = ["train", "--algorithm", "topk", "--sparsity", "0.01", "--iterations",
-            str(ITERATIONS), "--record-messages", str(RECORDED), "--log", str(log),
-            "--quiet", *extra]
-    proc = run_mpi(RANKS, args, timeout=120, cwd=work)
+RUNS = {
+    "leader": ["--topk-selection", "leader", "--partition", "classes:2"],
+    "union-boost-fp16": ["--topk-selection", "union-boost", "--topk-values", "fp16"],
+    "shared-random": ["--topk-selection", "shared-random"],
+}
+SETUP_TIMEOUT = 400  # the decoder tests' one 5-rank job (conftest.py), counted against a test
+
+
+def _args(work, extra):
+    return ["--algorithm", "topk", "--sparsity", "0.01", "--iterations", str(ITERATIONS),
+            "--record-messages", str(RECORDED), "--log", str(work / "run.h5"), "--quiet",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def runs(doc_runs5):
+    """name -> (work directory, finished run), from the one 5-rank job of the decoder tests
+    (tests/wire/conftest.py)."""
+    return {name: doc_runs5[(__name__, name)] for name in RUNS}
+
+
+@pytest.fixture(params=list(RUNS))
+def run(request, runs):
+    name = request.param
+    work, proc = runs[name]
     assert proc.returncode == 0, proc.stderr
-    with h5py.File(log, "r") as f:
-        return {"attrs": dict(f.attrs), **{k: f["steps"][k][...] for k in f["steps"]},
-                **{f"m_{k}": f["messages"][k][...] for k in f["messages"]}}
+    with h5py.File(work / "run.h5", "r") as f:
+        return name, {"attrs": dict(f.attrs), **{k: f["steps"][k][...] for k in f["steps"]},
+                      **{f"m_{k}": f["messages"][k][...] for k in f["messages"]}}
 
 
-@pytest.fixture(scope="module", params=[
-    ("leader", ["--topk-selection", "leader", "--partition", "classes:2"]),
-    ("union-boost-fp16", ["--topk-selection", "union-boost", "--topk-values", "fp16"]),
-    ("shared-random", ["--topk-selection", "shared-random"]),
-], ids=lambda p: p[0])
-def run(request, tmp_path_factory):
-    name, extra = request.param
-    return name, _run(tmp_path_factory, name, extra)
-
-
+@pytest.mark.timeout(SETUP_TIMEOUT + 60)
 def test_recorded_topk_downlink_is_the_mean_of_the_decoded_uplinks(run):
     name, run = run
     d, m = int(run["attrs"]["num_params"]), RANKS - 1

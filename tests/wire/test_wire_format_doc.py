@@ -15,13 +15,10 @@ Not marked ``mpi``: the training tests launch ``mpiexec`` themselves from the se
 
 from __future__ import annotations
 
-import os
 import re
 import math
 import struct
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import h5py
@@ -31,10 +28,6 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-try:  # tests/mpirun.py (on sys.path through tests/conftest.py)
-    from mpirun import run_mpi
-except ImportError:  # pragma: no cover - fallback when the helper is absent
-    run_mpi = None
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "wire-format.md"
 
@@ -169,25 +162,19 @@ def message_length(codec: int, d: int) -> int:
 # =========================================================================== real runs
 
 ITERATIONS, RECORDED, RANKS = 6, 3, 5
+SETUP_TIMEOUT = 400  # the decoder tests' one 5-rank job (conftest.py), counted against a test
 
 
-def _launch(n: int, args: list, cwd: Path):
-    if run_mpi is not None:
-        return run_mpi(n, args, timeout=120, cwd=cwd)
-    mpiexec = str(Path(sys.executable).parent / "mpiexec")
-    cmd = [mpiexec, "-n", str(n), sys.executable, "-m", "mpi4py", "-m", "hpcgrad", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def _train(workdir: Path, extra: list) -> dict:
-    log = workdir / "run.h5"
+def _args(workdir: Path, extra: list) -> list:
     # 6 iterations with the default --flush-every 10: the log's one flush is a partial one.
-    args = ["train", "--iterations", str(ITERATIONS), "--record-messages", str(RECORDED),
-            "--log", str(log), "--quiet", *extra]
-    proc = _launch(RANKS, args, workdir)
-    assert proc.returncode == 0, f"{args}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
-    with h5py.File(log, "r") as f:
+    return ["--iterations", str(ITERATIONS), "--record-messages", str(RECORDED),
+            "--log", str(workdir / "run.h5"), "--quiet", *extra]
+
+
+def _read(workdir: Path, proc) -> dict:
+    assert proc.returncode == 0, \
+        f"{proc.args}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    with h5py.File(workdir / "run.h5", "r") as f:
         m = f["messages"]
         return {
             "attrs": dict(f.attrs),
@@ -208,16 +195,20 @@ RUNS = {"signum": [], "signum-zero": ["--tie", "zero"], "fp32-ps": ["--algorithm
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """The three launches, started together (most of each is import time on idle cores).
+def runs(doc_runs5):
+    """Every run of RUNS, from the one 5-rank job of the decoder tests (tests/wire/conftest.py).
 
-    Each value is a future: a launch that failed fails only the test that reads it.
+    Each value is a future: a run that failed fails only the test that reads it.
     """
-    pool = ThreadPoolExecutor(max_workers=len(RUNS))
-    futures = {name: pool.submit(_train, tmp_path_factory.mktemp(name), extra)
-               for name, extra in RUNS.items()}
-    yield futures
-    pool.shutdown(wait=True)
+    futures = {}
+    for name in RUNS:
+        work, proc = doc_runs5[(__name__, name)]
+        futures[name] = Future()
+        try:
+            futures[name].set_result(_read(work, proc))
+        except Exception as exc:  # noqa: BLE001 -- raised again by the test that reads it
+            futures[name].set_exception(exc)
+    return futures
 
 
 def _recorded(run) -> list:
@@ -264,7 +255,7 @@ def _check_run(run, up_codec: int, down_codec: int) -> list:
     return records
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(SETUP_TIMEOUT + 60)
 def test_signum_default_tie_messages(runs):
     signum_run = runs["signum"].result()
     assert signum_run["attrs"]["uplink_codec"] == "sign1"
@@ -281,7 +272,7 @@ def test_signum_default_tie_messages(runs):
     assert ties > 0, "4 workers and no tied coordinate: the tie rule went untested"
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(SETUP_TIMEOUT + 60)
 def test_signum_tie_zero_messages(runs):
     signum_zero_run = runs["signum-zero"].result()
     assert signum_zero_run["attrs"]["uplink_codec"] == "ternary2"
@@ -298,7 +289,7 @@ def test_signum_tie_zero_messages(runs):
     assert zeros > 0, "no tied coordinate: the zero downlink went untested"
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(SETUP_TIMEOUT + 60)
 def test_signum_random_tie_takes_the_documented_coin_bits(runs):
     """§6: a tied vote at coordinate i takes bit i % 8 (LSB first) of byte i // 8 of
     default_rng([seed, t, 0x7E]).bytes(ceil(d/8)); 1 = -1."""
@@ -319,7 +310,7 @@ def test_signum_random_tie_takes_the_documented_coin_bits(runs):
     assert min(ties.values()) > 0, f"ties broken both ways: {ties}"
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(SETUP_TIMEOUT + 60)
 def test_fp32_ps_messages(runs):
     fp32_run = runs["fp32-ps"].result()
     assert fp32_run["attrs"]["uplink_codec"] == "fp32"

@@ -12,7 +12,7 @@ from hpcgrad.training.config import TrainConfig
 from hpcgrad.errors import ConfigError
 from hpcgrad.training.flat import FlatModel
 
-from mpirun import run_mpi
+from mpirun import run_mpi, train_several
 from workload_files import write_ag_news, write_cifar10, write_cifar100, write_mnist
 
 
@@ -149,9 +149,56 @@ def test_every_built_model_flattens_into_float32_parameters():
 QUICK = ["--iterations", "3", "--eval-every", "0", "--flush-every", "3", "--batch-size", "4"]
 
 
-def train5(tmp_path, *options, timeout=100):
-    return run_mpi(5, ["train", "--log", str(tmp_path / "run.h5"), *QUICK, *options],
-                   timeout=timeout)
+#: The one 5-rank job of the runs below; pytest-timeout counts it against the first test.
+SETUP_TIMEOUT = 400
+
+
+def _cnn_mnist(tmp_path):
+    write_mnist(tmp_path / "mnist", train=96, test=16, gz=True)
+    return ["--model", "cnn", "--dataset", "mnist", "--data-path", str(tmp_path / "mnist"),
+            "--partition", "dirichlet:5"]
+
+
+def _resnet20_cifar10(tmp_path):
+    write_cifar10(tmp_path / "c10", per_batch=8, test=8)
+    return ["--model", "resnet20", "--dataset", "cifar10", "--data-path",
+            str(tmp_path / "c10"), "--algorithm", "fp32-ps"]
+
+
+def _resnet56_cifar100(tmp_path):
+    write_cifar100(tmp_path / "c100", train=40, test=4)
+    return ["--iterations", "2", "--eval-every", "0", "--batch-size", "2", "--model",
+            "resnet56", "--dataset", "cifar100", "--data-path", str(tmp_path / "c100"),
+            "--batch-norm", "none", "--partition", "classes:30"]
+
+
+def _embedding_bag_ag_news(tmp_path):
+    write_ag_news(tmp_path / "ag", train=64, test=16)
+    return ["--model", "embedding-bag", "--dataset", "ag-news", "--data-path",
+            str(tmp_path / "ag"), "--hidden", "16", "--vocab-size", "40"]
+
+
+def _mlp_synthetic(tmp_path):
+    return ["--model", "mlp", "--features", "1x28x28", "--examples", "64", "--hidden", "8",
+            "--classes", "4"]
+
+
+#: name -> (function writing the run's data files, returning its options; QUICK first?)
+RUNS5 = {"cnn": (_cnn_mnist, True), "resnet20": (_resnet20_cifar10, True),
+         "resnet56": (_resnet56_cifar100, False), "embedding-bag": (_embedding_bag_ag_news, True),
+         "mlp": (_mlp_synthetic, True)}
+
+
+@pytest.fixture(scope="module")
+def trained5(tmp_path_factory):
+    """name -> finished ``hpcgrad train`` on 5 ranks of every run of RUNS5, all one after
+    another in one job (tests/mpirun.py's ``train_several``: the ranks start once)."""
+    runs = {}
+    for name, (prepare, quick) in RUNS5.items():
+        work = tmp_path_factory.mktemp(name)
+        runs[name] = (work, ["--log", str(work / "run.h5"), *(QUICK if quick else ()),
+                             *prepare(work)])
+    return train_several(5, runs, timeout=SETUP_TIMEOUT - 60)
 
 
 def _summary(result):
@@ -162,42 +209,32 @@ def _summary(result):
     return int(match.group(1).replace(",", ""))
 
 
-def test_cnn_trains_on_mnist_files_with_a_dirichlet_partition(tmp_path):
-    write_mnist(tmp_path / "mnist", train=96, test=16, gz=True)
-    result = train5(tmp_path, "--model", "cnn", "--dataset", "mnist", "--data-path",
-                    str(tmp_path / "mnist"), "--partition", "dirichlet:5")
-    assert _summary(result) == 582_026
+@pytest.mark.timeout(SETUP_TIMEOUT)
+def test_cnn_trains_on_mnist_files_with_a_dirichlet_partition(trained5):
+    assert _summary(trained5["cnn"]) == 582_026
 
 
-def test_resnet20_trains_on_cifar10_batches(tmp_path):
-    write_cifar10(tmp_path / "c10", per_batch=8, test=8)
-    result = train5(tmp_path, "--model", "resnet20", "--dataset", "cifar10", "--data-path",
-                    str(tmp_path / "c10"), "--algorithm", "fp32-ps")
-    assert _summary(result) == 269_722
+@pytest.mark.timeout(SETUP_TIMEOUT)
+def test_resnet20_trains_on_cifar10_batches(trained5):
+    assert _summary(trained5["resnet20"]) == 269_722
 
 
-def test_resnet56_trains_two_steps_on_cifar100_without_batch_norm(tmp_path):
-    write_cifar100(tmp_path / "c100", train=40, test=4)
-    result = run_mpi(5, ["train", "--log", str(tmp_path / "run.h5"), "--iterations", "2",
-                         "--eval-every", "0", "--batch-size", "2", "--model", "resnet56",
-                         "--dataset", "cifar100", "--data-path", str(tmp_path / "c100"),
-                         "--batch-norm", "none", "--partition", "classes:30"], timeout=100)
+@pytest.mark.timeout(SETUP_TIMEOUT)
+def test_resnet56_trains_two_steps_on_cifar100_without_batch_norm(trained5):
+    result = trained5["resnet56"]
     assert result.returncode == 0, result.stderr[-3000:]
     # no batch-norm parameters, conv biases instead, and an fc with 100 outputs
     assert f"{850_986 - 650 + 6500:,} parameters" in result.stdout
 
 
-def test_embedding_bag_trains_on_ag_news_csv(tmp_path):
-    write_ag_news(tmp_path / "ag", train=64, test=16)
-    result = train5(tmp_path, "--model", "embedding-bag", "--dataset", "ag-news",
-                    "--data-path", str(tmp_path / "ag"), "--hidden", "16", "--vocab-size", "40")
-    assert _summary(result) == 40 * 16 + 16 * 4 + 4
+@pytest.mark.timeout(SETUP_TIMEOUT)
+def test_embedding_bag_trains_on_ag_news_csv(trained5):
+    assert _summary(trained5["embedding-bag"]) == 40 * 16 + 16 * 4 + 4
 
 
-def test_mlp_trains_on_image_shaped_synthetic_data(tmp_path):
-    result = train5(tmp_path, "--model", "mlp", "--features", "1x28x28", "--examples", "64",
-                    "--hidden", "8", "--classes", "4")
-    assert _summary(result) == 784 * 8 + 8 + 8 * 8 + 8 + 8 * 4 + 4
+@pytest.mark.timeout(SETUP_TIMEOUT)
+def test_mlp_trains_on_image_shaped_synthetic_data(trained5):
+    assert _summary(trained5["mlp"]) == 784 * 8 + 8 + 8 * 8 + 8 + 8 * 4 + 4
 
 
 def test_missing_dataset_files_stop_every_rank_naming_the_file(tmp_path):

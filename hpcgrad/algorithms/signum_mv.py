@@ -81,9 +81,13 @@ class SignumMV(Algorithm):
     def server_step(self, ctx, uplinks, downlink):
         d = self.num_params
         if self.tie == TIE_RANDOM:
+            # The coin of coordinate i is bit i of the step's byte stream, i counted in the
+            # whole flat vector: a shard (--servers) starting at a word takes its bytes from
+            # start/8 on, so every coordinate gets the coin it gets with one server.
             rng = np.random.default_rng([self.config.seed, ctx.step, 0x7E])
-            nbytes = SIGN1.body_length(d)
-            self.tie_bits[:nbytes] = np.frombuffer(rng.bytes(nbytes), dtype=np.uint8)
+            nbytes, first = SIGN1.body_length(d), ctx.shard.start // 8
+            self.tie_bits[:nbytes] = np.frombuffer(rng.bytes(first + nbytes), dtype=np.uint8,
+                                                   offset=first)
         k = kernels.for_array(uplinks.rows)
         if self.tie == TIE_ZERO:
             nonzero, negative = TERNARY2.planes(downlink.padded_body, d)

@@ -429,12 +429,12 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
             flat.check_grads_finite()
             clock.lap(COMPUTE)
         step_exchange.step(grads, clock)
-        if links:
+        if links:  # every server's link bytes reach rank 0 at the flush
             record[row, 1 + len(PHASES):] = step_exchange.link_bytes()
+            if logging:
+                records.extra["lr"][row] = float(np.float32(lr))
         elif logging:
             records.record(row, step_exchange, {**alg.step_stats, "lr": float(np.float32(lr))})
-        if links and logging:
-            records.extra["lr"][row] = float(np.float32(lr))
             if step < config.record_messages:
                 log.append_messages(step, *step_exchange.messages())
 

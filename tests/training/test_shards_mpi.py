@@ -1,0 +1,97 @@
+"""``--servers S`` on a real multi-rank job: every algorithm at S = 2 against S = 1 with the
+same M workers, both in this one job (``train(config, comm=...)`` on sub-communicators, in
+process), on a tiny model whose first tensor a shard boundary cuts.
+
+Bit-identical final parameters where the aggregation is coordinate-wise and the worker step
+keeps no per-tensor statistic (signum-mv, fp32-ps, fp16-ps, ef-sgd with identity); the others
+must train (replicas equal, loss finite and falling).  Rank 0's received bytes fall to its
+shard's share.  Runs in the suite's mpi-3 and mpi-5 stages (M = 1 and M = 3 workers).
+"""
+
+import hashlib
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from mpi4py import MPI
+
+from hpcgrad import workloads
+from hpcgrad.training import runtime
+from hpcgrad.training.config import TrainConfig
+
+pytestmark = pytest.mark.mpi(min_size=3)
+
+ITERATIONS = 8
+
+#: (algorithm, settings, bit-identical to one server?)
+CASES = [
+    ("signum-mv", {}, True),
+    ("signum-mv", {"tie": "random", "momentum": 0.0}, True),
+    ("signum-mv", {"tie": "zero", "adversaries": 1, "attack": "invert"}, True),
+    ("fp32-ps", {}, True),
+    ("fp16-ps", {"lr_schedule": "cosine", "warmup": 2}, True),
+    ("ef-sgd", {"compressor": "identity"}, True),
+    ("ef-sgd", {}, False),
+    ("ef-sgd", {"compressor": "topk", "feedback": "step-ahead", "error_averaging": 3}, False),
+    ("s3gd-mv", {"sparsity": 0.1}, False),
+    ("topk", {"sparsity": 0.1}, False),
+    ("qsgd", {}, False),
+    ("dq-sgd", {}, False),
+    ("terngrad", {}, False),
+]
+
+#: Sign methods move each coordinate by lr: larger than their defaults, to see the loss fall
+#: in a few steps.
+LR = {"signum-mv": 0.01, "s3gd-mv": 0.02}
+
+
+def _run(comm, tmp, algorithm, settings, servers, name):
+    config = TrainConfig(algorithm=algorithm, iterations=ITERATIONS, eval_every=0, flush_every=3,
+                         quiet=True, servers=servers, log=str(tmp / name), lr=LR.get(algorithm),
+                         **settings).resolved()
+    data = workloads.synthetic(config.seed, train=1024, test=128)
+    torch.manual_seed(1)
+    model = workloads.mlp(data.num_features, 8, data.num_classes)
+    summary = runtime.train(config, comm, model=model, data=data)
+    params = b"".join(p.detach().numpy().tobytes() for p in model.parameters())
+    return summary, hashlib.sha256(params).hexdigest()
+
+
+@pytest.mark.parametrize("algorithm, settings, identical", CASES,
+                         ids=[f"{a}-{'-'.join(map(str, s.values())) or 'default'}"
+                              for a, s, _ in CASES])
+def test_two_servers_against_one(comm, mpi_tmp_path, algorithm, settings, identical):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    workers = size - 2
+    # One server and the same M workers: the first N - 1 ranks (the last one sits it out).
+    one = comm.Split(0 if rank < size - 1 else MPI.UNDEFINED, rank)
+    if one != MPI.COMM_NULL:
+        _, single = _run(one, mpi_tmp_path, algorithm, settings, 1, "one.h5")
+        one.Free()
+    _, sharded = _run(comm, mpi_tmp_path, algorithm, settings, 2, "two.h5")
+    assert len(set(comm.allgather(sharded))) == 1  # every replica, both servers included
+    single = comm.bcast(single if rank == 0 else None, root=0)
+    if rank != 0:
+        return
+    with h5py.File(mpi_tmp_path / "one.h5", "r") as a, h5py.File(mpi_tmp_path / "two.h5",
+                                                                   "r") as b:
+        assert b.attrs["servers"] == 2 and "servers" not in a.attrs
+        assert b.attrs["roles"].startswith('["server 0", "server 1", "worker 0"')
+        assert b.attrs["num_workers"] == workers == a.attrs["num_workers"]
+        up1, up2 = a["steps/bytes_up"][...], b["steps/bytes_up"][...]
+        incast = b["steps/incast"][...]
+        loss = b["steps/loss"][...]
+        assert up2.shape == up1.shape == (ITERATIONS, workers) and incast.shape == (ITERATIONS, 2)
+        # what the workers sent is what the servers received, step by step
+        np.testing.assert_array_equal(incast.sum(1), up2.sum(1))
+        if identical:
+            assert b["final_params_sha256"][()] == a["final_params_sha256"][()]
+            assert sharded == single
+        else:
+            assert np.isfinite(loss).all()
+            assert loss[-2:].mean() < loss[:2].mean(), loss.mean(1)
+        # rank 0 receives its shard's share, not everything: about half, plus its headers
+        if not b.attrs["algorithm"] in ("s3gd-mv", "topk"):
+            share = incast[:, 0] / up1.sum(1)
+            assert (share < 0.7).all() and (share > 0.3).all(), share

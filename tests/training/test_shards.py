@@ -1,6 +1,8 @@
 """The shard plan of ``--servers S`` (``Shard.split``), the roles, and the settings refused
 before any communication.  The multi-rank runs: tests/training/test_shards_mpi.py."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -87,3 +89,24 @@ def test_one_algorithm_instance_per_shard_sized_by_its_pieces():
     assert alg.shard2 is alg.shards[2] and alg.num_params == sum(SEGMENTS)
     meta = alg.metadata()
     assert meta["servers"] == 3 and meta["shards"].startswith("[[0, ")
+
+
+def test_a_server_that_dies_ends_every_rank(tmp_path):
+    """Server 1 of two exits in its server step: the workers and server 0 wait in the
+    collectives of that step; the failure policy still ends the whole job, promptly."""
+    import time
+
+    import h5py
+
+    from mpirun import run_mpi
+
+    script = str(Path(__file__).parents[1] / "scripts" / "faulty_run.py")
+
+    started = time.monotonic()
+    result = run_mpi(5, [script, "die-server", "1", "--", "--log", str(tmp_path / "run.h5"),
+                         "--iterations", "200", "--quiet", "--flush-every", "2",
+                         "--servers", "2"], module=None, timeout=90)
+    assert result.returncode != 0
+    assert time.monotonic() - started < 60
+    with h5py.File(tmp_path / "run.h5", "r", swmr=True) as f:  # kept up to its last flush
+        assert f.attrs["servers"] == 2 and f["steps/incast"].shape[1] == 2

@@ -53,8 +53,11 @@ class Uplinks:
     ``rows`` (every worker's padded body, one row each).
     """
 
-    def __init__(self, world_size: int, capacity: int):
+    def __init__(self, world_size: int, capacity: int, job_ranks=None):
         self.capacity = capacity
+        #: How messages name the sender of slot r: its rank in the job (``--servers``: the
+        #: shard's communicator numbers the workers 1..M, the job S..N-1).
+        self.job_ranks = list(job_ranks) if job_ranks is not None else list(range(world_size))
         self.workers = world_size - 1
         self.slot = round_up(capacity)
         self.raw = np.zeros(world_size * self.slot, dtype=np.uint8)
@@ -84,7 +87,8 @@ class Uplinks:
         """The header of worker ``worker``'s uplink this step (rank ``worker + 1``)."""
         header = self._headers[worker]
         if header is None:
-            raise WireFormatError(f"no uplink from rank {worker + 1} has been received")
+            raise WireFormatError(f"no uplink from rank {self.job_ranks[worker + 1]} has been "
+                                  "received")
         return header
 
     def body(self, worker: int) -> np.ndarray:
@@ -97,7 +101,8 @@ class Uplinks:
 
     def what(self, worker: int) -> str:
         """How error messages name worker ``worker``'s uplink of this step."""
-        return f"uplink message from rank {worker + 1} at step {self.header(worker).step}"
+        return (f"uplink message from rank {self.job_ranks[worker + 1]} at step "
+                f"{self.header(worker).step}")
 
     def __len__(self) -> int:
         return self.workers
@@ -125,7 +130,8 @@ class ParameterServer:
 
     def __init__(self, comm: MPI.Comm, uplink: Header, downlink: Header, zeros=np.zeros, *,
                  variable: bool = False, uplink_codecs=None, downlink_codecs=None,
-                 downlink_comm: MPI.Comm | None = None, downlink_root: int = SERVER):
+                 downlink_comm: MPI.Comm | None = None, downlink_root: int = SERVER,
+                 job_ranks=None):
         self.comm = comm
         #: False on a rank outside ``comm`` (``MPI.COMM_NULL``: another shard's server), which
         #: takes no part in the gather and only receives the downlink on ``downlink_comm``.
@@ -144,7 +150,7 @@ class ParameterServer:
         self.downlink = MessageBuffer(downlink, zeros, variable=variable)
         self.downlink_capacity = downlink.body_length
         if self.is_server:
-            self.uplinks = Uplinks(self.size, HEADER_SIZE + uplink.body_length)
+            self.uplinks = Uplinks(self.size, HEADER_SIZE + uplink.body_length, job_ranks)
             self._empty = np.zeros(0, dtype=np.uint8)
         elif self.member:
             self.uplink = MessageBuffer(Header(uplink.codec, uplink.count, uplink.body_length,
@@ -188,7 +194,7 @@ class ParameterServer:
         h = self.uplink_header
         up = self.uplinks
         for rank in range(1, self.size):
-            what = f"uplink message from rank {rank} at step {step}"
+            what = f"uplink message from rank {up.job_ranks[rank]} at step {step}"
             if not self.variable:
                 expected = Header(h.codec, h.count, h.body_length, step, rank, h.flags)
                 up.accept(rank, expect_header(up.message(rank), expected, what=what))
@@ -216,11 +222,11 @@ class ParameterServer:
                 h = down.header
                 down.receive(expect_header(
                     down.wire, Header(h.codec, h.count, h.body_length, step, SERVER, h.flags),
-                    what=f"downlink message from rank 0 at step {step}"))
+                    what=f"downlink message from rank {root} at step {step}"))
             return
         comm.Bcast([down.raw[:HEADER_SIZE], MPI.BYTE], root=root)
         if not self.is_server:
-            what = f"downlink message from rank 0 at step {step}"
+            what = f"downlink message from rank {root} at step {step}"
             got = read_header(down.raw, what=what)
             _check_variable(got, self.downlink_codecs, down.header.count,
                             self.downlink_capacity, step, SERVER, what)

@@ -11,6 +11,10 @@ timed by :class:`PhaseClock` (names in ``phases.py``).  The diagram of one itera
 ``docs/architecture.md`` ("One iteration's data path"), its one place; keep it true to
 :meth:`ParameterServerExchange.step`.
 
+With ``--servers S > 1`` (:class:`ShardedExchange`) the same phases run once per shard:
+S uplinks per worker, S gathers, one ``server_step`` per server, S broadcasts, and every
+shard's decode and update on every rank.
+
 ``ctx`` is the rank's :class:`~hpcgrad.algorithms.step.StepContext`: the exchange
 allocates it once and :meth:`ParameterServerExchange.begin` sets its step (and learning
 rate) before each step.  ``allreduce`` replaces gather/aggregate/bcast by one
@@ -250,7 +254,8 @@ class ShardedExchange:
             ps = ParameterServer(
                 shard_comm, _capacity_header(up, shard.count), _capacity_header(down, shard.count),
                 zeros, variable=shard_alg.variable_length, uplink_codecs=[c.id for c in up],
-                downlink_codecs=[c.id for c in down], downlink_comm=comm, downlink_root=s)
+                downlink_codecs=[c.id for c in down], downlink_comm=comm, downlink_root=s,
+                job_ranks=[s, *range(roles.servers, roles.size)])
             self.transports.append(ps)
             self.contexts.append(StepContext(ps.rank if ps.member else 0, roles.workers, shard,
                                              params[shard.start:shard.stop], where.name,

@@ -147,7 +147,7 @@ def _run_metadata(comm, config, num_params, alg, log_path, where) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "log_path": str(log_path),
         "mpi_waits": waits.decision(),
-        **attacks.metadata(config.adversaries, config.attack, comm.Get_size()),
+        **attacks.metadata(config.adversaries, config.attack, comm.Get_size(), roles.servers),
     }
 
 

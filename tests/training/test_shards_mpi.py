@@ -22,7 +22,9 @@ from hpcgrad.training import runtime
 from hpcgrad.training.config import TrainConfig
 from hpcgrad.wire import HEADER_SIZE
 
-pytestmark = pytest.mark.mpi(min_size=3)
+# Two in-process runs per test; the first test also compiles the kernels: on a busy 2-core
+# machine that can pass pytest's 120 s default while nothing is wrong.
+pytestmark = [pytest.mark.mpi(min_size=3), pytest.mark.timeout(300)]
 
 ITERATIONS = 8
 

@@ -59,7 +59,7 @@ class NodeVote:
             vote_counts.vote_from_counts(node_rows, levels, d, alg.num_workers, True,
                                          alg.tie, alg.tie_bits, nonzero, negative)
             return
-        tie_bits = alg.tie_coins(ctx.step) if alg.tie == TIE_RANDOM else alg.tie_bits
+        tie_bits = alg.tie_coins(ctx) if alg.tie == TIE_RANDOM else alg.tie_bits
         vote_counts.vote_from_counts(node_rows, levels, d, alg.num_workers, False, alg.tie,
                                      tie_bits, downlink.padded_body, downlink.padded_body)
 

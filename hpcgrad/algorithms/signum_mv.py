@@ -78,19 +78,24 @@ class SignumMV(Algorithm):
             k.momentum_sign_pack(grad, self.momentum, self.beta, self.one_minus_beta,
                                  uplink.padded_body)
 
-    def tie_coins(self, step: int) -> np.ndarray:
-        """``--tie random``: the coins of step ``step`` (bit i: a tied coordinate i votes
+    def tie_coins(self, ctx) -> np.ndarray:
+        """``--tie random``: the coins of step ``ctx.step`` (bit i: a tied coordinate i votes
         negative), seeded by (seed, step), into ``self.tie_bits``; also the node-aware vote's
-        (hpcgrad/algorithms/node_vote.py)."""
-        rng = np.random.default_rng([self.config.seed, step, 0x7E])
-        nbytes = SIGN1.body_length(self.num_params)
-        self.tie_bits[:nbytes] = np.frombuffer(rng.bytes(nbytes), dtype=np.uint8)
+        (hpcgrad/algorithms/node_vote.py).
+
+        The coin of coordinate i is bit i of the step's byte stream, i counted in the whole
+        flat vector: a shard (``--servers``) starting at a word takes its bytes from start/8
+        on, so every coordinate gets the coin it gets with one server."""
+        rng = np.random.default_rng([self.config.seed, ctx.step, 0x7E])
+        nbytes, first = SIGN1.body_length(self.num_params), ctx.shard.start // 8
+        self.tie_bits[:nbytes] = np.frombuffer(rng.bytes(first + nbytes), dtype=np.uint8,
+                                               offset=first)
         return self.tie_bits
 
     def server_step(self, ctx, uplinks, downlink):
         d = self.num_params
         if self.tie == TIE_RANDOM:
-            self.tie_coins(ctx.step)
+            self.tie_coins(ctx)
         k = kernels.for_array(uplinks.rows)
         if self.tie == TIE_ZERO:
             nonzero, negative = TERNARY2.planes(downlink.padded_body, d)

@@ -197,6 +197,19 @@ class RunLog:
         return int(self.meta["num_workers"])
 
     @property
+    def servers(self) -> int:
+        """S of ``--servers S`` (logs of one-server runs, older ones too, have no attribute:
+        1)."""
+        return int(self.meta.get("servers", 1))
+
+    def rank0_received(self) -> np.ndarray:
+        """``(n,)`` bytes rank 0 (server 0) received per step: every worker's uplink with one
+        server, its shard's (``/steps/incast`` column 0) with S > 1."""
+        if self.servers > 1:
+            return self.array("incast")[:, 0]
+        return self.array("bytes_up").sum(axis=1)
+
+    @property
     def num_params(self) -> int:
         return int(self.meta["num_params"])
 

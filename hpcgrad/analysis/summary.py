@@ -6,6 +6,9 @@ Every figure comes from the per-step datasets (message sizes may vary step to st
 * ``MB down/worker`` sum over steps of ``bytes_down`` (every worker receives the downlink);
 * ``bits/param up``  8 * mean bytes one worker sends per step / d (``down`` likewise);
 * ``x vs fp32 up``   4 d * steps / bytes one worker sent (``down`` likewise);
+* ``servers``        S of ``--servers S`` (1 for one server and older logs);
+* ``MB to rank 0``   what rank 0 received over the run (its incast): every uplink with one
+  server, its shard's uplinks with S > 1, / 1e6;
 * ``<phase> ms``     mean over steps and over the ranks that run the phase (ranks whose time in
   it is not all zero), milliseconds;
 * ``comm ms``        measured communication per step as ``projection.comm_times`` reads it;
@@ -49,6 +52,7 @@ def summarize(log: RunLog, timing: str = projection.DEFAULT_TIMING) -> dict:
         "algorithm": log.algorithm,
         "topology": log.topology,
         "workers": m,
+        "servers": log.servers,
         "params": d,
         "steps": n,
         "requested": log.iterations_requested,
@@ -58,6 +62,7 @@ def summarize(log: RunLog, timing: str = projection.DEFAULT_TIMING) -> dict:
         "bits/param down": 8 * down_total / n / d,
         "x vs fp32 up": 4 * d * n / up_per_worker if up_per_worker else math.inf,
         "x vs fp32 down": 4 * d * n / down_total if down_total else math.inf,
+        "MB to rank 0": float(log.rank0_received().astype(np.float64).sum()) / 1e6,
     }
     for phase in log.phases:
         row[f"{phase} ms"] = _phase_ms(log, phase)
@@ -78,7 +83,8 @@ def summary_table(logs, timing: str = projection.DEFAULT_TIMING) -> pd.DataFrame
 
 
 #: Columns compared as ratios (the rest are labels shown as they are).
-LABELS = ("run", "algorithm", "topology", "workers", "params", "steps", "requested", "eval at")
+LABELS = ("run", "algorithm", "topology", "workers", "servers", "params", "steps", "requested",
+          "eval at")
 
 
 def compare_table(logs, timing: str = projection.DEFAULT_TIMING) -> tuple[pd.DataFrame, list]:

@@ -39,6 +39,10 @@ def register(subparsers) -> None:
     e.add_argument("--micro-repeat", type=int, default=7, metavar="R",
                    help="rounds of the kernel micro-benchmarks (default 7)")
     e.add_argument("--no-micro", action="store_true", help="skip the kernel micro-benchmarks")
+    e.add_argument("--servers", type=int, default=1, metavar="S",
+                   help="sharded servers, as hpcgrad train --servers: ranks 0..S-1 serve a "
+                        "shard each, ranks S..P-1 work (default 1; the Allreduce baseline "
+                        "runs on all P ranks either way)")
     e.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     e.add_argument("--hierarchy", choices=("flat", "node"), default="flat",
                    help="node: the algorithms' exchange through node leaders (docs/hierarchy.md;"

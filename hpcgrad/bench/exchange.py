@@ -86,12 +86,13 @@ def selected(names=None) -> list[str]:
 
 def config_for(label: str, iterations: int, **overrides):
     """A resolved TrainConfig for the table entry ``label`` (or a plain algorithm name);
-    ``overrides``: settings for every label but the Allreduce baseline (``hierarchy``)."""
+    ``overrides``: settings for every label but the Allreduce baseline (``servers``,
+    ``hierarchy``)."""
     from ..training.config import TrainConfig
     settings = dict(table().get(label, {}))
-    if label != BASELINE:
-        settings.update(overrides)
     algorithm = settings.pop("algorithm", label)
+    if algorithm != BASELINE:
+        settings.update(overrides)
     fields = set(TrainConfig.__dataclass_fields__)
     known = {k: v for k, v in settings.items() if k in fields}
     cfg = TrainConfig(algorithm=algorithm, iterations=max(1, iterations), quiet=True, **known)
@@ -127,17 +128,18 @@ def check_memory(comm, d: int, micro_workers=()) -> None:
 
 def _measure(comm, name: str, d: int, warmup: int, repeat: int, seed: int,
              overrides=None) -> dict:
-    from .. import algorithms
-    from ..training import hierarchy
+    from ..training import hierarchy, sharding
     from ..comm.device import Host
     from ..training.exchange import PhaseClock
     from ..kernels import cpu
 
     rank, size = comm.Get_rank(), comm.Get_size()
     config = config_for(name, warmup + repeat, **(overrides or {}))
-    alg = algorithms.create(config, d, size - 1)
+    servers = config.servers
+    alg = sharding.create(config, [d], size - servers)
     rng = np.random.default_rng([seed, rank])
-    grads = rng.standard_normal(d, dtype=np.float32) if rank else np.zeros(d, np.float32)
+    grads = (rng.standard_normal(d, dtype=np.float32) if rank >= servers
+             else np.zeros(d, np.float32))
     params = np.random.default_rng(seed).standard_normal(d, dtype=np.float32)
     step_exchange = hierarchy.create(comm, alg, Host(), params)
     cpu.warm_up()
@@ -150,13 +152,22 @@ def _measure(comm, name: str, d: int, warmup: int, repeat: int, seed: int,
     # the compute column is unused here, and no benchmarked algorithm averages errors
     times = clock.times[warmup:, 1: 1 + len(PHASE_NAMES)]
     bytes_up = received = None
-    if rank == 0:
-        bytes_up = int(np.max(step_exchange.bytes_up()))
-    if rank == 0 and name != BASELINE:
-        # rank 0's incast of the last step: the workers' messages, or the leaders' (node)
-        links = alg.step_stats.get("bytes_inter_node")
-        received = int(np.sum(links if links is not None else step_exchange.bytes_up()))
-    bytes_down = int(step_exchange.bytes_down())
+    if servers > 1:  # every server's last step: M uplink lengths, then the downlink's
+        links = comm.gather(step_exchange.link_bytes().copy() if rank < servers else None,
+                            root=0)
+        if rank == 0:
+            links = np.stack(links[:servers])
+            bytes_up = int(links[:, :-1].sum(axis=0).max())
+            received = int(links[0, :-1].sum())
+            bytes_down = int(links[:, -1].sum())
+    else:
+        if rank == 0:
+            bytes_up = int(np.max(step_exchange.bytes_up()))
+        if rank == 0 and name != BASELINE:
+            # rank 0's incast of the last step: the workers' messages, or the leaders' (node)
+            links = alg.step_stats.get("bytes_inter_node")
+            received = int(np.sum(links if links is not None else step_exchange.bytes_up()))
+        bytes_down = int(step_exchange.bytes_down())
     del step_exchange, alg, grads, params
     gc.collect()
     everyone = comm.gather(times, root=0)
@@ -169,26 +180,26 @@ def _measure(comm, name: str, d: int, warmup: int, repeat: int, seed: int,
               "phases_s": {p: median(per_phase[:, i]) for i, p in enumerate(PHASE_NAMES)},
               "server_phases_s": {p: median(stack[0, :, i]) for i, p in enumerate(PHASE_NAMES)},
               "bytes_up_per_worker": bytes_up, "bytes_down": bytes_down,
-              "bytes_received_by_server": received}
+              "servers": servers, "bytes_received_by_server": received}
     if name == BASELINE:
         result["allreduce_s"] = median(per_phase[:, PHASE_NAMES.index("gather")])
     return result
 
 
 def run(comm, d: int, names=None, warmup: int = 2, repeat: int = 10, micro_repeat: int = 7,
-        with_micro: bool = True, seed: int = 0, hierarchy: str = "flat",
+        with_micro: bool = True, seed: int = 0, servers: int = 1, hierarchy: str = "flat",
         ranks_per_node: int = 0) -> dict | None:
     """Measure; rank 0 returns the figures, the other ranks ``None``."""
     from ..comm.agreement import agree
     size, rank = comm.Get_size(), comm.Get_rank()
-    workers = size - 1
+    workers = size - servers
     names = agree(comm, lambda: selected(names), "choosing the algorithms")
-    overrides = {}
+    overrides = {"servers": servers} if servers > 1 else {}
     if hierarchy == "node":
         from ..comm import topology
         agree(comm, lambda: topology.check(topology.discover(comm, ranks_per_node)),
               "checking the nodes")
-        overrides = {"hierarchy": "node", "ranks_per_node": ranks_per_node}
+        overrides.update(hierarchy="node", ranks_per_node=ranks_per_node)
     local_ranks = agree(comm, lambda: check_memory(comm, d, (workers,) if with_micro else ()),
                         "checking memory")
     results = {}
@@ -203,13 +214,17 @@ def run(comm, d: int, names=None, warmup: int = 2, repeat: int = 10, micro_repea
     if rank != 0:
         return None
     reference = results[BASELINE]["allreduce_s"]
-    out = {"params": d, "world_size": size, "workers": workers, "warmup": warmup,
+    out = {"params": d, "world_size": size, "workers": workers, "servers": servers,
+           "warmup": warmup,
            "repeat": repeat, "allreduce_s": reference,
            "allreduce_exchange_s": results[BASELINE]["total_s"],
            "algorithms": {}, "machine": machine(), "ranks_on_node0": local_ranks,
            "mpich_heavy_yield": os.environ.get("MPIR_CVAR_ENABLE_HEAVY_YIELD"),
            "mpi_waits": waits.decision(), "hierarchy": hierarchy,
-           "ranks_per_node": ranks_per_node}
+           "ranks_per_node": ranks_per_node,
+           # under --hierarchy node signum-mv's leaders combine votes, the others forward
+           # (training/hierarchy.py); analyze project reads this as analyze reads a log's
+           "hierarchy_mode": "combining" if hierarchy == "node" else None}
     for name in names:
         r = results[name]
         r["ratio_vs_allreduce"] = r["total_s"] / reference
@@ -226,7 +241,8 @@ def run(comm, d: int, names=None, warmup: int = 2, repeat: int = 10, micro_repea
 def report(out: dict) -> str:
     ms = lambda s: f"{1e3 * s:8.2f}"  # noqa: E731
     lines = [f"hpcgrad bench exchange: d = {out['params']:,}, {out['world_size']} ranks "
-             f"({out['workers']} workers + server), median of {out['repeat']} steps after "
+             f"({out['workers']} workers + {out.get('servers', 1)} server"
+             f"{'s' if out.get('servers', 1) > 1 else ''}), median of {out['repeat']} steps after "
              f"{out['warmup']} warm-up",
              f"machine: {machine_line(out['machine'])}",
              f"fp32 MPI_Allreduce: {1e3 * out['allreduce_s']:.2f} ms (allreduce exchange with "
@@ -240,7 +256,7 @@ def report(out: dict) -> str:
                       "not the algorithms' (docs/benchmarks.md); MPI waits: "
                       f"{out.get('mpi_waits') or out.get('mpich_heavy_yield') or 'unset'}"]
     header = f"{'algorithm':12s}" + "".join(f"{p:>10s}" for p in PHASE_NAMES) + \
-        f"{'total':>10s}{'vs Allreduce':>14s}{'MB up/worker':>14s}{'MB into 0':>11s}"
+        f"{'total':>10s}{'vs Allreduce':>14s}{'MB up/worker':>14s}{'MB to rank 0':>14s}"
     if out.get("hierarchy") == "node":
         lines.insert(4, f"--hierarchy node, --ranks-per-node {out.get('ranks_per_node') or 0} "
                         "(0: as MPI reports): every algorithm but the Allreduce goes through "
@@ -251,7 +267,7 @@ def report(out: dict) -> str:
         into = (r.get("bytes_received_by_server") or float("nan")) / 1e6
         lines.append(f"{name:12s}" + "".join(f"{ms(r['phases_s'][p]):>10s}" for p in PHASE_NAMES)
                      + f"{ms(r['total_s']):>10s}{r['ratio_vs_allreduce']:>13.3f}x{up:>14.3f}"
-                     + f"{into:>11.3f}")
+                     + f"{into:>14.3f}")
     if "micro" in out:
         from . import micro
         lines += ["", micro.report(out["micro"])]
@@ -268,7 +284,8 @@ def main(args) -> int:
     try:
         d = agree(comm, lambda: _check_args(args, size), "checking the options")
         out = run(comm, d, args.algorithm, args.warmup, args.repeat, args.micro_repeat,
-                  not args.no_micro, hierarchy=getattr(args, "hierarchy", "flat"),
+                  not args.no_micro, servers=getattr(args, "servers", 1),
+                  hierarchy=getattr(args, "hierarchy", "flat"),
                   ranks_per_node=getattr(args, "ranks_per_node", 0))
     except SetupError as exc:
         if rank == 0:
@@ -291,6 +308,13 @@ def _check_args(args, size: int) -> int:
     d = parse_count(args.params)
     if d >= 2**63:
         raise BenchError(f"--params {d} is too large")
+    servers = getattr(args, "servers", 1)
+    if not 1 <= servers < size:
+        raise BenchError(f"--servers {servers} with {size} ranks: needs 1 <= S < P (at least "
+                         "one worker)")
+    if servers > 1 and d < 64 * servers:
+        raise BenchError(f"--servers {servers}: --params {d:,} cannot be cut into {servers} "
+                         "shards of at least one 64-coordinate word each")
     if args.repeat < 1 or args.warmup < 0 or args.micro_repeat < 1:
         raise BenchError("--repeat and --micro-repeat must be >= 1, --warmup >= 0")
     if args.json:

@@ -15,6 +15,18 @@ step: ``docs/architecture.md`` ("One iteration's data path").
 The uplink uses ``Gatherv`` even for fixed-size messages so that rank 0 can
 place each worker's message at an 8-byte-aligned displacement: the server's
 kernels then read every body as 64-bit words, in place.
+
+Sharded servers (``--servers S``, :func:`shard_communicators`): one :class:`ParameterServer`
+per shard.  Its uplink communicator holds server s (rank 0 there) and the M workers (ranks
+1..M there, in job order), so the ``Gatherv`` is exactly a one-server job's, and only server
+s receives shard s.  Its downlink is an ``MPI_Bcast`` rooted at server s on the **job's**
+communicator: the workers need every shard's downlink and so do the other servers (each
+keeps a whole replica), and one ``Bcast`` over all N ranks gives it to all of them in one
+collective (MPICH's binomial tree or scatter-allgather), where a ``Bcast`` on the shard's
+communicator followed by an ``Allgatherv`` among the servers would take two.  A rank
+outside a shard's uplink communicator (another server) holds only that shard's downlink.
+Every rank calls the S gathers and the S broadcasts in shard order; a server calls only its
+own shard's gather.
 """
 
 from __future__ import annotations
@@ -41,8 +53,11 @@ class Uplinks:
     ``rows`` (every worker's padded body, one row each).
     """
 
-    def __init__(self, world_size: int, capacity: int):
+    def __init__(self, world_size: int, capacity: int, job_ranks=None):
         self.capacity = capacity
+        #: How messages name the sender of slot r: its rank in the job (``--servers``: the
+        #: shard's communicator numbers the workers 1..M, the job S..N-1).
+        self.job_ranks = list(job_ranks) if job_ranks is not None else list(range(world_size))
         self.workers = world_size - 1
         self.slot = round_up(capacity)
         self.raw = np.zeros(world_size * self.slot, dtype=np.uint8)
@@ -72,7 +87,8 @@ class Uplinks:
         """The header of worker ``worker``'s uplink this step (rank ``worker + 1``)."""
         header = self._headers[worker]
         if header is None:
-            raise WireFormatError(f"no uplink from rank {worker + 1} has been received")
+            raise WireFormatError(f"no uplink from rank {self.job_ranks[worker + 1]} has been "
+                                  "received")
         return header
 
     def body(self, worker: int) -> np.ndarray:
@@ -85,7 +101,8 @@ class Uplinks:
 
     def what(self, worker: int) -> str:
         """How error messages name worker ``worker``'s uplink of this step."""
-        return f"uplink message from rank {worker + 1} at step {self.header(worker).step}"
+        return (f"uplink message from rank {self.job_ranks[worker + 1]} at step "
+                f"{self.header(worker).step}")
 
     def __len__(self) -> int:
         return self.workers
@@ -112,10 +129,20 @@ class ParameterServer:
     """
 
     def __init__(self, comm: MPI.Comm, uplink: Header, downlink: Header, zeros=np.zeros, *,
-                 variable: bool = False, uplink_codecs=None, downlink_codecs=None):
+                 variable: bool = False, uplink_codecs=None, downlink_codecs=None,
+                 downlink_comm: MPI.Comm | None = None, downlink_root: int = SERVER,
+                 job_ranks=None):
         self.comm = comm
-        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        #: False on a rank outside ``comm`` (``MPI.COMM_NULL``: another shard's server), which
+        #: takes no part in the gather and only receives the downlink on ``downlink_comm``.
+        self.member = comm != MPI.COMM_NULL
+        self.rank, self.size = ((comm.Get_rank(), comm.Get_size()) if self.member
+                                else (None, 0))
         self.is_server = self.rank == SERVER
+        #: The downlink's ``Bcast``: from ``downlink_root`` of ``downlink_comm`` (default:
+        #: rank 0 of ``comm``, which must then be the same process as ``comm``'s rank 0).
+        self.down_comm = comm if downlink_comm is None else downlink_comm
+        self.down_root = downlink_root
         self.variable = variable
         self.uplink_header = uplink
         self.uplink_codecs = frozenset(uplink_codecs or (uplink.codec,))
@@ -123,9 +150,9 @@ class ParameterServer:
         self.downlink = MessageBuffer(downlink, zeros, variable=variable)
         self.downlink_capacity = downlink.body_length
         if self.is_server:
-            self.uplinks = Uplinks(self.size, HEADER_SIZE + uplink.body_length)
+            self.uplinks = Uplinks(self.size, HEADER_SIZE + uplink.body_length, job_ranks)
             self._empty = np.zeros(0, dtype=np.uint8)
-        else:
+        elif self.member:
             self.uplink = MessageBuffer(Header(uplink.codec, uplink.count, uplink.body_length,
                                                0, self.rank, uplink.flags), zeros,
                                         variable=variable)
@@ -135,8 +162,11 @@ class ParameterServer:
 
         Rank 0 checks every header against what step ``step`` expects and raises
         :class:`WireFormatError` naming the sender on a mismatch; the checked headers
-        are what ``uplinks.header(w)`` then returns (each parsed once).
+        are what ``uplinks.header(w)`` then returns (each parsed once).  A rank outside
+        ``comm`` returns at once.
         """
+        if not self.member:
+            return
         if not self.variable:
             if self.is_server:
                 up = self.uplinks
@@ -164,7 +194,7 @@ class ParameterServer:
         h = self.uplink_header
         up = self.uplinks
         for rank in range(1, self.size):
-            what = f"uplink message from rank {rank} at step {step}"
+            what = f"uplink message from rank {up.job_ranks[rank]} at step {step}"
             if not self.variable:
                 expected = Header(h.codec, h.count, h.body_length, step, rank, h.flags)
                 up.accept(rank, expect_header(up.message(rank), expected, what=what))
@@ -185,23 +215,23 @@ class ParameterServer:
         Workers check the header against what step ``step`` expects; ``downlink.header``
         is then the header received (on rank 0: the one sent).
         """
-        down = self.downlink
+        down, comm, root = self.downlink, self.down_comm, self.down_root
         if not self.variable:
-            self.comm.Bcast([down.wire, MPI.BYTE], root=SERVER)
+            comm.Bcast([down.wire, MPI.BYTE], root=root)
             if not self.is_server:
                 h = down.header
                 down.receive(expect_header(
                     down.wire, Header(h.codec, h.count, h.body_length, step, SERVER, h.flags),
-                    what=f"downlink message from rank 0 at step {step}"))
+                    what=f"downlink message from rank {root} at step {step}"))
             return
-        self.comm.Bcast([down.raw[:HEADER_SIZE], MPI.BYTE], root=SERVER)
+        comm.Bcast([down.raw[:HEADER_SIZE], MPI.BYTE], root=root)
         if not self.is_server:
-            what = f"downlink message from rank 0 at step {step}"
+            what = f"downlink message from rank {root} at step {step}"
             got = read_header(down.raw, what=what)
             _check_variable(got, self.downlink_codecs, down.header.count,
                             self.downlink_capacity, step, SERVER, what)
             down.receive(got)
-        self.comm.Bcast([down.body, MPI.BYTE], root=SERVER)
+        comm.Bcast([down.body, MPI.BYTE], root=root)
 
 
 def _check_variable(got: Header, codecs, count, capacity, step, sender, what) -> None:
@@ -217,6 +247,20 @@ def _check_variable(got: Header, codecs, count, capacity, step, sender, what) ->
                               f"the largest body this run can send ({capacity} bytes)")
 
 
+def shard_communicators(comm: MPI.Comm, servers: int) -> list:
+    """Collective over ``comm``: for each shard s of ``servers``, the communicator of server s
+    (rank s of ``comm``, rank 0 in it) and the workers (ranks S..N-1, ranks 1..M in it, in
+    order); ``MPI.COMM_NULL`` on the other servers.  One ``MPI_Comm_split`` per shard, every
+    rank calling them in shard order."""
+    rank = comm.Get_rank()
+    found = []
+    for s in range(servers):
+        member = rank == s or rank >= servers
+        # key 0 puts the server first; the workers keep their order behind it.
+        found.append(comm.Split(0 if member else MPI.UNDEFINED, 0 if rank == s else rank))
+    return found
+
+
 class Allreduce:
     """fp32 ``Allreduce`` (sum) over every rank, for the data-parallel baseline."""
 
@@ -230,17 +274,19 @@ class Allreduce:
 
 
 class WorkerMean:
-    """Replace an array by its mean over the workers (ranks 1..N-1); rank 0 takes no part.
+    """Replace an array by its mean over the workers (ranks S..N-1, S = ``servers``, 1 by
+    default); the servers take no part.
 
     Construct it on every rank of ``comm``: ``MPI_Comm_split`` is collective.  The sum is
     one ``MPI_Allreduce`` of float32 on the workers' communicator, which gives every
     member the same result, so the workers' arrays end up equal (error averaging).
     """
 
-    def __init__(self, comm: MPI.Comm):
+    def __init__(self, comm: MPI.Comm, servers: int = 1):
         rank = comm.Get_rank()
-        self.workers = comm.Split(MPI.UNDEFINED if rank == 0 else 0, rank)
-        self.count = 0 if rank == 0 else self.workers.Get_size()
+        server = rank < servers
+        self.workers = comm.Split(MPI.UNDEFINED if server else 0, rank)
+        self.count = 0 if server else self.workers.Get_size()
         self._host = None  # a GPU array's host copy (MPICH from PyPI reads no GPU memory)
 
     def replace_by_mean(self, array) -> None:

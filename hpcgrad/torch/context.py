@@ -78,7 +78,11 @@ def _check_names(settings: dict) -> None:
 def _settings(config_file, settings: dict) -> TrainConfig:
     _check_names(settings)
     file_settings = configuration.load_file(config_file) if config_file else {}
-    return configuration.build(file_settings, settings)
+    cfg = configuration.build(file_settings, settings)
+    if cfg.servers != 1:
+        raise ConfigError(f"servers={cfg.servers}: hpcgrad.torch runs one server (rank 0); "
+                          "sharded servers are hpcgrad train's (--servers)")
+    return cfg
 
 
 _installed_comm = None

@@ -87,20 +87,21 @@ def warning(adversaries: int, workers: int) -> str:
             "vote (or a mean) can be steered by them; the run goes on as asked")
 
 
-def metadata(adversaries: int, attack: str, world_size: int) -> dict:
-    """Run attributes for the log (docs/log-format.md)."""
+def metadata(adversaries: int, attack: str, world_size: int, servers: int = 1) -> dict:
+    """Run attributes for the log (docs/log-format.md); ``servers``: ``--servers S``."""
     return {"adversaries": adversary_ranks(adversaries, world_size),
             "attack": attack if adversaries else "none",
-            "adversaries_over_half": over_half(adversaries, world_size - 1)}
+            "adversaries_over_half": over_half(adversaries, world_size - servers)}
 
 
 def check(config, alg, world_size: int) -> None:
     """Setup check (every rank): K <= workers and an uplink codec the attack knows."""
-    workers = world_size - 1
+    servers = getattr(config, "servers", 1)
+    workers = world_size - servers
     k = config.adversaries
     if k > workers:
         raise ConfigError(f"adversaries: {k} adversarial workers, but the job has only "
-                          f"{workers} workers (ranks 1..{workers})")
+                          f"{workers} workers (ranks {servers}..{world_size - 1})")
     if not k or getattr(alg, "topology", "") == "allreduce":
         return
     unknown = [c.name for c in alg.uplink_codecs() if not corruptible(c)]

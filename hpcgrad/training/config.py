@@ -45,6 +45,7 @@ from ..options import Option, Section, fail
 from ..workloads.catalog import WORKLOAD
 from .attacks import ADVERSARIES, ATTACK
 from .schedule import LR_SCHEDULE, WARMUP
+from . import sharding
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -191,7 +192,7 @@ def settings_class(algorithms: dict, compressors: dict):
         new = tuple(o for o in owner.options if o.name not in shown)
         shown.update(o.name for o in new)
         sections.append(options.owner_section(owner, new))
-    sections += [WORKLOAD, CHECKPOINTS, SCHEDULE_AND_ADVERSARIES, HIERARCHY]
+    sections += [WORKLOAD, sharding.SECTION, CHECKPOINTS, SCHEDULE_AND_ADVERSARIES, HIERARCHY]
     declared = options.collect(sections + [options.owner_section(owner, owner.options)
                                            for owner in [*algorithms.values(),
                                                          *compressors.values()]])

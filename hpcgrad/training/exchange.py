@@ -11,6 +11,10 @@ timed by :class:`PhaseClock` (names in ``phases.py``).  The diagram of one itera
 ``docs/architecture.md`` ("One iteration's data path"), its one place; keep it true to
 :meth:`ParameterServerExchange.step`.
 
+With ``--servers S > 1`` (:class:`ShardedExchange`) the same phases run once per shard:
+S uplinks per worker, S gathers, one ``server_step`` per server, S broadcasts, and every
+shard's decode and update on every rank.
+
 ``ctx`` is the rank's :class:`~hpcgrad.algorithms.step.StepContext`: the exchange
 allocates it once and :meth:`ParameterServerExchange.begin` sets its step (and learning
 rate) before each step.  ``allreduce`` replaces gather/aggregate/bcast by one
@@ -23,13 +27,14 @@ such as headers (``tests/bench/test_steady_state.py``).
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
 
 from .phases import PHASES
-from ..algorithms.step import StepContext
-from ..comm.transport import Allreduce, ParameterServer, WorkerMean
+from ..algorithms.step import Roles, Shard, StepContext
+from ..comm.transport import Allreduce, ParameterServer, WorkerMean, shard_communicators
 from ..wire import Header
 
 COMPUTE, ENCODE, GATHER, AGGREGATE, BCAST, DECODE, UPDATE, AVERAGE = range(len(PHASES))
@@ -218,10 +223,141 @@ class AllreduceExchange(_Exchange):
         raise NotImplementedError("allreduce sends raw buffers, not messages")
 
 
+class ShardedExchange:
+    """``--servers S``: S parameter servers, server s owning shard s of the flat vector
+    (``alg`` a :class:`hpcgrad.training.sharding.ShardedAlgorithm`, one algorithm instance
+    per shard, as BytePS compresses per partition).
+
+    Per step, phase by phase: ``encode`` (workers: every shard's ``worker_step`` on the
+    views ``grad[start:stop]`` into S uplinks), ``gather`` (S ``Gatherv``, one per shard's
+    communicator of server s and the M workers; a worker takes part in all S, in shard order,
+    a server in its own), ``aggregate`` (server s: its shard's ``server_step``), ``bcast``
+    (S ``Bcast``, rooted at server s on the job's communicator, so every rank, the other
+    servers too, gets every shard's downlink), ``decode`` and ``update`` (every rank, every
+    shard, on the views ``params[start:stop]``), ``average`` (workers: each shard's
+    residual, ``Allreduce`` among the workers).  Transport semantics:
+    :mod:`hpcgrad.comm.transport` (``shard_communicators``).  Each shard's step context has
+    the shard's rank (server 0, worker w at w + 1, as in a one-server job of M workers) and
+    ``shard`` the plan's shard (flat-vector coordinates).
+    """
+
+    def __init__(self, comm, alg, where, params, zeros=np.zeros):
+        self.alg = alg
+        self.where = where
+        self.roles = roles = Roles(comm.Get_rank(), comm.Get_size(), len(alg.shards))
+        self.is_server = roles.is_server
+        self._attacks = None
+        self.transports, self.contexts, self.ups, self.downs = [], [], [], []
+        for s, (shard, shard_alg, shard_comm) in enumerate(zip(
+                alg.plan, alg.shards, shard_communicators(comm, roles.servers))):
+            up, down = shard_alg.uplink_codecs(), shard_alg.downlink_codecs()
+            ps = ParameterServer(
+                shard_comm, _capacity_header(up, shard.count), _capacity_header(down, shard.count),
+                zeros, variable=shard_alg.variable_length, uplink_codecs=[c.id for c in up],
+                downlink_codecs=[c.id for c in down], downlink_comm=comm, downlink_root=s,
+                job_ranks=[s, *range(roles.servers, roles.size)])
+            self.transports.append(ps)
+            self.contexts.append(StepContext(ps.rank if ps.member else 0, roles.workers, shard,
+                                             params[shard.start:shard.stop], where.name,
+                                             alg.config.lr))
+            self.ups.append(None if self.is_server else StagedMessage(
+                ps.uplink, where.empty_like_host(ps.uplink.padded_body)))
+            self.downs.append(StagedMessage(ps.downlink,
+                                            where.empty_like_host(ps.downlink.padded_body)))
+        alg.contexts = self.contexts  # before_gradient / after_gradient run per shard
+        # What the runtime sees: the whole vector, with a one-server job's rank.
+        self.context = StepContext(0 if self.is_server else roles.worker + 1, roles.workers,
+                                   Shard.whole(alg.segments), params, where.name, alg.config.lr)
+        self.averaging = WorkerMean(comm, roles.servers) if alg.average_every else None
+        self._link_bytes = np.zeros(roles.workers + 1, dtype=np.int64)
+
+    @property
+    def attack(self):
+        return None if self._attacks is None else self._attacks[0]
+
+    @attack.setter
+    def attack(self, attack) -> None:
+        """An adversary corrupts each shard's uplink as that shard's tensors' pieces lay it
+        out."""
+        if attack is None:
+            self._attacks = None
+            return
+        self._attacks = []
+        for shard_alg in self.alg.shards:
+            each = copy.copy(attack)
+            each.segments = shard_alg.segments
+            self._attacks.append(each)
+
+    def begin(self, step: int, lr=None) -> StepContext:
+        for ctx in (self.context, *self.contexts):
+            ctx.step = int(step)
+            if lr is not None:
+                ctx.lr = np.float32(lr)
+        if lr is not None:
+            self.alg.set_lr(lr)
+        return self.context
+
+    def step(self, grads, clock: PhaseClock) -> None:
+        alg, where, roles = self.alg, self.where, self.roles
+        step = self.context.step
+        shards = list(zip(alg.plan, alg.shards, self.contexts, self.transports, self.ups,
+                          self.downs))
+        if not self.is_server:
+            for s, (shard, a, ctx, ps, up, _) in enumerate(shards):
+                up.begin(step)
+                a.worker_step(ctx, grads[shard.start:shard.stop], up)
+                if self._attacks is not None:
+                    self._attacks[s].corrupt_message(up, step)
+                where.to_host(up.padded_body, ps.uplink.padded_body)
+            clock.lap(ENCODE)
+            for _, _, _, ps, _, _ in shards:
+                ps.gather(step)
+            clock.lap(GATHER)
+        else:
+            _, a, ctx, ps, _, down = shards[roles.server]
+            ps.gather(step)
+            clock.lap(GATHER)
+            down.begin(step)
+            a.server_step(ctx, ps.uplinks, down)
+            clock.lap(AGGREGATE)
+        for _, _, _, ps, _, _ in shards:
+            ps.broadcast(step)
+        clock.lap(BCAST)
+        for _, a, ctx, ps, _, down in shards:
+            where.to_device(ps.downlink.padded_body, down.padded_body)
+            decoded = a.decode(ctx, down)
+            where.synchronize()
+            clock.lap(DECODE)
+            a.apply(ctx, decoded)
+            where.synchronize()
+            clock.lap(UPDATE)
+        if self.averaging is not None and not self.is_server:
+            for _, a, ctx, _, _, _ in shards:
+                residual = a.residual_to_average(ctx)
+                if residual is not None:
+                    self.averaging.replace_by_mean(residual)
+            clock.lap(AVERAGE)
+
+    def link_bytes(self) -> np.ndarray:
+        """This step's bytes on this server's links: the M uplink lengths it received
+        (worker order), then its downlink's length; zeros on a worker.  The runtime gathers
+        these from every server at each flush (rank 0 alone sees only shard 0)."""
+        if self.is_server:
+            ps = self.transports[self.roles.server]
+            self._link_bytes[:-1] = ps.uplinks.lengths[1:]
+            self._link_bytes[-1] = ps.downlink.length
+        return self._link_bytes
+
+    def messages(self):
+        raise NotImplementedError("--record-messages is not kept with --servers > 1")
+
+
 def create(comm, alg, where, params, zeros=np.zeros):
     """The exchange of ``alg`` on this rank; ``params`` is the flat parameter vector the
     updates go to (on ``where``)."""
     if getattr(alg.config, "hierarchy", "flat") != "flat":  # built on this module, not here
         raise ValueError("--hierarchy node: the exchange is hpcgrad.training.hierarchy.create's")
+    if getattr(alg, "shards", None) is not None:  # --servers S > 1
+        return ShardedExchange(comm, alg, where, params, zeros)
     cls = AllreduceExchange if alg.topology == "allreduce" else ParameterServerExchange
     return cls(comm, alg, where, params, zeros)

@@ -33,11 +33,12 @@ import torch
 import torch.nn.functional as F
 from mpi4py import MPI
 
-from .. import __version__, algorithms, kernels
+from .. import __version__, kernels
 from ..comm import device, interrupts, topology, waits
 from ..workloads import datasets, footprint, models, partitions
-from . import attacks, checkpoint, hierarchy, logfile
+from . import attacks, checkpoint, hierarchy, logfile, sharding
 from . import schedule as lr_schedule
+from ..algorithms.step import Roles
 from ..comm.agreement import agree
 from .config import TrainConfig
 from ..errors import ConfigError, HpcgradError, NonFiniteError
@@ -122,10 +123,15 @@ def _run_identity(previous: dict | None, start_step: int) -> dict:
 def _run_metadata(comm, config, num_params, alg, log_path, where) -> dict:
     hosts = comm.gather(socket.gethostname(), root=0)
     devices = comm.gather(where.describe(), root=0)
+    roles = Roles(comm.Get_rank(), comm.Get_size(), config.servers)
+    # Only a sharded run's logs carry its roles: one-server logs keep their attributes.
+    sharded = {"roles": json.dumps([roles.role(r) for r in range(roles.size)])} \
+        if roles.servers > 1 else {}
     return {
+        **sharded,
         "algorithm": config.algorithm,
         "world_size": comm.Get_size(),
-        "num_workers": comm.Get_size() - 1,
+        "num_workers": roles.workers,
         "num_params": num_params,
         "iterations": config.iterations,
         "seed": config.seed,
@@ -144,7 +150,7 @@ def _run_metadata(comm, config, num_params, alg, log_path, where) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "log_path": str(log_path),
         "mpi_waits": waits.decision(),
-        **attacks.metadata(config.adversaries, config.attack, comm.Get_size()),
+        **attacks.metadata(config.adversaries, config.attack, comm.Get_size(), roles.servers),
     }
 
 
@@ -181,6 +187,7 @@ def check_world(comm, config, command: str = "hpcgrad train") -> None:
                           f"Run e.g. mpiexec -n 5 {command}")
     if size > 2**16:
         raise ConfigError(f"a world of {size} ranks exceeds the header's 16-bit sender field")
+    Roles(comm.Get_rank(), size, config.servers)  # S < N: at least one worker
     digests = comm.allgather(hashlib.sha256(config.to_json().encode()).hexdigest())
     for rank, digest in enumerate(digests):
         if digest != digests[0]:
@@ -202,8 +209,8 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     agree(comm, lambda: logfile.check_path(config.log, overwrite=config.overwrite,
                                            default=config.log is None) if rank == 0 else None,
           "checking the log path")
-    workers = size - 1
-    is_server = rank == 0
+    roles = Roles(rank, size, config.servers)
+    workers, is_server = roles.workers, roles.is_server
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
     if data is None:
@@ -219,18 +226,19 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     params, grads = where.array(flat.params), where.array(flat.grads)
     # Replicas start from rank 0's parameters, whatever the caller's model init did.
     _broadcast_params(comm, flat, params, where)
-    alg = agree(comm, lambda: algorithms.create(config, d, workers, flat.numels),
+    alg = agree(comm, lambda: sharding.create(config, flat.numels, workers),
                 "setting up the algorithm")
+    # Worker w reads what worker w of a one-server job of M workers reads, whatever S.
     sampler = agree(comm, lambda: None if is_server else partitions.ShardSampler(
-        data, rank - 1, workers, config.batch_size, config.seed,
+        data, roles.worker, workers, config.batch_size, config.seed,
         partition=config.partition), "sharding the data")
     start_step, totals, resumed_from, previous_run = 0, {}, None, None
     if config.resume:
         resumed_from = str(comm.bcast(agree(comm, lambda: checkpoint.find(config.resume)
-                                            if is_server else None, "finding the checkpoint"),
+                                            if rank == 0 else None, "finding the checkpoint"),
                                       root=0))
         previous_run = agree(comm, lambda: checkpoint.read_run(resumed_from)
-                             if is_server else None, "finding the checkpoint")
+                             if rank == 0 else None, "finding the checkpoint")
         start_step = agree(comm, lambda: checkpoint.check(resumed_from, comm, flat, alg, config),
                            "checking the checkpoint")
         totals = agree(comm, lambda: checkpoint.load(resumed_from, comm, flat, alg, sampler,
@@ -242,7 +250,7 @@ def train(config: TrainConfig, comm=None, model=None, data=None) -> RunSummary |
     step_exchange = hierarchy.create(comm, alg, where, params, zeros)
     step_exchange.attack = agree(comm, lambda: attacks.create(config, alg, rank, size),
                                  "setting up the adversaries")
-    if is_server and attacks.over_half(config.adversaries, workers):
+    if rank == 0 and attacks.over_half(config.adversaries, workers):
         print(f"hpcgrad: warning: {attacks.warning(config.adversaries, workers)}",
               file=sys.stderr, flush=True)
 
@@ -287,15 +295,24 @@ def open_log(comm, config, alg, num_params, where, start_step=0, previous_run=No
         if claim is not None:
             claim.release(remove=True)
         raise
-    log = agree(comm, lambda: TrafficLog(log_path, attrs=meta, num_workers=size - 1,
+    servers = int(getattr(config, "servers", 1))
+    fields = {**alg.step_fields, **STEP_FIELDS, **(SHARD_FIELDS(servers) if servers > 1 else {})}
+    log = agree(comm, lambda: TrafficLog(log_path, attrs=meta, num_workers=size - servers,
                                          world_size=size,
                                          record_messages=config.record_messages,
-                                         step_fields={**alg.step_fields, **STEP_FIELDS},
+                                         step_fields=fields,
                                          claim=claim, validation=validation)
                 if is_server else None, "creating the log")
     run = ({"run_id": meta["run_id"], "part": meta["part"], "log_path": log_path}
            if is_server else {})
     return log, run
+
+
+def _columns(per_worker, workers: int) -> tuple:
+    """A step field's columns: True one per worker, False none, a number that many."""
+    if isinstance(per_worker, bool):
+        return (workers,) if per_worker else ()
+    return (int(per_worker),)
 
 
 class StepRecords:
@@ -304,7 +321,7 @@ class StepRecords:
     def __init__(self, rows: int, workers: int, fields: dict):
         self.bytes_up = np.zeros((rows, workers), dtype=np.int64)
         self.bytes_down = np.zeros(rows, dtype=np.int64)
-        self.extra = {name: np.zeros((rows, workers) if per_worker else rows, dtype=dtype)
+        self.extra = {name: np.zeros((rows, *_columns(per_worker, workers)), dtype=dtype)
                       for name, (per_worker, dtype) in fields.items()}
         self.total_up = 0
         self.total_down = 0
@@ -323,6 +340,19 @@ class StepRecords:
         if "bytes_average" in self.extra:
             self.total_average += int(stats["bytes_average"].sum())
 
+    def add_servers(self, links) -> None:
+        """``--servers S > 1``, at a flush: ``links`` (S x rows x (M + 1), every server's
+        :meth:`ShardedExchange.link_bytes` of each step) into the rows' columns: a worker's
+        ``bytes_up`` is what it sent to all S servers, ``bytes_down`` what every rank received
+        from them, ``incast`` what each server received."""
+        rows = links.shape[1]
+        uplinks = links[:, :, :-1].astype(np.int64)
+        self.bytes_up[:rows] = uplinks.sum(axis=0)
+        self.bytes_down[:rows] = links[:, :, -1].astype(np.int64).sum(axis=0)
+        self.extra["incast"][:rows] = uplinks.sum(axis=2).T
+        self.total_up += int(self.bytes_up[:rows].sum())
+        self.total_down += int(self.bytes_down[:rows].sum())
+
     def totals(self) -> dict:
         """What a checkpoint keeps so that a resumed run's summary covers the whole run."""
         return {"total_up": self.total_up, "total_down": self.total_down,
@@ -331,6 +361,12 @@ class StepRecords:
 
 #: Per-step log columns the runtime adds for every algorithm (docs/log-format.md).
 STEP_FIELDS = {"lr": (False, np.float64)}
+
+
+def SHARD_FIELDS(servers: int) -> dict:  # noqa: N802 (a table, as STEP_FIELDS)
+    """``--servers S > 1``: per step, the bytes each server received (its incast: M uplinks,
+    headers included), one column per server (docs/log-format.md)."""
+    return {"incast": (servers, np.int64)}
 
 
 def progress_line(done: int, iterations: int, eval_loss: float, eval_acc: float,
@@ -349,26 +385,32 @@ def progress_line(done: int, iterations: int, eval_loss: float, eval_acc: float,
 def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, log, where,
           start_step=0, totals=None, run=None):
     rank, size = comm.Get_rank(), comm.Get_size()
-    workers, is_server = size - 1, rank == 0
+    roles = Roles(rank, size, config.servers)
+    workers, servers = roles.workers, roles.servers
+    # is_server: computes no gradient; logging: rank 0 (server 0), who writes the log.
+    is_server, logging = roles.is_server, rank == 0
     flush_rows = config.flush_every
     clock = PhaseClock(flush_rows)
     losses = np.zeros(flush_rows)
-    record = np.zeros((flush_rows, 1 + len(PHASES)))
-    gathered = np.zeros((size, flush_rows, 1 + len(PHASES))) if is_server else None
-    records = (StepRecords(flush_rows, workers, {**alg.step_fields, **STEP_FIELDS})
-               if is_server else None)
+    # With S > 1 every server's link bytes ride along in the flush's Gather: its M uplink
+    # lengths and its downlink length per step (rank 0 alone receives only shard 0).
+    links = workers + 1 if servers > 1 else 0
+    record = np.zeros((flush_rows, 1 + len(PHASES) + links))
+    gathered = np.zeros((size, flush_rows, record.shape[1])) if logging else None
+    fields = {**alg.step_fields, **STEP_FIELDS, **(SHARD_FIELDS(servers) if servers > 1 else {})}
+    records = StepRecords(flush_rows, workers, fields) if logging else None
     schedule = lr_schedule.from_config(config)  # lr of step t: a pure function of t
     model = flat.model
     eval_loss = eval_acc = float("nan")
     validating = getattr(data, "val_x", None) is not None  # --validation-fraction
     val_loss = val_acc = float("nan") if validating else None
     first_row = start_step
-    if is_server and totals:  # a resumed run: its summary covers the whole run
+    if logging and totals:  # a resumed run: its summary covers the whole run
         for name, value in totals.items():
             setattr(records, name, value)
     every = config.checkpoint_every
     started = time.perf_counter()
-    quiet = config.quiet or not is_server
+    quiet = config.quiet or not logging
     # SIGTERM / --preempt-signal now stop the run after a step every rank agrees on.
     vote = interrupts.StopVote(comm)
     interrupts.allow_stop()
@@ -394,7 +436,11 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
             flat.check_grads_finite()
             clock.lap(COMPUTE)
         step_exchange.step(grads, clock)
-        if is_server:
+        if links:  # every server's link bytes reach rank 0 at the flush
+            record[row, 1 + len(PHASES):] = step_exchange.link_bytes()
+            if logging:
+                records.extra["lr"][row] = float(np.float32(lr))
+        elif logging:
             records.record(row, step_exchange, {**alg.step_stats, "lr": float(np.float32(lr))})
             if step < config.record_messages:
                 log.append_messages(step, *step_exchange.messages())
@@ -408,17 +454,19 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
         if row == flush_rows - 1 or last or checkpoint_now or stop:
             rows = row + 1
             record[:, 0] = losses
-            record[:, 1:] = clock.times
+            record[:, 1:1 + len(PHASES)] = clock.times
             comm.Gather(record, gathered, root=0)  # fixed shape; rows past `rows` unused
-            if is_server:
+            if logging:
                 g = gathered[:, :rows]
+                if links:
+                    records.add_servers(g[:servers, :, 1 + len(PHASES):])
                 iters = np.arange(first_row, first_row + rows)
                 log.append_steps(iters, records.bytes_up[:rows], records.bytes_down[:rows],
-                                 g[1:, :, 0].T,
+                                 g[servers:, :, 0].T,
                                  {p: g[:, :, 1 + i].T for i, p in enumerate(PHASES)},
                                  {name: c[:rows] for name, c in records.extra.items()})
             first_row = step + 1
-        if is_server and ((config.eval_every and (step + 1) % config.eval_every == 0) or last):
+        if logging and ((config.eval_every and (step + 1) % config.eval_every == 0) or last):
             eval_loss, eval_acc = evaluate(model, data)
             log.append_eval(step + 1, eval_loss, eval_acc)
             if validating:
@@ -433,7 +481,7 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
         saved = None
         if checkpoint_now:
             saved = checkpoint.save(config.checkpoint_dir, step + 1, comm, flat, alg, sampler,
-                                    records.totals() if is_server else {},
+                                    records.totals() if logging else {},
                                     config, run=run)
         if stop:  # every rank alike; train() closes the log on the way out
             vote.close()
@@ -442,7 +490,7 @@ def _loop(config, comm, alg, step_exchange, flat, params, grads, sampler, data, 
 
     vote.close()
     digest = check_replicas(comm, flat.params.detach().cpu().numpy())
-    if not is_server:
+    if not logging:
         return None
     log.finish(digest)
     n = config.iterations

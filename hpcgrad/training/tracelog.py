@@ -38,6 +38,12 @@ FORMAT = "hpcgrad-traffic"
 FORMAT_VERSION = 1
 
 
+def _width(per_worker, num_workers: int) -> tuple:
+    if isinstance(per_worker, bool) or per_worker is None:
+        return (num_workers,) if per_worker else ()
+    return (int(per_worker),)
+
+
 def _resizable(group, name, shape_tail, dtype, chunk_rows=256):
     return group.create_dataset(name, shape=(0, *shape_tail), maxshape=(None, *shape_tail),
                                 dtype=dtype, chunks=(chunk_rows, *shape_tail))
@@ -97,8 +103,10 @@ class TrafficLog:
         self.loss = _resizable(steps, "loss", (num_workers,), np.float64)
         self.times = {p: _resizable(steps, f"time_{p}", (world_size,), np.float64)
                       for p in PHASES}
-        # Algorithm-specific columns (nnz_up, union_size, ...): docs/log-format.md.
-        self.extra = {name: _resizable(steps, name, (num_workers,) if per_worker else (), dtype)
+        # Algorithm-specific columns (nnz_up, union_size, ...): docs/log-format.md.  A field's
+        # width is True (one column per worker), False (one value) or a number of columns
+        # (the runtime's ``incast``, one per server).
+        self.extra = {name: _resizable(steps, name, _width(per_worker, num_workers), dtype)
                       for name, (per_worker, dtype) in step_fields.items()}
         ev = f.create_group("eval")
         self.eval = {k: _resizable(ev, k, (), np.int64 if k == "iteration" else np.float64, 16)

@@ -5,7 +5,7 @@ Usage (under mpiexec, through ``python -m mpi4py``):
 
 MODE: raise (an exception in the worker step), corrupt (bad magic in the
 uplink header), nan (a NaN gradient), die (the process exits at once, as if
-killed).  Only the fault is injected; MPI, the runtime and the log are real.
+killed), die-server (the same in the server step: a server of --servers S dies).  Only the fault is injected; MPI, the runtime and the log are real.
 """
 
 import os
@@ -36,6 +36,16 @@ if MPI.COMM_WORLD.Get_rank() == bad_rank:
         original(self, ctx, grad, uplink)
 
     cls.worker_step = worker_step
+
+    if mode == "die-server":  # a server (--servers S: any of ranks 0..S-1) killed mid-step
+        serve = cls.server_step
+
+        def dying_server_step(self, ctx, uplinks, downlink):
+            if ctx.step == FAULT_STEP:
+                os._exit(9)
+            serve(self, ctx, uplinks, downlink)
+
+        cls.server_step = dying_server_step
 
     if mode == "corrupt":  # the uplink header's magic, as a bit error on the wire would
         stamp = MessageBuffer.stamp

@@ -79,6 +79,9 @@ def test_settings_refused_before_any_communication():
         TrainConfig(servers=0).resolved()
     with pytest.raises(ConfigError, match="--record-messages with --servers 2"):
         TrainConfig(servers=2, record_messages=1).resolved()
+    with pytest.raises(ConfigError, match="--servers 2 with --hierarchy node: node leaders talk "
+                                          "to one server"):
+        TrainConfig(servers=2, hierarchy="node").resolved()
 
 
 def test_one_algorithm_instance_per_shard_sized_by_its_pieces():

@@ -247,6 +247,13 @@ GROUPS += [
               SIGNSGD, SIGNUM, S3GD, S3GD_OFF,
           ], iterations=200, ranks=16),
 ]
+GROUPS += [
+    Group("s3gd-dirichlet",
+          "S3GD-MV with and without its residual against signSGD-MV on Dirichlet(0.3) label "
+          "skew, embedded task, 4 workers (issue 10's third partition, there with one seed)",
+          {"validation_fraction": 0.1}, [SIGNSGD, S3GD, S3GD_OFF], iterations=300,
+          partitions=("dirichlet:0.3",)),
+]
 BY_GROUP = {g.name: g for g in GROUPS}
 
 

@@ -149,12 +149,7 @@ class ParameterServerExchange(_Exchange):
                 self.attack.corrupt_message(self.up, step)
             where.to_host(self.up.padded_body, ps.uplink.padded_body)
             clock.lap(ENCODE)
-        ps.gather(step)
-        clock.lap(GATHER)
-        if self.is_server:
-            self.down.begin(step)
-            alg.server_step(ctx, ps.uplinks, self.down)
-            clock.lap(AGGREGATE)
+        self._uplinks_to_downlink(step, clock)
         ps.broadcast(step)
         clock.lap(BCAST)
         where.to_device(ps.downlink.padded_body, self.down.padded_body)
@@ -169,6 +164,17 @@ class ParameterServerExchange(_Exchange):
             if residual is not None:
                 self.averaging.replace_by_mean(residual)
                 clock.lap(AVERAGE)
+
+    def _uplinks_to_downlink(self, step: int, clock: PhaseClock) -> None:
+        """Phases ``gather`` and ``aggregate``: the uplinks to rank 0, its ``server_step`` into
+        the downlink (the node-aware exchange, hierarchy.py, replaces this part only)."""
+        ps = self.transport
+        ps.gather(step)
+        clock.lap(GATHER)
+        if self.is_server:
+            self.down.begin(step)
+            self.alg.server_step(self.context, ps.uplinks, self.down)
+            clock.lap(AGGREGATE)
 
     def bytes_up(self) -> np.ndarray | int:
         """Rank 0: this step's uplink length of every worker (MPI buffer lengths)."""

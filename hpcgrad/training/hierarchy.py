@@ -39,8 +39,8 @@ from ..comm.relay import CountRelay, NodeRelay
 from ..comm.topology import NodeComms, check, discover
 from ..wire import HEADER_SIZE
 from . import exchange
-from .exchange import (AGGREGATE, AVERAGE, BCAST, DECODE, ENCODE, GATHER, UPDATE,
-                       StagedMessage, WorkerMean, _capacity_header, _Exchange)
+from .exchange import (AGGREGATE, GATHER, ParameterServerExchange, StagedMessage, WorkerMean,
+                       _capacity_header, _Exchange)
 
 FORWARDING, COMBINING = "forwarding", "combining"
 
@@ -58,7 +58,7 @@ def mode_of(alg) -> str:
     return COMBINING if node_vote.supports(alg) else FORWARDING
 
 
-class HierarchicalExchange(_Exchange):
+class HierarchicalExchange(ParameterServerExchange):
     """The node-aware parameter-server exchange of one algorithm on one rank (construct on
     every rank: the node split is collective)."""
 
@@ -66,7 +66,8 @@ class HierarchicalExchange(_Exchange):
     step_fields = {"bytes_intra_node": (True, np.int64), "bytes_inter_node": (True, np.int64)}
 
     def __init__(self, comm, alg, where, params, zeros=np.zeros):
-        super().__init__(comm, alg, where, params)
+        # not ParameterServerExchange's constructor: the transport is a relay through leaders
+        _Exchange.__init__(self, comm, alg, where, params)
         config = alg.config
         self.topology = discover(comm, getattr(config, "ranks_per_node", 0))
         check(self.topology)
@@ -107,41 +108,17 @@ class HierarchicalExchange(_Exchange):
         return f"--hierarchy node, {self.mode}: {self.topology.describe()}"
 
     def step(self, grads, clock) -> None:
-        """The exchange of the step :meth:`begin` started, ``grads`` this rank's gradient
-        (unused on the server)."""
-        ps, alg, where, ctx = self.transport, self.alg, self.where, self.context
-        step = ctx.step
-        if not self.is_server:
-            self.up.begin(step)
-            alg.worker_step(ctx, grads, self.up)
-            if self.attack is not None:  # an adversarial rank: corrupts before any combine
-                self.attack.corrupt_message(self.up, step)
-            where.to_host(self.up.padded_body, ps.uplink.padded_body)
-            clock.lap(ENCODE)
+        """The flat exchange's step (``ParameterServerExchange.step``: encode, an adversary
+        corrupting before any combine, ..., update, average) with the uplinks going through
+        the node leaders; then rank 0 records the bytes on each link class."""
+        super().step(grads, clock)
+        self._record_links()
+
+    def _uplinks_to_downlink(self, step, clock) -> None:
         if self.mode == COMBINING:
             self._combine_and_vote(step, clock)
-        else:
-            ps.gather(step)
-            clock.lap(GATHER)
-            if self.is_server:
-                self.down.begin(step)
-                alg.server_step(ctx, ps.uplinks, self.down)
-                clock.lap(AGGREGATE)
-        ps.broadcast(step)
-        clock.lap(BCAST)
-        where.to_device(ps.downlink.padded_body, self.down.padded_body)
-        decoded = alg.decode(ctx, self.down)
-        where.synchronize()
-        clock.lap(DECODE)
-        alg.apply(ctx, decoded)
-        where.synchronize()
-        clock.lap(UPDATE)
-        if self.averaging is not None and not self.is_server:
-            residual = alg.residual_to_average(ctx)
-            if residual is not None:
-                self.averaging.replace_by_mean(residual)
-                clock.lap(AVERAGE)
-        self._record_links()
+        else:  # forwarding: rank 0 holds the flat exchange's M uplinks, the same server_step
+            super()._uplinks_to_downlink(step, clock)
 
     def _combine_and_vote(self, step, clock) -> None:
         ps, ctx = self.transport, self.context

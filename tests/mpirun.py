@@ -38,6 +38,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -256,3 +257,18 @@ def _rank_files(prefix: str, n: int, suffix: str) -> str:
             with open(path, errors="replace") as f:
                 texts.append(f.read())
     return "".join(texts)
+
+
+def read_each(shared_runs, module_name: str, names, read) -> dict:
+    """name -> a future of ``read(work directory, run)`` for each run ``(module_name, name)``
+    of a shared job's results (``shared_runs``, e.g. tests/wire/conftest.py's ``doc_runs5``):
+    a run that failed, or whose log does not read, fails only the tests that read it
+    (``.result()`` raises again)."""
+    futures = {}
+    for name in names:
+        futures[name] = Future()
+        try:
+            futures[name].set_result(read(*shared_runs[(module_name, name)]))
+        except Exception as exc:  # noqa: BLE001 -- raised again by the test that reads it
+            futures[name].set_exception(exc)
+    return futures

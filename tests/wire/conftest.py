@@ -36,3 +36,4 @@ def doc_runs5(tmp_path_factory):
             runs[f"{module_name}:{name}"] = (work[key], module._args(work[key], extra))
     done = train_several(5, runs, timeout=SETUP_TIMEOUT - 60)
     return {key: (work[key], done[f"{key[0]}:{key[1]}"]) for key in work}
+

@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import math
 import struct
-from concurrent.futures import Future
 
 import h5py
 import numpy as np
 import pytest
+from mpirun import read_each
 from test_wire_format_doc import FIELDS, HEADER, HEADER_BYTES, MAGIC, DocFormatError
 
 FP32, QSGD = 1, 7
@@ -176,17 +176,9 @@ def _read(work, proc):
 
 @pytest.fixture(scope="module")
 def runs(doc_runs5):
-    """Every run of RUNS, from the one 5-rank job of the decoder tests (tests/wire/conftest.py).
-    Each value is a future: a run that failed fails only the tests that read it."""
-    futures = {}
-    for name in RUNS:
-        work, proc = doc_runs5[(__name__, name)]
-        futures[name] = Future()
-        try:
-            futures[name].set_result(_read(work, proc))
-        except Exception as exc:  # noqa: BLE001 -- raised again by the test that reads it
-            futures[name].set_exception(exc)
-    return futures
+    """Every run of RUNS, from the one 5-rank job of the decoder tests (tests/wire/conftest.py),
+    as futures: a run that failed fails only the tests that read it."""
+    return read_each(doc_runs5, __name__, RUNS, _read)
 
 
 @pytest.mark.timeout(SETUP_TIMEOUT + 60)

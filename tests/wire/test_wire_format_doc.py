@@ -18,12 +18,12 @@ from __future__ import annotations
 import re
 import math
 import struct
-from concurrent.futures import Future
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from mpirun import read_each
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -196,19 +196,9 @@ RUNS = {"signum": [], "signum-zero": ["--tie", "zero"], "fp32-ps": ["--algorithm
 
 @pytest.fixture(scope="module")
 def runs(doc_runs5):
-    """Every run of RUNS, from the one 5-rank job of the decoder tests (tests/wire/conftest.py).
-
-    Each value is a future: a run that failed fails only the test that reads it.
-    """
-    futures = {}
-    for name in RUNS:
-        work, proc = doc_runs5[(__name__, name)]
-        futures[name] = Future()
-        try:
-            futures[name].set_result(_read(work, proc))
-        except Exception as exc:  # noqa: BLE001 -- raised again by the test that reads it
-            futures[name].set_exception(exc)
-    return futures
+    """Every run of RUNS, from the one 5-rank job of the decoder tests (tests/wire/conftest.py),
+    as futures: a run that failed fails only the tests that read it."""
+    return read_each(doc_runs5, __name__, RUNS, _read)
 
 
 def _recorded(run) -> list:
